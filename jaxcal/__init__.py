@@ -1,0 +1,15 @@
+"""jaxcal: differentiable survey calibration in JAX.
+
+Find non-negative record weights ``w`` with ``X @ w ~= targets``, optionally sparse through
+hard-concrete L0 gates, with l0-python's semantics.
+"""
+
+from ._fit import FitHistory as FitHistory
+from ._fit import FitResult as FitResult
+from ._fit import fit as fit
+from ._loss import data_loss as data_loss
+from ._loss import target_loss_weights as target_loss_weights
+from ._matrix import TargetMatrix as TargetMatrix
+from ._model import CalibrationWeights as CalibrationWeights
+
+__version__ = "0.1.0"

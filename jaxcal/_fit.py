@@ -1,0 +1,266 @@
+"""Fitting: full-batch gradient steps, ``lax.scan`` over chunks of epochs inside one jit."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._loss import LossKind, data_loss, target_loss_weights
+from ._matrix import TargetMatrix
+from ._model import CalibrationWeights
+
+
+class FitHistory(eqx.Module):
+    """Per-epoch record, evaluated at the parameters each step started from.
+
+    ``l0`` and ``l2`` are the unscaled penalties; ``total`` is the objective the step
+    minimised; ``n_active`` counts records with a nonzero deterministic weight.
+    """
+
+    data: Float[Array, " epochs"]
+    l0: Float[Array, " epochs"]
+    l2: Float[Array, " epochs"]
+    total: Float[Array, " epochs"]
+    n_active: Int[Array, " epochs"]
+
+
+class FitResult(eqx.Module):
+    """What :func:`fit` returns; continue a fit with ``fit(result.model, ...,
+    opt_state=result.opt_state, start_epoch=result.epochs)`` and the same ``key``."""
+
+    weights: Float[Array, " n_records"]
+    """Final weights: ``exp(log_weight) * deterministic gate``."""
+    predictions: Float[Array, " n_targets"]
+    """``X @ weights``."""
+    model: CalibrationWeights
+    opt_state: optax.OptState
+    history: FitHistory
+    epochs: int = eqx.field(static=True)
+    """Epochs completed since the fit first started (``start_epoch`` plus this call's)."""
+
+    @property
+    def n_active(self) -> int:
+        """Records kept (weight > 0)."""
+        return int(jnp.sum(self.weights > 0))
+
+
+class _Step(eqx.Module):
+    """What one epoch needs besides the parameters. Static fields fix the compiled program."""
+
+    matrix: TargetMatrix
+    targets: Float[Array, " n_targets"]
+    loss_weights: Float[Array, " n_targets"]
+    draw_key: PRNGKeyArray
+    optimizer: optax.GradientTransformation = eqx.field(static=True)
+    loss: LossKind = eqx.field(static=True)
+    lambda_l0: float = eqx.field(static=True)
+    lambda_l2: float = eqx.field(static=True)
+
+    def objective(self, model: CalibrationWeights, uniform: Array | None) -> tuple[Array, tuple]:
+        predictions = self.matrix.mv(model.sample_weights(uniform))
+        data = data_loss(predictions, self.targets, self.loss_weights, self.loss)
+        l0, l2 = model.l0_penalty(), model.l2_penalty()
+        total = data + self.lambda_l0 * l0
+        if self.lambda_l2 > 0:
+            total = total + self.lambda_l2 * l2
+        return total, (data, l0, l2)
+
+    def __call__(self, carry: tuple, epoch_and_uniform: tuple) -> tuple[tuple, FitHistory]:
+        model, opt_state = carry
+        epoch, uniform = epoch_and_uniform
+        if uniform is None and model.use_gates:
+            key = jax.random.fold_in(self.draw_key, epoch)
+            uniform = jax.random.uniform(key, (model.n_records,), model.log_weight.dtype)
+        (total, (data, l0, l2)), grads = eqx.filter_value_and_grad(self.objective, has_aux=True)(
+            model, uniform
+        )
+        record = FitHistory(data=data, l0=l0, l2=l2, total=total, n_active=model.n_active())
+        params = eqx.filter(model, eqx.is_array)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return (eqx.apply_updates(model, updates), opt_state), record
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _run_chunk(
+    step: _Step,
+    uniforms: Array | None,
+    model: CalibrationWeights,
+    opt_state: optax.OptState,
+    epochs: Int[Array, " chunk"],
+) -> tuple[CalibrationWeights, optax.OptState, FitHistory]:
+    (model, opt_state), history = jax.lax.scan(lambda c, x: step(c, x), (model, opt_state), (epochs, uniforms))
+    return model, opt_state, history
+
+
+@eqx.filter_jit
+def _evaluate(matrix: TargetMatrix, model: CalibrationWeights) -> tuple[Array, Array]:
+    weights = model.deterministic_weights()
+    return weights, matrix.mv(weights)
+
+
+def fit(
+    model: CalibrationWeights,
+    matrix: TargetMatrix,
+    targets: Any,
+    *,
+    key: PRNGKeyArray,
+    epochs: int = 100,
+    lambda_l0: float = 1e-8,
+    lambda_l2: float = 1e-12,
+    learning_rate: float = 0.15,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: LossKind = "relative",
+    target_groups: Any = None,
+    normalize_groups: bool = True,
+    group_multipliers: dict[int, float] | None = None,
+    log_weight_jitter_sd: float = 0.0,
+    chunk_epochs: int | None = None,
+    callback: Callable[[FitResult], bool | None] | None = None,
+    opt_state: optax.OptState | None = None,
+    start_epoch: int = 0,
+    uniforms: Float[Array, "epochs n_records"] | None = None,
+) -> FitResult:
+    """Fit calibration weights so that ``matrix @ weights`` matches ``targets``.
+
+    Each epoch is one full-batch step of ``optimizer`` (default: Adam with torch's
+    constants at ``learning_rate``) on ``data + lambda_l0 * L0 + lambda_l2 * L2``, with gates
+    sampled afresh. The defaults are policyengine-us-data's ``fit_l0_weights``; see
+    ``CalibrationWeights`` for the model's. ``lambda_l0 == 0`` switches the gates off.
+
+    Randomness comes only from ``key``: the log-weight jitter (``log_weight_jitter_sd``,
+    applied when ``opt_state`` is None, i.e. on a fresh fit) and the uniform draw of epoch
+    ``e``, from ``fold_in(key, e)``; so a fit continued with ``opt_state`` and
+    ``start_epoch`` is bitwise the fit that never stopped. ``uniforms`` (epochs x records)
+    replaces those draws, for exact comparison with another implementation.
+
+    Epochs run ``chunk_epochs`` at a time (default: all) as one compiled ``lax.scan``;
+    after each chunk ``callback(result_so_far)`` may log, save or return True to stop.
+    Its ``model`` and ``opt_state`` are donated to the next chunk: copy what you keep.
+    """
+    targets = _check_problem(model, matrix, targets)
+    if epochs < 0 or start_epoch < 0:
+        raise ValueError(f"epochs and start_epoch must not be negative, got {epochs}, {start_epoch}")
+    if loss not in ("relative", "mse"):
+        raise ValueError(f"loss must be 'relative' or 'mse', got {loss!r}")
+    if lambda_l0 < 0 or lambda_l2 < 0:
+        raise ValueError(f"penalties must not be negative, got lambda_l0={lambda_l0}, lambda_l2={lambda_l2}")
+    if lambda_l0 > 0 and not model.use_gates:
+        raise ValueError("lambda_l0 > 0 needs a model with gates (use_gates=True)")
+    if lambda_l0 == 0 and model.use_gates:
+        model = dataclasses.replace(model, use_gates=False)
+    chunk = epochs if chunk_epochs is None else chunk_epochs
+    if chunk < 1 and epochs > 0:
+        raise ValueError(f"chunk_epochs must be positive, got {chunk_epochs}")
+    if uniforms is not None:
+        uniforms = jnp.asarray(uniforms, jnp.float32)
+        if uniforms.shape != (epochs, model.n_records):
+            raise ValueError(
+                f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, "
+                f"got {uniforms.shape}"
+            )
+
+    optimizer = optimizer or _torch_adam(float(learning_rate))
+    jitter_key, draw_key = jax.random.split(key)
+    # Fresh buffers: the chunks donate theirs, and the caller's model stays usable.
+    model = jax.tree.map(jnp.copy, model)
+    if opt_state is None:
+        if log_weight_jitter_sd > 0:
+            noise = jax.random.normal(jitter_key, model.log_weight.shape, model.log_weight.dtype)
+            model = eqx.tree_at(lambda m: m.log_weight, model, model.log_weight + noise * log_weight_jitter_sd)
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    else:
+        opt_state = jax.tree.map(jnp.copy, opt_state)
+
+    step = _Step(
+        matrix=matrix,
+        targets=targets,
+        loss_weights=jnp.asarray(
+            target_loss_weights(
+                matrix.n_targets,
+                target_groups,
+                normalize_groups=normalize_groups,
+                group_multipliers=group_multipliers,
+            )
+        ),
+        draw_key=draw_key,
+        optimizer=optimizer,
+        loss=loss,
+        lambda_l0=float(lambda_l0),
+        lambda_l2=float(lambda_l2),
+    )
+    histories: list[FitHistory] = []
+    done = 0
+    while done < epochs:
+        n = min(chunk, epochs - done)
+        first = start_epoch + done
+        model, opt_state, history = _run_chunk(
+            step,
+            None if uniforms is None else uniforms[done : done + n],
+            model,
+            opt_state,
+            jnp.arange(first, first + n, dtype=jnp.int32),
+        )
+        histories.append(history)
+        done += n
+        if callback is not None and callback(_result(matrix, model, opt_state, histories, start_epoch + done)):
+            break
+    return _result(matrix, model, opt_state, histories, start_epoch + done)
+
+
+@functools.cache
+def _torch_adam(learning_rate: float) -> optax.GradientTransformation:
+    """Adam with torch's constants; one object per rate, so repeated fits reuse the compiled program."""
+    return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def _result(
+    matrix: TargetMatrix,
+    model: CalibrationWeights,
+    opt_state: optax.OptState,
+    histories: list[FitHistory],
+    epochs: int,
+) -> FitResult:
+    weights, predictions = _evaluate(matrix, model)
+    if histories:
+        history = jax.tree.map(lambda *parts: jnp.concatenate(parts), *histories)
+    else:
+        empty = jnp.zeros(0, jnp.float32)
+        history = FitHistory(empty, empty, empty, empty, jnp.zeros(0, jnp.int32))
+    return FitResult(
+        weights=weights,
+        predictions=predictions,
+        model=model,
+        opt_state=opt_state,
+        history=history,
+        epochs=epochs,
+    )
+
+
+def _check_problem(model: CalibrationWeights, matrix: TargetMatrix, targets: Any) -> Array:
+    if not isinstance(matrix, TargetMatrix):
+        raise ValueError(
+            f"matrix must be a jaxcal.TargetMatrix (see TargetMatrix.from_scipy / from_bcoo), "
+            f"got {type(matrix).__name__}"
+        )
+    if model.n_records != matrix.n_records:
+        raise ValueError(
+            f"the model has {model.n_records} records but the matrix has {matrix.n_records} columns"
+        )
+    try:
+        targets = np.asarray(targets, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"targets must be numbers: {error}") from None
+    if targets.shape != (matrix.n_targets,):
+        raise ValueError(f"targets must have shape ({matrix.n_targets},), got {targets.shape}")
+    if not np.all(np.isfinite(targets)):
+        raise ValueError(f"targets must be finite: {int((~np.isfinite(targets)).sum())} are not")
+    return jnp.asarray(targets, jnp.float32)

@@ -1,0 +1,218 @@
+"""The sparse target matrix X (targets x records) in the layout the engine computes with."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse as jsparse
+from jaxtyping import Array, Float, Int
+
+Layout = Literal["interleaved", "rows"]
+
+_IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+
+
+class TargetMatrix(eqx.Module):
+    """X as int32 COO with float32 values: ``mv`` is ``X @ w``, ``rmv`` is ``X.T @ r``.
+
+    Both products are one gather and one ``segment_sum`` over the nonzeros; the gradient of
+    ``mv`` is ``rmv`` through the same arrays. Build it with :meth:`from_bcoo`,
+    :meth:`from_scipy` or :meth:`from_coo`, which validate the input and choose the order
+    of the nonzeros (``layout``):
+
+    - ``"interleaved"`` (default): the k-th nonzero of every column, column by column, for
+      k = 0, 1, ... (each column's entries rotated by a column-dependent offset). Reads of
+      ``w`` and writes to ``X.T @ r`` then run through memory in order, and consecutive
+      writes to ``X @ w`` land in different rows, so neither product stalls on a chain of
+      additions into one element. About 2x faster on CPU than row order.
+    - ``"rows"``: sorted by (row, column), ``segment_sum`` told the rows are sorted.
+    """
+
+    rows: Int[Array, " nnz"]
+    cols: Int[Array, " nnz"]
+    values: Float[Array, " nnz"]
+    shape: tuple[int, int] = eqx.field(static=True)
+    layout: Layout = eqx.field(static=True, default="interleaved")
+
+    @property
+    def n_targets(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_records(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[0])
+
+    def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
+        """``X @ w``."""
+        gathered = self.values * w.at[self.cols].get(mode=_IN_BOUNDS)
+        return jax.ops.segment_sum(
+            gathered,
+            self.rows,
+            num_segments=self.n_targets,
+            indices_are_sorted=self.layout == "rows",
+            mode=_IN_BOUNDS,
+        )
+
+    def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
+        """``X.T @ r``."""
+        gathered = self.values * r.at[self.rows].get(mode=_IN_BOUNDS)
+        return jax.ops.segment_sum(
+            gathered, self.cols, num_segments=self.n_records, mode=_IN_BOUNDS
+        )
+
+    def row_sums(self) -> Float[Array, " n_targets"]:
+        """``X @ 1``: a target whose row sums to 0 cannot be reached by any weights."""
+        return self.mv(jnp.ones(self.n_records, self.values.dtype))
+
+    def to_bcoo(self) -> jsparse.BCOO:
+        return jsparse.BCOO(
+            (self.values, jnp.stack([self.rows, self.cols], axis=1)), shape=self.shape
+        )
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.csr_array`` with the same entries (duplicates summed)."""
+        from scipy import sparse
+
+        return sparse.csr_array(
+            (np.asarray(self.values), (np.asarray(self.rows), np.asarray(self.cols))),
+            shape=self.shape,
+        )
+
+    @classmethod
+    def from_coo(
+        cls,
+        rows: Any,
+        cols: Any,
+        values: Any,
+        shape: tuple[int, int],
+        *,
+        layout: Layout = "interleaved",
+    ) -> TargetMatrix:
+        """From COO triplets; duplicates are kept and add up, as in scipy.
+
+        Raises ``ValueError`` naming the problem for a bad shape, mismatched lengths,
+        non-integer or out-of-range indices, and NaN or infinite values.
+        """
+        n_targets, n_records = _check_shape(shape)
+        rows, cols, values = (np.asarray(a) for a in (rows, cols, values))
+        for name, a in (("rows", rows), ("cols", cols), ("values", values)):
+            if a.ndim != 1:
+                raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+        if not rows.shape == cols.shape == values.shape:
+            raise ValueError(
+                f"rows, cols and values must have one length, got "
+                f"{rows.shape[0]}, {cols.shape[0]} and {values.shape[0]}"
+            )
+        if rows.shape[0] >= 2**31:
+            raise ValueError(f"{rows.shape[0]} nonzeros exceed int32 indexing")
+        rows = _check_indices("row", rows, n_targets)
+        cols = _check_indices("column", cols, n_records)
+        values = _check_values(values)
+        if layout == "interleaved":
+            order = _interleaved_order(cols, n_records)
+        elif layout == "rows":
+            order = np.lexsort((cols, rows))
+        else:
+            raise ValueError(f"layout must be 'interleaved' or 'rows', got {layout!r}")
+        return cls(
+            rows=jnp.asarray(rows[order]),
+            cols=jnp.asarray(cols[order]),
+            values=jnp.asarray(values[order]),
+            shape=(n_targets, n_records),
+            layout=layout,
+        )
+
+    @classmethod
+    def from_scipy(cls, matrix: Any, *, layout: Layout = "interleaved") -> TargetMatrix:
+        """From any ``scipy.sparse`` matrix or array."""
+        from scipy import sparse
+
+        if not sparse.issparse(matrix):
+            raise ValueError(f"expected a scipy.sparse matrix, got {type(matrix).__name__}")
+        if matrix.ndim != 2:
+            raise ValueError(f"expected a 2-D matrix, got {matrix.ndim} dimensions")
+        coo = matrix.tocoo()
+        return cls.from_coo(coo.row, coo.col, coo.data, coo.shape, layout=layout)
+
+    @classmethod
+    def from_bcoo(cls, matrix: jsparse.BCOO, *, layout: Layout = "interleaved") -> TargetMatrix:
+        """From a 2-D ``jax.experimental.sparse.BCOO`` (the builders' interchange type).
+
+        Entries whose index equals the dimension are BCOO's padding and are dropped.
+        """
+        if not isinstance(matrix, jsparse.BCOO):
+            raise ValueError(f"expected a BCOO matrix, got {type(matrix).__name__}")
+        if matrix.n_batch or matrix.n_dense or matrix.ndim != 2:
+            raise ValueError(
+                f"expected a 2-D BCOO without batch or dense dimensions, got shape "
+                f"{matrix.shape} with n_batch={matrix.n_batch}, n_dense={matrix.n_dense}"
+            )
+        indices = np.asarray(matrix.indices)
+        n_targets, n_records = _check_shape(matrix.shape)
+        real = (indices[:, 0] != n_targets) & (indices[:, 1] != n_records)
+        return cls.from_coo(
+            indices[real, 0],
+            indices[real, 1],
+            np.asarray(matrix.data)[real],
+            matrix.shape,
+            layout=layout,
+        )
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"shape must be (n_targets, n_records), got {shape!r}")
+    n_targets, n_records = (int(s) for s in shape)
+    if n_targets < 0 or n_records < 0:
+        raise ValueError(f"shape must not be negative, got {tuple(shape)}")
+    if max(n_targets, n_records) >= 2**31:
+        raise ValueError(f"shape {tuple(shape)} exceeds int32 indexing")
+    return n_targets, n_records
+
+
+def _check_indices(axis: str, index: np.ndarray, size: int) -> np.ndarray:
+    if not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"{axis} indices must be integers, got dtype {index.dtype}")
+    if index.size:
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{axis} index {bad} is out of range for {size} {axis}s")
+    return index.astype(np.int32, copy=False)
+
+
+def _check_values(values: np.ndarray) -> np.ndarray:
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"values must be real numbers, got dtype {values.dtype}")
+    as_float32 = values.astype(np.float32, copy=False)
+    finite = np.isfinite(as_float32)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"values must be finite in float32: {int((~finite).sum())} are not "
+            f"(first at nonzero {first}: {values[first]!r})"
+        )
+    return as_float32
+
+
+def _interleaved_order(cols: np.ndarray, n_records: int) -> np.ndarray:
+    """Order nonzeros by (rotated rank within their column, column); see TargetMatrix."""
+    by_col = np.argsort(cols, kind="stable")
+    counts = np.bincount(cols, minlength=n_records)
+    starts = np.cumsum(counts) - counts
+    col_sorted = cols[by_col]
+    rank = np.arange(cols.shape[0], dtype=np.int64) - starts[col_sorted]
+    # A multiplicative hash of the column id: neighbouring columns get unrelated rotations.
+    offset = (np.arange(n_records, dtype=np.uint64) * np.uint64(2654435761)) >> np.uint64(7)
+    count = counts[col_sorted]
+    rotated = (rank + offset[col_sorted].astype(np.int64)) % count
+    key_dtype = np.int16 if counts.max(initial=0) < 2**15 else np.int32
+    return by_col[np.argsort(rotated.astype(key_dtype), kind="stable")]
