@@ -4,6 +4,7 @@ Find non-negative record weights ``w`` with ``X @ w ~= targets``, optionally spa
 hard-concrete L0 gates, with l0-python's semantics.
 """
 
+from ._adam import torch_adam as torch_adam
 from ._fit import FitHistory as FitHistory
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit

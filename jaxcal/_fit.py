@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from ._adam import torch_adam
 from ._loss import LossKind, data_loss, target_loss_weights
 from ._matrix import TargetMatrix
 from ._model import CalibrationWeights
@@ -131,8 +132,8 @@ def fit(
 ) -> FitResult:
     """Fit calibration weights so that ``matrix @ weights`` matches ``targets``.
 
-    Each epoch is one full-batch step of ``optimizer`` (default: Adam with torch's
-    constants at ``learning_rate``) on ``data + lambda_l0 * L0 + lambda_l2 * L2``, with gates
+    Each epoch is one full-batch step of ``optimizer`` (default: :func:`torch_adam` at
+    ``learning_rate``) on ``data + lambda_l0 * L0 + lambda_l2 * L2``, with gates
     sampled afresh. The defaults are policyengine-us-data's ``fit_l0_weights``; see
     ``CalibrationWeights`` for the model's. ``lambda_l0 == 0`` switches the gates off.
 
@@ -151,6 +152,8 @@ def fit(
         raise ValueError(f"epochs and start_epoch must not be negative, got {epochs}, {start_epoch}")
     if loss not in ("relative", "mse"):
         raise ValueError(f"loss must be 'relative' or 'mse', got {loss!r}")
+    if log_weight_jitter_sd < 0:
+        raise ValueError(f"log_weight_jitter_sd must not be negative, got {log_weight_jitter_sd}")
     if lambda_l0 < 0 or lambda_l2 < 0:
         raise ValueError(f"penalties must not be negative, got lambda_l0={lambda_l0}, lambda_l2={lambda_l2}")
     if lambda_l0 > 0 and not model.use_gates:
@@ -161,14 +164,14 @@ def fit(
     if chunk < 1 and epochs > 0:
         raise ValueError(f"chunk_epochs must be positive, got {chunk_epochs}")
     if uniforms is not None:
-        uniforms = jnp.asarray(uniforms, jnp.float32)
+        uniforms = jnp.asarray(uniforms, model.log_weight.dtype)
         if uniforms.shape != (epochs, model.n_records):
             raise ValueError(
                 f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, "
                 f"got {uniforms.shape}"
             )
 
-    optimizer = optimizer or _torch_adam(float(learning_rate))
+    optimizer = optimizer or _default_optimizer(float(learning_rate))
     jitter_key, draw_key = jax.random.split(key)
     # Fresh buffers: the chunks donate theirs, and the caller's model stays usable.
     model = jax.tree.map(jnp.copy, model)
@@ -189,6 +192,7 @@ def fit(
                 target_groups,
                 normalize_groups=normalize_groups,
                 group_multipliers=group_multipliers,
+                dtype=matrix.values.dtype,
             )
         ),
         draw_key=draw_key,
@@ -217,9 +221,9 @@ def fit(
 
 
 @functools.cache
-def _torch_adam(learning_rate: float) -> optax.GradientTransformation:
-    """Adam with torch's constants; one object per rate, so repeated fits reuse the compiled program."""
-    return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
+def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """One optimizer object per rate, so that repeated fits reuse the compiled program."""
+    return torch_adam(learning_rate)
 
 
 def _result(
@@ -263,4 +267,4 @@ def _check_problem(model: CalibrationWeights, matrix: TargetMatrix, targets: Any
         raise ValueError(f"targets must have shape ({matrix.n_targets},), got {targets.shape}")
     if not np.all(np.isfinite(targets)):
         raise ValueError(f"targets must be finite: {int((~np.isfinite(targets)).sum())} are not")
-    return jnp.asarray(targets, jnp.float32)
+    return jnp.asarray(targets, matrix.values.dtype)

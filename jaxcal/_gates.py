@@ -45,5 +45,5 @@ def deterministic_gates(
 def l0_penalty(log_alpha: Float[Array, " n"], beta: float, gamma: float, zeta: float) -> Float[Array, ""]:
     """Expected number of open gates: ``sum sigmoid(la - beta * log(-gamma / zeta))``."""
     la = clamp(log_alpha, -LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
-    shift = -beta * jnp.log(jnp.float32(-gamma / zeta))
+    shift = -beta * jnp.log(jnp.asarray(-gamma / zeta, la.dtype))
     return jnp.sum(jax.nn.sigmoid(la + shift))

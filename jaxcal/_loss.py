@@ -17,14 +17,16 @@ def target_loss_weights(
     *,
     normalize_groups: bool = True,
     group_multipliers: dict[int, float] | None = None,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
     """Per-target weights ``g`` of the data loss, as l0-python computes them.
 
     Without groups every target weighs 1. With integer ``target_groups`` and
     ``normalize_groups``, a target weighs ``1 / size of its group``, so each group counts
-    once; ``group_multipliers`` then scale whole groups.
+    once; ``group_multipliers`` then scale whole groups. Computed in ``dtype`` as torch does.
     """
-    weights = np.ones(n_targets, np.float32)
+    dtype = np.dtype(dtype)
+    weights = np.ones(n_targets, dtype)
     if target_groups is None:
         if group_multipliers is not None:
             raise ValueError("group_multipliers requires target_groups")
@@ -37,12 +39,14 @@ def target_loss_weights(
         )
     if normalize_groups:
         _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-        weights = (1.0 / sizes[inverse]).astype(np.float32)
+        weights = (1.0 / sizes[inverse]).astype(dtype)
     for group, multiplier in (group_multipliers or {}).items():
+        if not (np.isfinite(multiplier) and multiplier >= 0):
+            raise ValueError(f"group multipliers must be finite and non-negative, got {multiplier} for group {group}")
         members = groups == group
         if not members.any():
             raise ValueError(f"group_multipliers names group {group}, which no target has")
-        weights[members] *= np.float32(multiplier)
+        weights[members] *= dtype.type(multiplier)
     return weights
 
 
@@ -53,6 +57,8 @@ def data_loss(
     kind: LossKind,
 ) -> Float[Array, ""]:
     """``sum g * ((t - p) / (t + 1))^2`` (relative) or ``sum g * (t - p)^2`` (mse)."""
+    if kind not in ("relative", "mse"):
+        raise ValueError(f"loss must be 'relative' or 'mse', got {kind!r}")
     error = targets - predictions
     if kind == "relative":
         error = error / (targets + 1)

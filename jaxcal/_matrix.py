@@ -52,6 +52,7 @@ class TargetMatrix(eqx.Module):
 
     def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
         """``X @ w``."""
+        _check_length("w", w, self.n_records)
         gathered = self.values * w.at[self.cols].get(mode=_IN_BOUNDS)
         return jax.ops.segment_sum(
             gathered,
@@ -63,6 +64,7 @@ class TargetMatrix(eqx.Module):
 
     def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
         """``X.T @ r``."""
+        _check_length("r", r, self.n_targets)
         gathered = self.values * r.at[self.rows].get(mode=_IN_BOUNDS)
         return jax.ops.segment_sum(
             gathered, self.cols, num_segments=self.n_records, mode=_IN_BOUNDS
@@ -146,7 +148,8 @@ class TargetMatrix(eqx.Module):
     def from_bcoo(cls, matrix: jsparse.BCOO, *, layout: Layout = "interleaved") -> TargetMatrix:
         """From a 2-D ``jax.experimental.sparse.BCOO`` (the builders' interchange type).
 
-        Entries whose index equals the dimension are BCOO's padding and are dropped.
+        Entries whose indices both equal the shape are BCOO's padding and are dropped; any
+        other index out of range is an error.
         """
         if not isinstance(matrix, jsparse.BCOO):
             raise ValueError(f"expected a BCOO matrix, got {type(matrix).__name__}")
@@ -157,7 +160,7 @@ class TargetMatrix(eqx.Module):
             )
         indices = np.asarray(matrix.indices)
         n_targets, n_records = _check_shape(matrix.shape)
-        real = (indices[:, 0] != n_targets) & (indices[:, 1] != n_records)
+        real = (indices[:, 0] != n_targets) | (indices[:, 1] != n_records)
         return cls.from_coo(
             indices[real, 0],
             indices[real, 1],
@@ -167,9 +170,15 @@ class TargetMatrix(eqx.Module):
         )
 
 
+def _check_length(name: str, vector: Array, length: int) -> None:
+    # Shapes are static, so this costs nothing under jit; the kernels trust their indices.
+    if vector.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {vector.shape}")
+
+
 def _check_shape(shape: Any) -> tuple[int, int]:
-    if len(shape) != 2:
-        raise ValueError(f"shape must be (n_targets, n_records), got {shape!r}")
+    if len(shape) != 2 or not all(isinstance(s, (int, np.integer)) for s in shape):
+        raise ValueError(f"shape must be two integers (n_targets, n_records), got {shape!r}")
     n_targets, n_records = (int(s) for s in shape)
     if n_targets < 0 or n_records < 0:
         raise ValueError(f"shape must not be negative, got {tuple(shape)}")
@@ -179,7 +188,7 @@ def _check_shape(shape: Any) -> tuple[int, int]:
 
 
 def _check_indices(axis: str, index: np.ndarray, size: int) -> np.ndarray:
-    if not np.issubdtype(index.dtype, np.integer):
+    if index.size and not np.issubdtype(index.dtype, np.integer):
         raise ValueError(f"{axis} indices must be integers, got dtype {index.dtype}")
     if index.size:
         lo, hi = int(index.min()), int(index.max())

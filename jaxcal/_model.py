@@ -61,11 +61,14 @@ class CalibrationWeights(eqx.Module):
         weights = _per_record("init_weights", init_weights, n_records)
         if np.any(weights < 0) or not np.all(np.isfinite(weights)):
             raise ValueError("init_weights must be finite and non-negative")
+        if log_alpha_jitter_sd < 0:
+            raise ValueError(f"log_alpha_jitter_sd must not be negative, got {log_alpha_jitter_sd}")
         keep = _per_record("init_keep_prob", init_keep_prob, n_records)
-        if np.ndim(init_keep_prob) == 0:
-            if not 0 < float(init_keep_prob) < 1:
-                raise ValueError(f"init_keep_prob must lie in (0, 1), got {init_keep_prob}")
-        else:
+        if np.ndim(init_keep_prob) == 0 and not 0 < float(init_keep_prob) < 1:
+            raise ValueError(f"init_keep_prob must lie in (0, 1), got {init_keep_prob}")
+        if np.isnan(keep).any():
+            raise ValueError("init_keep_prob must not contain NaN")
+        if np.ndim(init_keep_prob) != 0:
             keep = np.clip(keep, np.float32(_KEEP_PROB_EPS), np.float32(1 - _KEEP_PROB_EPS))
         log_weight = jnp.log(jnp.asarray(weights) + jnp.float32(_LOG_EPS))
         keep = jnp.asarray(keep)
