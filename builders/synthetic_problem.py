@@ -32,7 +32,7 @@ SIZES = {"small": 100_000, "mp-300k": 300_000, "mp-3m": 3_000_000}
 @dataclasses.dataclass(frozen=True)
 class SyntheticProblem:
     matrix: sparse.csr_array
-    """Targets x records, float32."""
+    """Targets x records, float32, int32 indices."""
     targets: np.ndarray
     """``matrix @ true_weights`` with 2% multiplicative noise: nearly, not exactly, reachable."""
     target_groups: np.ndarray
@@ -89,12 +89,12 @@ def policyengine_shaped_problem(
         ],
         axis=1,
     )
-    rows = (local_rows[base] + offsets).ravel()
+    rows = (local_rows[base] + offsets).ravel().astype(np.int32)
     cols = np.repeat(np.arange(n_records, dtype=np.int32), local_rows.shape[1])
     n_targets = n_national + n_states * per_state + n_districts * per_district
-    matrix = sparse.csr_array(
+    matrix = sparse.coo_array(
         (base_values[base].ravel(), (rows, cols)), shape=(n_targets, n_records)
-    )
+    ).tocsr()
 
     true_weights = rng.uniform(50, 150, n_records).astype(np.float32)
     targets = (matrix @ true_weights) * (1 + 0.02 * rng.standard_normal(n_targets))
