@@ -15,7 +15,7 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._adam import torch_adam
-from ._loss import LossKind, data_loss, target_loss_weights
+from ._loss import LossKind, check_loss_kind, data_loss, target_loss_weights
 from ._matrix import TargetMatrix
 from ._model import CalibrationWeights
 
@@ -150,8 +150,7 @@ def fit(
     targets = _check_problem(model, matrix, targets)
     if epochs < 0 or start_epoch < 0:
         raise ValueError(f"epochs and start_epoch must not be negative, got {epochs}, {start_epoch}")
-    if loss not in ("relative", "mse"):
-        raise ValueError(f"loss must be 'relative' or 'mse', got {loss!r}")
+    check_loss_kind(loss)
     if log_weight_jitter_sd < 0:
         raise ValueError(f"log_weight_jitter_sd must not be negative, got {log_weight_jitter_sd}")
     if lambda_l0 < 0 or lambda_l2 < 0:

@@ -50,6 +50,11 @@ def target_loss_weights(
     return weights
 
 
+def check_loss_kind(kind: str) -> None:
+    if kind not in ("relative", "mse"):
+        raise ValueError(f"loss must be 'relative' or 'mse', got {kind!r}")
+
+
 def data_loss(
     predictions: Float[Array, " n_targets"],
     targets: Float[Array, " n_targets"],
@@ -57,8 +62,7 @@ def data_loss(
     kind: LossKind,
 ) -> Float[Array, ""]:
     """``sum g * ((t - p) / (t + 1))^2`` (relative) or ``sum g * (t - p)^2`` (mse)."""
-    if kind not in ("relative", "mse"):
-        raise ValueError(f"loss must be 'relative' or 'mse', got {kind!r}")
+    check_loss_kind(kind)
     error = targets - predictions
     if kind == "relative":
         error = error / (targets + 1)
