@@ -25,8 +25,9 @@ def torch_adam(
     ``optax.adam`` is the same algorithm, but it forms the bias corrections ``1 - b**t`` in
     float32 from ``b`` rounded to float32, where ``1 - 0.999`` keeps only four digits: its
     early steps are about 7e-6 too short (relative). torch forms them in float64; here
-    ``-expm1(t * log(b))``, with ``log(b)`` taken in float64, gets them to float32 precision. The moments update in torch's order: ``mu += (1 - b1) * (g - mu)``
-    (``lerp``), ``nu = nu * b2 + (1 - b2) * g * g``, and the step is
+    ``-expm1(t * log(b))``, with ``log(b)`` taken in float64, gets them to float32 precision.
+    The moments update in torch's order: ``mu += (1 - b1) * (g - mu)`` (``lerp``),
+    ``nu = nu * b2 + (1 - b2) * g * g``, and the step is
     ``-(lr / bc1) * (mu / (sqrt(nu) / sqrt(bc2) + eps))``.
     """
 

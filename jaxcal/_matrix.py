@@ -192,9 +192,9 @@ def _check_shape(shape: Any) -> tuple[int, int]:
 
 
 def _check_indices(axis: str, index: np.ndarray, size: int) -> np.ndarray:
-    if index.size and not np.issubdtype(index.dtype, np.integer):
-        raise ValueError(f"{axis} indices must be integers, got dtype {index.dtype}")
     if index.size:
+        if not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(f"{axis} indices must be integers, got dtype {index.dtype}")
         lo, hi = int(index.min()), int(index.max())
         if lo < 0 or hi >= size:
             bad = lo if lo < 0 else hi
