@@ -1,0 +1,393 @@
+"""Calibration packages: the matrix, its targets and provenance, in a format safe to load.
+
+A package is one ``.npz`` file read with ``allow_pickle=False``: loading it runs no code,
+whoever wrote it. PolicyEngine's pickle packages are imported only on explicit request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import equinox as eqx
+import numpy as np
+
+if TYPE_CHECKING:  # pandas and scipy cost a third of a second each: imported when used
+    import pandas as pd
+    from jax.experimental import sparse as jsparse
+    from scipy import sparse
+
+    from ._matrix import Layout, TargetMatrix
+
+FORMAT = "jaxcal-package"
+FORMAT_VERSION = 1
+TARGET_COLUMNS = ("variable", "geo_level", "geographic_id", "domain_variable", "value")
+"""Columns every targets table has (PolicyEngine's ``target_overview``)."""
+GEOGRAPHY_KEYS = ("state_fips", "cd_geoid", "block_geoid")
+"""Per-column geography a package may carry."""
+_PICKLE_MAGIC = b"\x80"
+
+
+class PackageError(ValueError):
+    """A package that cannot be read or is inconsistent; the message says what and why."""
+
+
+class CalibrationPackage(eqx.Module):
+    """What a build writes and a fit reads: ``matrix`` (targets x records) and its targets.
+
+    ``targets`` has one row per matrix row with at least :data:`TARGET_COLUMNS`;
+    ``target_names`` names the rows; ``initial_weights`` (optional) starts a fit;
+    ``geography`` maps :data:`GEOGRAPHY_KEYS` to per-column arrays; ``metadata`` is
+    JSON-serialisable provenance. The constructor checks that the parts agree.
+    """
+
+    matrix: sparse.csr_array
+    targets: pd.DataFrame
+    target_names: tuple[str, ...]
+    initial_weights: np.ndarray | None = None
+    geography: Mapping[str, np.ndarray] = eqx.field(default_factory=dict)
+    metadata: Mapping[str, Any] = eqx.field(default_factory=dict)
+
+    def __check_init__(self) -> None:
+        n_targets, n_records = self.matrix.shape
+        missing = [c for c in TARGET_COLUMNS if c not in self.targets.columns]
+        if missing:
+            raise PackageError(f"the targets table lacks column(s) {', '.join(missing)}")
+        if len(self.targets) != n_targets or len(self.target_names) != n_targets:
+            raise PackageError(
+                f"the matrix has {n_targets} rows but there are {len(self.targets)} targets "
+                f"and {len(self.target_names)} target names"
+            )
+        values = self.targets["value"].to_numpy()
+        if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+            raise PackageError("target values must be finite numbers")
+        if self.initial_weights is not None:
+            w = self.initial_weights
+            if w.shape != (n_records,) or not np.isfinite(w).all() or (w < 0).any():
+                raise PackageError(
+                    f"initial_weights must be {n_records} finite non-negative numbers, got shape {w.shape}"
+                )
+        for key, column in self.geography.items():
+            if key not in GEOGRAPHY_KEYS:
+                raise PackageError(f"unknown geography {key!r}; expected one of {', '.join(GEOGRAPHY_KEYS)}")
+            if column.shape != (n_records,):
+                raise PackageError(f"geography {key!r} must have {n_records} entries, got shape {column.shape}")
+
+    @classmethod
+    def create(
+        cls,
+        matrix: Any,
+        targets: pd.DataFrame,
+        target_names: Any = None,
+        *,
+        initial_weights: Any = None,
+        geography: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CalibrationPackage:
+        """From a scipy sparse matrix or a ``jax.experimental.sparse.BCOO`` and a targets table.
+
+        The matrix becomes CSR with int32 indices and float32 values; ``target_names``
+        default to PolicyEngine's ``target_name`` column when the table has one.
+        """
+        import pandas as pd
+
+        if target_names is None:
+            if "target_name" not in targets.columns:
+                raise PackageError("give target_names or a 'target_name' column")
+            target_names = targets["target_name"]
+        return cls(
+            matrix=_as_csr(matrix),
+            targets=pd.DataFrame(targets).reset_index(drop=True),
+            target_names=tuple(str(name) for name in target_names),
+            initial_weights=None if initial_weights is None else np.asarray(initial_weights, np.float64),
+            geography={k: np.asarray(v) for k, v in (geography or {}).items()},
+            metadata=dict(metadata or {}),
+        )
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def n_records(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.nnz)
+
+    @property
+    def target_values(self) -> np.ndarray:
+        return self.targets["value"].to_numpy(np.float64)
+
+    def target_matrix(self, *, layout: Layout = "interleaved") -> TargetMatrix:
+        """The matrix in the engine's layout."""
+        from ._matrix import TargetMatrix
+
+        return TargetMatrix.from_scipy(self.matrix, layout=layout)
+
+    def to_bcoo(self) -> jsparse.BCOO:
+        from jax.experimental import sparse as jsparse
+
+        return jsparse.BCOO.from_scipy_sparse(self.matrix)
+
+    def row_sums(self) -> np.ndarray:
+        """``X @ 1`` in float64: a target whose row sums to 0 is impossible."""
+        return np.asarray(self.matrix.sum(axis=1), np.float64).ravel()
+
+    def select_targets(self, keep: Any) -> CalibrationPackage:
+        """The package with only the rows ``keep`` (a boolean mask or indices), in order."""
+        rows = _as_indices(keep, self.n_targets)
+        return eqx.tree_at(
+            lambda p: (p.matrix, p.targets, p.target_names),
+            self,
+            (
+                self.matrix[rows],
+                self.targets.iloc[rows].reset_index(drop=True),
+                tuple(self.target_names[i] for i in rows),
+            ),
+        )
+
+    def select_records(self, keep: Any) -> CalibrationPackage:
+        """The package with only the columns ``keep`` (a boolean mask or indices), in order."""
+        cols = _as_indices(keep, self.n_records)
+        return CalibrationPackage(
+            matrix=_as_csr(self.matrix[:, cols]),
+            targets=self.targets,
+            target_names=self.target_names,
+            initial_weights=None if self.initial_weights is None else self.initial_weights[cols],
+            geography={k: v[cols] for k, v in self.geography.items()},
+            metadata=dict(self.metadata) | {"parent_columns": int(self.n_records)},
+        )
+
+    def signature(self) -> dict[str, Any]:
+        """What identifies the problem a fit solves: shape and sha256 of matrix, names and values."""
+        matrix = self.matrix
+        return {
+            "shape": [self.n_targets, self.n_records],
+            "matrix_sha256": sha256_arrays(
+                matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32), matrix.data.astype(np.float32)
+            ),
+            "target_names_sha256": hashlib.sha256("\n".join(self.target_names).encode()).hexdigest(),
+            "target_values_sha256": sha256_arrays(self.target_values),
+        }
+
+
+def save_package(package: CalibrationPackage, path: str | os.PathLike) -> pathlib.Path:
+    """Write ``package`` to ``path`` (``.npz`` added when missing) atomically; return the path."""
+    path = pathlib.Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT),
+        "format_version": np.array(FORMAT_VERSION),
+        "matrix_indptr": package.matrix.indptr.astype(np.int64),
+        "matrix_indices": package.matrix.indices.astype(np.int32),
+        "matrix_data": package.matrix.data.astype(np.float32),
+        "matrix_shape": np.array(package.matrix.shape, np.int64),
+        "target_names": np.array(package.target_names, dtype=str),
+        "metadata": np.array(json.dumps(dict(package.metadata), default=_json_default)),
+    }
+    columns = []
+    for name in package.targets.columns:
+        column = package.targets[name]
+        if column.dtype.kind in "biuf":
+            arrays[f"targets/{name}"] = column.to_numpy()
+        else:
+            missing = column.isna().to_numpy()
+            arrays[f"targets/{name}"] = np.where(missing, "", column.astype(str)).astype(str)
+            arrays[f"targets_missing/{name}"] = missing
+        columns.append(name)
+    arrays["target_columns"] = np.array(columns, dtype=str)
+    if package.initial_weights is not None:
+        arrays["initial_weights"] = package.initial_weights
+    for key, column in package.geography.items():
+        arrays[f"geography/{key}"] = column
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> CalibrationPackage:
+    """Read a package written by :func:`save_package`, or, with ``allow_pickle``, a PolicyEngine pickle.
+
+    Raises :class:`PackageError` (a ``ValueError``) for a missing, corrupt or
+    inconsistent file, and for a pickle without ``allow_pickle``.
+    """
+    import pandas as pd
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise PackageError(f"package not found: {path}")
+    if is_pickle(path):
+        if not allow_pickle:
+            raise PackageError(
+                f"{path} is a pickle file, and loading a pickle runs whatever code it holds; "
+                f"if you trust it, convert it once with `jaxcal convert {path} OUT.npz --allow-pickle`"
+            )
+        return import_pickle_package(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            files = dict(npz.items())
+    except Exception as error:  # zipfile, OSError, ValueError: all mean "not a package"
+        raise PackageError(f"{path} is not a readable jaxcal package ({type(error).__name__}: {error})") from None
+    if str(files.get("format", "")) != FORMAT:
+        raise PackageError(f"{path} is not a jaxcal package (no '{FORMAT}' marker)")
+    if int(files["format_version"]) > FORMAT_VERSION:
+        raise PackageError(f"{path} has format version {int(files['format_version'])}; this jaxcal reads up to {FORMAT_VERSION}")
+    try:
+        from scipy import sparse
+
+        shape = tuple(int(s) for s in files["matrix_shape"])
+        matrix = sparse.csr_array(
+            (files["matrix_data"], files["matrix_indices"], files["matrix_indptr"]), shape=shape
+        )
+        matrix.check_format(full_check=True)
+        targets = pd.DataFrame(
+            {
+                name: _restore_column(files[f"targets/{name}"], files.get(f"targets_missing/{name}"))
+                for name in files["target_columns"]
+            }
+        )
+        return CalibrationPackage(
+            matrix=matrix,
+            targets=targets,
+            target_names=tuple(str(n) for n in files["target_names"]),
+            initial_weights=files.get("initial_weights"),
+            geography={k.split("/", 1)[1]: v for k, v in files.items() if k.startswith("geography/")},
+            metadata=json.loads(str(files["metadata"])),
+        )
+    except PackageError as error:
+        raise PackageError(f"{path}: {error}") from None
+    except (KeyError, ValueError, TypeError) as error:
+        raise PackageError(f"{path} is a damaged jaxcal package ({type(error).__name__}: {error})") from None
+
+
+def import_pickle_package(path: str | os.PathLike) -> CalibrationPackage:
+    """Import PolicyEngine's pickle package (``X_sparse``, ``targets_df``, ``target_names``,
+    ``metadata``, optional ``initial_weights``, ``cd_geoid``, ``block_geoid``).
+
+    Unpickling runs code from the file: call this only on files you trust.
+    """
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f)  # noqa: S301 - the caller opted in
+    except Exception as error:
+        raise PackageError(f"{path} could not be unpickled ({type(error).__name__}: {error})") from None
+    if not isinstance(raw, dict) or not {"X_sparse", "targets_df"} <= raw.keys():
+        raise PackageError(f"{path} is not a PolicyEngine calibration package (a dict with X_sparse and targets_df)")
+    geography = {k: np.asarray(raw[k]) for k in ("cd_geoid", "block_geoid") if raw.get(k) is not None}
+    weights = raw.get("initial_weights")
+    return CalibrationPackage.create(
+        raw["X_sparse"],
+        raw["targets_df"],
+        raw.get("target_names"),
+        initial_weights=weights,
+        geography=geography,
+        metadata=dict(raw.get("metadata") or {}) | {"imported_from": str(path)},
+    )
+
+
+def is_pickle(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a pickle (protocol 2 or later) or is named ``.pkl``/``.pickle``."""
+    path = pathlib.Path(path)
+    if path.suffix in (".pkl", ".pickle"):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == _PICKLE_MAGIC
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
+
+    A reader never sees a half-written file, and a failed write leaves no trace.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(temporary, path)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def sha256_arrays(*arrays: np.ndarray) -> str:
+    """sha256 over the arrays' dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _as_csr(matrix: Any) -> sparse.csr_array:
+    from scipy import sparse
+
+    if not sparse.issparse(matrix):
+        from jax.experimental import sparse as jsparse
+
+        if not isinstance(matrix, jsparse.BCOO):
+            raise PackageError(f"the matrix must be scipy sparse or a BCOO, got {type(matrix).__name__}")
+        matrix = _bcoo_to_scipy(matrix)
+    csr = sparse.csr_array(matrix, dtype=np.float32)
+    csr.sum_duplicates()
+    csr.indices = csr.indices.astype(np.int32, copy=False)
+    if not np.isfinite(csr.data).all():
+        raise PackageError("the matrix holds NaN or infinite values")
+    return csr
+
+
+def _bcoo_to_scipy(matrix: jsparse.BCOO) -> sparse.coo_array:
+    from scipy import sparse
+
+    indices = np.asarray(matrix.indices)
+    data = np.asarray(matrix.data)
+    real = (indices[:, 0] < matrix.shape[0]) & (indices[:, 1] < matrix.shape[1])  # drop BCOO padding
+    return sparse.coo_array((data[real], (indices[real, 0], indices[real, 1])), shape=matrix.shape)
+
+
+def _as_indices(keep: Any, size: int) -> np.ndarray:
+    keep = np.asarray(keep)
+    if keep.dtype == bool:
+        if keep.shape != (size,):
+            raise ValueError(f"a boolean selection must have {size} entries, got shape {keep.shape}")
+        return np.flatnonzero(keep)
+    if keep.size and (keep.min() < 0 or keep.max() >= size):
+        raise ValueError(f"selected indices must lie in [0, {size})")
+    return keep.astype(np.int64)
+
+
+def _restore_column(values: np.ndarray, missing: np.ndarray | None) -> Any:
+    if missing is None:
+        return values
+    column = values.astype(object)
+    column[missing] = None
+    return column
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"metadata value {value!r} is not JSON-serialisable")

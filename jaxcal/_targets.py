@@ -1,0 +1,99 @@
+"""Target tables: PolicyEngine's target-config include/exclude rules and its initial weights."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._package import CalibrationPackage
+
+RULE_FIELDS = ("variable", "geo_level", "domain_variable")
+
+
+def load_target_config(path: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
+    """Read a target-config YAML (keys ``include`` and/or ``exclude``, each a list of rules
+    ``{variable, geo_level?, domain_variable?}``) and check its shape; ``ValueError`` if bad."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ValueError(f"target config not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"target config {path} is not valid YAML: {error}") from None
+    return check_target_config(config or {}, source=str(path))
+
+
+def check_target_config(config: Any, *, source: str = "target config") -> dict[str, list[dict[str, str]]]:
+    if not isinstance(config, dict) or set(config) - {"include", "exclude"}:
+        raise ValueError(f"{source}: expected a mapping with keys 'include' and/or 'exclude'")
+    checked: dict[str, list[dict[str, str]]] = {}
+    for key in ("include", "exclude"):
+        rules = config.get(key) or []
+        if not isinstance(rules, list):
+            raise ValueError(f"{source}: '{key}' must be a list of rules")
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, dict) or "variable" not in rule or set(rule) - set(RULE_FIELDS):
+                raise ValueError(
+                    f"{source}: {key}[{i}] must be a mapping with 'variable' and optionally "
+                    f"'geo_level' and 'domain_variable', got {rule!r}"
+                )
+        checked[key] = [{k: str(v) for k, v in rule.items()} for rule in rules]
+    return checked
+
+
+def target_config_mask(targets: pd.DataFrame, config: dict[str, list[dict[str, str]]]) -> np.ndarray:
+    """Rows kept: (include given ? any include rule matches : all) and no exclude rule matches.
+
+    Inside a rule every given field must equal the row's; a rule without
+    ``domain_variable`` matches every domain of its variable and level, including none.
+    """
+    keep = _matches(targets, config["include"]) if config.get("include") else np.ones(len(targets), bool)
+    if config.get("exclude"):
+        keep &= ~_matches(targets, config["exclude"])
+    return keep
+
+
+def apply_target_config(package: CalibrationPackage, config: dict[str, list[dict[str, str]]]) -> CalibrationPackage:
+    """The package restricted to the targets ``config`` keeps; ``ValueError`` if it keeps none."""
+    keep = target_config_mask(package.targets, config)
+    if not keep.any():
+        raise ValueError(f"the target config keeps none of the package's {package.n_targets} targets")
+    return package.select_targets(keep)
+
+
+def policyengine_initial_weights(package: CalibrationPackage) -> np.ndarray:
+    """policyengine-us-data's starting weights: 100 for every column, except that the columns
+    of a district with ``person_count`` targets in domain ``age`` get that district's
+    population (the sum of those targets) divided by the number of columns they touch."""
+    targets = package.targets
+    weights = np.full(package.n_records, 100.0)
+    age_rows = (
+        (targets["variable"] == "person_count")
+        & (targets["domain_variable"] == "age")
+        & (targets["geo_level"] == "district")
+    ).to_numpy()
+    if not age_rows.any():
+        return weights
+    rows = targets[age_rows]
+    for _, group in rows.groupby("geographic_id", sort=True):
+        columns = np.unique(package.matrix[group.index.to_numpy()].indices)
+        if columns.size:
+            weights[columns] = group["value"].sum() / columns.size
+    return weights
+
+
+def _matches(targets: pd.DataFrame, rules: list[dict[str, str]]) -> np.ndarray:
+    mask = np.zeros(len(targets), bool)
+    for rule in rules:
+        rule_mask = np.ones(len(targets), bool)
+        for field, wanted in rule.items():
+            rule_mask &= (targets[field].astype(object) == wanted).to_numpy()
+        mask |= rule_mask
+    return mask

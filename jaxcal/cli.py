@@ -1,0 +1,61 @@
+"""The ``jaxcal`` command.
+
+Each command module adds its subparser through ``register(subparsers)`` and sets
+``run=function(args) -> int``. Commands that live outside the engine (``build``,
+``export``, ``check-h5`` in ``builders``) arrive through the ``jaxcal.commands`` entry
+point group, so that the engine never imports them. A user mistake is one line on stderr
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+_ENGINE_COMMANDS = ("jaxcal._cli_fit", "jaxcal._cli_package", "jaxcal._cli_workflow")
+
+
+class CommandError(Exception):
+    """A user mistake: printed as ``jaxcal <command>: error: <message>``, exit ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxcal", description="Differentiable calibration of survey microdata in JAX."
+    )
+    parser.add_argument("--version", action="version", version=f"jaxcal {metadata.version('jaxcal')}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _ENGINE_COMMANDS:
+        importlib.import_module(module).register(subparsers)
+    for entry in metadata.entry_points(group="jaxcal.commands"):
+        entry.load()(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CommandError as error:
+        return _fail(args.command, str(error), error.code)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        return _fail(args.command, str(error), 1)
+    except KeyboardInterrupt:
+        return _fail(args.command, "interrupted", 130)
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"jaxcal {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
