@@ -12,5 +12,12 @@ from ._loss import data_loss as data_loss
 from ._loss import target_loss_weights as target_loss_weights
 from ._matrix import TargetMatrix as TargetMatrix
 from ._model import CalibrationWeights as CalibrationWeights
+from ._package import CalibrationPackage as CalibrationPackage
+from ._package import PackageError as PackageError
+from ._package import load_package as load_package
+from ._package import save_package as save_package
+from ._targets import apply_target_config as apply_target_config
+from ._targets import load_target_config as load_target_config
+from ._targets import policyengine_initial_weights as policyengine_initial_weights
 
 __version__ = "0.1.0"
