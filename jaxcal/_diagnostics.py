@@ -1,0 +1,278 @@
+"""Diagnostics: per-target errors, weight health, and PolicyEngine's package validation report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import equinox as eqx
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._package import CalibrationPackage
+
+TINY_WEIGHT = 0.01
+"""A positive weight below this counts as tiny (PolicyEngine's smallest weight bucket)."""
+COLLAPSE_ESS_RATIO = 0.01
+"""Effective sample size below this share of the positive records suggests collapse."""
+
+
+def relative_errors(estimates: Any, targets: Any) -> np.ndarray:
+    """``(estimate - target) / |target|``, 0 where the target is 0 (PolicyEngine's rel_error)."""
+    estimates = np.asarray(estimates, np.float64)
+    targets = np.asarray(targets, np.float64)
+    safe = np.where(targets != 0, np.abs(targets), 1.0)
+    return np.where(targets != 0, (estimates - targets) / safe, 0.0)
+
+
+def target_diagnostics(package: CalibrationPackage, weights: Any) -> pd.DataFrame:
+    """PolicyEngine's ``unified_diagnostics.csv`` table, computed in float64:
+    ``target, true_value, estimate, rel_error, abs_rel_error, achievable``."""
+    import pandas as pd
+
+    weights = np.asarray(weights, np.float64)
+    estimates = package.matrix.astype(np.float64) @ weights
+    rel_error = relative_errors(estimates, package.target_values)
+    return pd.DataFrame(
+        {
+            "target": package.target_names,
+            "true_value": package.target_values,
+            "estimate": estimates,
+            "rel_error": rel_error,
+            "abs_rel_error": np.abs(rel_error),
+            "achievable": package.row_sums() > 0,
+        }
+    )
+
+
+def error_summary(rel_error: Any) -> dict[str, float]:
+    """Mean and median absolute relative error (percent) and the share of targets within 10%."""
+    abs_error = np.abs(np.asarray(rel_error, np.float64))
+    if abs_error.size == 0:
+        return {"mean_error_pct": float("nan"), "median_error_pct": float("nan"), "share_within_10pct": float("nan")}
+    return {
+        "mean_error_pct": float(100 * abs_error.mean()),
+        "median_error_pct": float(100 * np.median(abs_error)),
+        "share_within_10pct": float((abs_error <= 0.1).mean()),
+    }
+
+
+def weight_health(weights: Any) -> dict[str, Any]:
+    """Summary of a weight vector: how many records are kept, how the weight spreads over them.
+
+    Quantiles are over the positive weights. The effective sample size is
+    ``(sum w)^2 / sum w^2`` (Kish); ``collapse_suspected`` when it is below
+    ``COLLAPSE_ESS_RATIO`` of the positive count, i.e. a handful of records carry the total.
+    """
+    w = np.asarray(weights, np.float64)
+    finite = bool(np.isfinite(w).all())
+    non_negative = bool((w >= 0).all()) if finite else False
+    positive = w[w > 0] if finite else np.zeros(0)
+    n_positive = int(positive.size)
+    total = float(positive.sum())
+    ess = total**2 / float((positive**2).sum()) if n_positive else 0.0
+    quantiles = np.quantile(positive, [0.01, 0.5, 0.99]) if n_positive else [float("nan")] * 3
+    return {
+        "n_records": int(w.size),
+        "finite": finite,
+        "non_negative": non_negative,
+        "count_positive": n_positive,
+        "tiny_share": float((positive < TINY_WEIGHT).mean()) if n_positive else 0.0,
+        "total": total,
+        "min": float(positive.min()) if n_positive else float("nan"),
+        "p01": float(quantiles[0]),
+        "p50": float(quantiles[1]),
+        "p99": float(quantiles[2]),
+        "max": float(positive.max()) if n_positive else float("nan"),
+        "effective_sample_size": ess,
+        "ess_ratio": ess / n_positive if n_positive else 0.0,
+        "collapse_suspected": bool(n_positive == 0 or ess < COLLAPSE_ESS_RATIO * n_positive),
+    }
+
+
+class PackageValidation(eqx.Module):
+    """policyengine-us-data's ``validate_package`` result: achievability of each target."""
+
+    n_targets: int
+    n_records: int
+    nnz: int
+    density: float
+    metadata: dict
+    n_achievable: int
+    impossible_targets: pd.DataFrame
+    """Targets whose row sums to 0 (no weights can reach them)."""
+    impossible_by_group: pd.DataFrame
+    hardest_targets: pd.DataFrame
+    """Achievable targets with the lowest ``row_sum / target`` (the weight each record needs)."""
+    group_summary: pd.DataFrame
+    strict_ratio: float | None
+    strict_failures: int
+
+    @property
+    def n_impossible(self) -> int:
+        return self.n_targets - self.n_achievable
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 impossible targets, 2 strict failures (PolicyEngine's codes)."""
+        if self.strict_failures:
+            return 2
+        return 1 if self.n_impossible else 0
+
+
+def validate_package(
+    package: CalibrationPackage, *, n_hardest: int = 10, strict_ratio: float | None = None
+) -> PackageValidation:
+    """Which targets can be reached at all, and which are hardest, as policyengine-us-data reports."""
+    import pandas as pd
+
+    targets = _with_text_domain(package.targets)
+    names = np.asarray(package.target_names, dtype=object)
+    row_sums = package.row_sums()
+    values = package.target_values
+    achievable = row_sums > 0
+    impossible = targets[~achievable]
+    group = ["domain_variable", "variable", "geo_level"]
+
+    achievable_idx = np.flatnonzero(achievable)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(values[achievable_idx] != 0, row_sums[achievable_idx] / values[achievable_idx], np.inf)
+    hardest = achievable_idx[np.argsort(ratios, kind="stable")[: max(n_hardest, 0)]]
+    hardest_ratio = np.sort(ratios, kind="stable")[: max(n_hardest, 0)]
+    summary = (
+        targets.assign(achievable=achievable)
+        .groupby(group, dropna=False)
+        .agg(total=("value", "size"), ok=("achievable", "sum"))
+        .reset_index()
+        .sort_values(group)
+        .reset_index(drop=True)
+    )
+    summary["ok"] = summary["ok"].astype(int)
+    summary["impossible"] = summary["total"] - summary["ok"]
+    n_cells = package.n_targets * package.n_records
+    return PackageValidation(
+        n_targets=package.n_targets,
+        n_records=package.n_records,
+        nnz=package.nnz,
+        density=package.nnz / n_cells if n_cells else 0.0,
+        metadata=dict(package.metadata),
+        n_achievable=int(achievable.sum()),
+        impossible_targets=pd.DataFrame(
+            {
+                "target_name": names[~achievable],
+                "domain_variable": impossible["domain_variable"].to_numpy(),
+                "variable": impossible["variable"].to_numpy(),
+                "geo_level": impossible["geo_level"].to_numpy(),
+                "geographic_id": impossible["geographic_id"].to_numpy(),
+                "target_value": values[~achievable],
+            }
+        ),
+        impossible_by_group=(
+            impossible.groupby(group, dropna=False).size().reset_index(name="count")
+            .sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+        ),  # fmt: skip
+        hardest_targets=pd.DataFrame(
+            {
+                "target_name": names[hardest],
+                "domain_variable": targets["domain_variable"].to_numpy()[hardest],
+                "variable": targets["variable"].to_numpy()[hardest],
+                "geographic_id": targets["geographic_id"].to_numpy()[hardest],
+                "ratio": hardest_ratio,
+                "row_sum": row_sums[hardest],
+                "target_value": values[hardest],
+            }
+        ),
+        group_summary=summary,
+        strict_ratio=strict_ratio,
+        strict_failures=int((ratios < strict_ratio).sum()) if strict_ratio is not None else 0,
+    )
+
+
+def format_validation(result: PackageValidation, package_path: str | None = None) -> str:
+    """The report ``jaxcal validate`` prints (policyengine-us-data's layout)."""
+    lines = ["", "=== Calibration Package Validation ===", ""]
+    if package_path:
+        lines.append(f"Package: {package_path}")
+    lines += provenance_lines(result.metadata) + [""]
+    lines.append(f"Matrix:  {result.n_targets:,} targets x {result.n_records:,} columns")
+    lines.append(f"Non-zero: {result.nnz:,} (density: {result.density:.6f})")
+    meta = result.metadata
+    if meta.get("n_clones"):
+        parts = [f"Clones: {meta['n_clones']}"]
+        if meta.get("n_base_records"):
+            parts.append(f"Records: {meta['n_base_records']:,}")
+        if meta.get("seed") is not None:
+            parts.append(f"Seed: {meta['seed']}")
+        lines.append(", ".join(parts))
+    pct = 100 * result.n_achievable / result.n_targets if result.n_targets else 0.0
+    lines += [
+        "",
+        "--- Achievability ---",
+        f"Achievable: {result.n_achievable:>6,} / {result.n_targets:,} ({pct:.1f}%)",
+        f"Impossible: {result.n_impossible:>6,} / {result.n_targets:,} ({100 - pct:.1f}%)",
+        "",
+    ]
+    if len(result.impossible_targets):
+        lines.append("--- Impossible Targets ---")
+        for row in result.impossible_targets.itertuples():
+            lines.append(f"  {row.target_name:<60s} {row.target_value:>14,.0f}")
+        lines.append("")
+    if len(result.impossible_by_group) > 1:
+        lines.append("--- Impossible Targets by Group ---")
+        for row in result.impossible_by_group.itertuples():
+            lines.append(f"  {row.domain_variable:<20s} {row.variable:<25s} {row.geo_level:<12s} {row.count:>5d}")
+        lines.append("")
+    if len(result.hardest_targets):
+        lines.append(f"--- Hardest Achievable Targets ({len(result.hardest_targets)} lowest ratio) ---")
+        for row in result.hardest_targets.itertuples():
+            lines.append(f"  {row.target_name:<50s} {row.ratio:>10.4f} {row.row_sum:>14,.0f} {row.target_value:>14,.0f}")
+        lines.append("")
+    if len(result.group_summary):
+        lines.append("--- Group Summary ---")
+        lines.append(f"  {'domain':<20s} {'variable':<25s} {'geo_level':<12s} {'total':>6s} {'ok':>6s} {'impossible':>10s}")
+        for row in result.group_summary.itertuples():
+            lines.append(
+                f"  {row.domain_variable:<20s} {row.variable:<25s} {row.geo_level:<12s}"
+                f" {row.total:>6d} {row.ok:>6d} {row.impossible:>10d}"
+            )
+        lines.append("")
+    if result.strict_ratio is not None:
+        lines += [f"Strict check (ratio < {result.strict_ratio}): {result.strict_failures} failures", ""]
+    if result.strict_failures:
+        lines.append(f"RESULT: FAIL ({result.strict_failures} targets below ratio {result.strict_ratio})")
+    elif result.n_impossible:
+        lines.append(f"RESULT: FAIL ({result.n_impossible} impossible targets)")
+    else:
+        lines.append("RESULT: PASS")
+    return "\n".join(lines)
+
+
+def provenance_lines(metadata: dict) -> list[str]:
+    """Where a package came from, one fact a line, for reports."""
+    labels = (
+        ("created_at", "Created"),
+        ("dataset_path", "Dataset"),
+        ("dataset_sha256", "Dataset SHA"),
+        ("db_path", "Database"),
+        ("db_sha256", "DB SHA"),
+        ("target_config_sha256", "Target config SHA"),
+        ("jaxcal_version", "jaxcal"),
+        ("imported_from", "Imported from"),
+    )
+    lines = []
+    for key, label in labels:
+        value = metadata.get(key)
+        if value:
+            text = str(value)
+            lines.append(f"{label}: {text[:12] if key.endswith('sha256') else text}")
+    return lines
+
+
+def _with_text_domain(targets: pd.DataFrame) -> pd.DataFrame:
+    """Targets with text group columns: a missing domain reads as '' so that it groups and prints."""
+    return targets.assign(
+        domain_variable=targets["domain_variable"].fillna("").astype(str),
+        variable=targets["variable"].astype(str),
+        geo_level=targets["geo_level"].astype(str),
+    )
