@@ -1,0 +1,351 @@
+"""Held-out target families: a seeded split, held-out loss curves, early stopping on them.
+
+A *family* is a set of targets that describe one quantity (by default one
+``geo_level x variable x domain_variable``); families are held out whole, so the held-out
+loss measures how well the weights reproduce quantities the fit never saw.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ._fit import FitResult, fit
+from ._loss import LossKind, data_loss, target_loss_weights
+from ._matrix import TargetMatrix
+from ._model import CalibrationWeights
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._package import CalibrationPackage
+
+FAMILY_COLUMNS = ("geo_level", "variable", "domain_variable")
+LOG_COLUMNS = (
+    "epoch",
+    "objective_train_loss",
+    "full_loss",
+    "train_loss",
+    "holdout_loss",
+    "weight_sum",
+    "positive_record_count",
+)
+"""One row per evaluation; see :class:`HoldoutFit`."""
+
+
+class HoldoutSplit(eqx.Module):
+    """Which targets a fit trains on and which it holds out, by whole families."""
+
+    holdout: Bool[np.ndarray, " n_targets"]
+    family: Int[np.ndarray, " n_targets"]
+    """Index into ``family_names`` of each target."""
+    family_names: tuple[str, ...]
+    held_out_families: tuple[str, ...]
+    seed: int
+
+    @property
+    def train(self) -> Bool[np.ndarray, " n_targets"]:
+        return ~self.holdout
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for run records."""
+        return {
+            "seed": self.seed,
+            "n_train_targets": int(self.train.sum()),
+            "n_holdout_targets": int(self.holdout.sum()),
+            "n_families": len(self.family_names),
+            "held_out_families": list(self.held_out_families),
+        }
+
+
+def holdout_split(
+    targets: pd.DataFrame,
+    *,
+    fraction: float = 0.2,
+    family_columns: Sequence[str] = FAMILY_COLUMNS,
+    strata: Any = None,
+    seed: int = 0,
+) -> HoldoutSplit:
+    """Hold out whole families of targets, stratified, seeded.
+
+    Families are the distinct values of ``family_columns`` (e.g. one column you name).
+    Families are stratified by ``strata`` (one label per target, constant within a family;
+    default: geography level x measure, where the measure is ``count`` for a variable ending
+    in ``_count`` and ``amount`` for the rest, i.e. income and program totals). In every
+    stratum with at least two families, ``max(1, round(fraction * n))`` of its ``n``
+    families, and never all, are held out, drawn with ``numpy.random.default_rng(seed)``;
+    so by default at least one family of every geography level and of each measure is held
+    out wherever there is one to spare.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the holdout fraction must lie in (0, 1), got {fraction}")
+    missing = [c for c in family_columns if c not in targets.columns]
+    if missing or not family_columns:
+        raise ValueError(f"the targets table lacks family column(s) {', '.join(missing) or '(none given)'}")
+    keys = targets[list(family_columns)].astype(object).where(targets[list(family_columns)].notna(), "")
+    labels = keys.astype(str).agg("/".join, axis=1).to_numpy()
+    family_names, family = np.unique(labels, return_inverse=True)
+    if strata is None:
+        strata = _default_strata(targets)
+    strata = np.asarray(strata).astype(str)
+    if strata.shape != (len(targets),):
+        raise ValueError(f"strata must give one label per target ({len(targets)}), got shape {strata.shape}")
+    family_stratum = np.empty(len(family_names), dtype=object)
+    for f, s in zip(family, strata, strict=True):
+        if family_stratum[f] is not None and family_stratum[f] != s:
+            raise ValueError(f"family {family_names[f]!r} spans strata {family_stratum[f]!r} and {s!r}")
+        family_stratum[f] = s
+
+    rng = np.random.default_rng(seed)
+    held = []
+    for stratum in sorted(set(family_stratum)):
+        members = np.flatnonzero(family_stratum == stratum)
+        if members.size < 2:
+            continue
+        k = min(members.size - 1, max(1, round(fraction * members.size)))
+        held.extend(rng.choice(members, size=k, replace=False).tolist())
+    held = np.sort(np.asarray(held, dtype=np.int64))
+    if held.size == 0:
+        raise ValueError("no stratum has two families, so none can be held out; name other family columns")
+    return HoldoutSplit(
+        holdout=np.isin(family, held),
+        family=family.astype(np.int64),
+        family_names=tuple(str(n) for n in family_names),
+        held_out_families=tuple(str(family_names[i]) for i in held),
+        seed=int(seed),
+    )
+
+
+def _default_strata(targets: pd.DataFrame) -> np.ndarray:
+    for column in ("geo_level", "variable"):
+        if column not in targets.columns:
+            raise ValueError(f"the default strata need a '{column}' column; pass strata=")
+    measure = np.where(targets["variable"].astype(str).str.endswith("_count"), "count", "amount")
+    return targets["geo_level"].astype(str).to_numpy() + "/" + measure
+
+
+class HoldoutFit(eqx.Module):
+    """What :func:`fit_with_holdout` returns.
+
+    ``result`` is the fit as it stood at ``best_epoch`` (lowest held-out loss), so
+    ``result.weights`` are the weights to use and ``fit(result.model, ...,
+    opt_state=result.opt_state, start_epoch=result.epochs)`` continues from there. ``log``
+    has :data:`LOG_COLUMNS`, one row per evaluation: ``epoch`` is the number of epochs done;
+    ``objective_train_loss`` the objective the epoch's step minimised (train targets,
+    sampled gates, penalties included); the three losses are data losses of the
+    deterministic weights on all, train and held-out targets, each set's target groups
+    weighted as the fit weighs them.
+    """
+
+    result: FitResult
+    log: pd.DataFrame
+    best_epoch: int
+    stopped_epoch: int
+    stop_reason: str
+    """``early_stopping``, ``epochs_exhausted`` or ``callback``."""
+    split: HoldoutSplit
+    patience: int | None
+    min_delta: float
+
+    @property
+    def weights(self) -> Float[Array, " n_records"]:
+        return self.result.weights
+
+    def summary(self) -> dict[str, Any]:
+        """The run record's ``holdout`` entry: losses at the best epoch, when and why it stopped."""
+        best = self.log.loc[self.log["epoch"] == self.best_epoch].iloc[0]
+        return {
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "train_loss": float(best["train_loss"]),
+            "holdout_loss": float(best["holdout_loss"]),
+            "full_loss": float(best["full_loss"]),
+            **self.split.to_dict(),
+        }
+
+    def write_log(self, directory: str | os.PathLike, stem: str = "holdout_log") -> dict[str, str]:
+        """Write ``stem.json``, ``stem.csv`` and ``stem.png`` (the two curves) atomically."""
+        import json
+        import pathlib
+
+        from ._package import atomic_write
+
+        directory = pathlib.Path(directory)
+        paths = {kind: directory / f"{stem}.{kind}" for kind in ("json", "csv", "png")}
+        records = {"summary": self.summary(), "log": self.log.to_dict(orient="records")}
+        atomic_write(paths["json"], lambda f: f.write(json.dumps(records, indent=2)), mode="w")
+        atomic_write(paths["csv"], lambda f: self.log.to_csv(f, index=False), mode="w")
+        atomic_write(paths["png"], lambda f: self.plot().savefig(f, format="png", dpi=100))
+        return {kind: str(path) for kind, path in paths.items()}
+
+    def plot(self) -> Any:
+        """A matplotlib ``Figure`` of the train and held-out loss per epoch, best epoch marked."""
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(7, 4), layout="constrained")
+        axes = figure.add_subplot()
+        axes.plot(self.log["epoch"], self.log["train_loss"], label="train targets")
+        axes.plot(self.log["epoch"], self.log["holdout_loss"], label="held-out targets")
+        axes.axvline(self.best_epoch, color="grey", linestyle=":", label=f"best epoch {self.best_epoch}")
+        axes.set_yscale("log")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("data loss")
+        axes.set_title(f"stopped at epoch {self.stopped_epoch}: {self.stop_reason}")
+        axes.legend()
+        return figure
+
+
+class _Evaluator(eqx.Module):
+    matrix: TargetMatrix
+    targets: Float[Array, " n_targets"]
+    full_weights: Float[Array, " n_targets"]
+    train_weights: Float[Array, " n_targets"]
+    holdout_weights: Float[Array, " n_targets"]
+    loss: LossKind = eqx.field(static=True)
+
+    @eqx.filter_jit
+    def __call__(self, weights: Float[Array, " n_records"]) -> tuple[Array, ...]:
+        predictions = self.matrix.mv(weights)
+        losses = (
+            data_loss(predictions, self.targets, w, self.loss)
+            for w in (self.full_weights, self.train_weights, self.holdout_weights)
+        )
+        return (*losses, jnp.sum(weights), jnp.sum(weights > 0))
+
+
+def fit_with_holdout(
+    model: CalibrationWeights,
+    package: CalibrationPackage,
+    split: HoldoutSplit,
+    *,
+    key: Array,
+    epochs: int = 100,
+    eval_every: int = 1,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    loss: LossKind = "relative",
+    target_groups: Any = None,
+    normalize_groups: bool = True,
+    group_multipliers: dict[int, float] | None = None,
+    callback: Callable[[dict[str, float]], bool | None] | None = None,
+    **fit_kwargs: Any,
+) -> HoldoutFit:
+    """:func:`jaxcal.fit` on the train targets of ``package``, watching the held-out ones.
+
+    Every ``eval_every`` epochs the losses are logged (see :class:`HoldoutFit`). With
+    ``patience``, the fit stops once ``patience`` epochs have passed since the last
+    evaluation that lowered the best held-out loss by more than ``min_delta``; the result is
+    that evaluation's fit. ``target_groups`` (one per target of ``package``) and the other
+    loss settings apply as in :func:`jaxcal.fit`, restricted to the train targets;
+    ``fit_kwargs`` (penalties, optimizer, ``opt_state``, ``start_epoch``, ...) go to it
+    unchanged. ``callback(log_row)`` may return True to stop.
+    """
+    import pandas as pd
+
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be positive, got {eval_every}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be positive, got {patience}")
+    if min_delta < 0:
+        raise ValueError(f"min_delta must not be negative, got {min_delta}")
+    if split.holdout.shape != (package.n_targets,):
+        raise ValueError(f"the split covers {split.holdout.size} targets but the package has {package.n_targets}")
+    if not split.train.any() or not split.holdout.any():
+        raise ValueError("the split needs at least one train and one held-out target")
+    if target_groups is not None:
+        target_groups = np.asarray(target_groups)
+        if target_groups.shape != (package.n_targets,):
+            raise ValueError(f"target_groups must have one entry per target ({package.n_targets})")
+
+    def loss_weights(rows: np.ndarray) -> np.ndarray:
+        full = np.zeros(package.n_targets, np.float32)
+        full[rows] = target_loss_weights(
+            int(rows.sum()),
+            None if target_groups is None else target_groups[rows],
+            normalize_groups=normalize_groups,
+            group_multipliers=_multipliers_within(group_multipliers, target_groups, rows),
+        )
+        return full
+
+    train, holdout = split.train, split.holdout
+    evaluator = _Evaluator(
+        matrix=package.target_matrix(),
+        targets=jnp.asarray(package.target_values, jnp.float32),
+        full_weights=jnp.asarray(loss_weights(np.ones(package.n_targets, bool))),
+        train_weights=jnp.asarray(loss_weights(train)),
+        holdout_weights=jnp.asarray(loss_weights(holdout)),
+        loss=loss,
+    )
+    rows: list[dict[str, float]] = []
+    state: dict[str, Any] = {"best": math.inf, "result": None, "reason": "epochs_exhausted"}
+
+    def watch(result: FitResult) -> bool:
+        full, train_loss, holdout_loss, weight_sum, positive = evaluator(result.weights)
+        row = {
+            "epoch": result.epochs,
+            "objective_train_loss": float(result.history.total[-1]),
+            "full_loss": float(full),
+            "train_loss": float(train_loss),
+            "holdout_loss": float(holdout_loss),
+            "weight_sum": float(weight_sum),
+            "positive_record_count": int(positive),
+        }
+        rows.append(row)
+        if row["holdout_loss"] < state["best"] - min_delta:
+            state["best"] = row["holdout_loss"]
+            state["result"] = jax.tree.map(jnp.copy, result)  # its model and opt_state are donated next
+        if callback is not None and callback(row):
+            state["reason"] = "callback"
+            return True
+        if patience is not None and state["result"] is not None and result.epochs - state["result"].epochs >= patience:
+            state["reason"] = "early_stopping"
+            return True
+        return False
+
+    last = fit(
+        model,
+        package.select_targets(train).target_matrix(),
+        package.target_values[train],
+        key=key,
+        epochs=epochs,
+        loss=loss,
+        target_groups=None if target_groups is None else target_groups[train],
+        normalize_groups=normalize_groups,
+        group_multipliers=_multipliers_within(group_multipliers, target_groups, train),
+        chunk_epochs=eval_every,
+        callback=watch,
+        **fit_kwargs,
+    )
+    if state["result"] is None:
+        raise ValueError("the fit ran no epochs, or every held-out loss was NaN")
+    return HoldoutFit(
+        result=state["result"],
+        log=pd.DataFrame(rows, columns=list(LOG_COLUMNS)),
+        best_epoch=state["result"].epochs,
+        stopped_epoch=last.epochs,
+        stop_reason=state["reason"],
+        split=split,
+        patience=patience,
+        min_delta=float(min_delta),
+    )
+
+
+def _multipliers_within(
+    multipliers: dict[int, float] | None, groups: np.ndarray | None, rows: np.ndarray
+) -> dict[int, float] | None:
+    """The multipliers of the groups that still have targets among ``rows``."""
+    if multipliers is None or groups is None:
+        return multipliers
+    present = set(np.unique(groups[rows]).tolist())
+    return {g: m for g, m in multipliers.items() if g in present} or None
