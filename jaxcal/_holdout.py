@@ -224,6 +224,45 @@ class _Evaluator(eqx.Module):
         return (*losses, jnp.sum(weights), jnp.sum(weights > 0))
 
 
+def loss_evaluator(
+    package: CalibrationPackage,
+    split: HoldoutSplit | None,
+    *,
+    loss: LossKind = "relative",
+    target_groups: Any = None,
+    normalize_groups: bool = True,
+    group_multipliers: dict[int, float] | None = None,
+) -> Callable[[Array], tuple[Array, ...]]:
+    """``evaluate(weights) -> (full_loss, train_loss, holdout_loss, weight_sum, positive_count)``,
+    one compiled function; each loss weighs its own targets' groups as :func:`jaxcal.fit`
+    would. Without ``split`` every target is a train target and the held-out loss is 0."""
+    if target_groups is not None:
+        target_groups = np.asarray(target_groups)
+        if target_groups.shape != (package.n_targets,):
+            raise ValueError(f"target_groups must have one entry per target ({package.n_targets})")
+    holdout = np.zeros(package.n_targets, bool) if split is None else split.holdout
+
+    def loss_weights(rows: np.ndarray) -> np.ndarray:
+        full = np.zeros(package.n_targets, np.float32)
+        if rows.any():
+            full[rows] = target_loss_weights(
+                int(rows.sum()),
+                None if target_groups is None else target_groups[rows],
+                normalize_groups=normalize_groups,
+                group_multipliers=_multipliers_within(group_multipliers, target_groups, rows),
+            )
+        return full
+
+    return _Evaluator(
+        matrix=package.target_matrix(),
+        targets=jnp.asarray(package.target_values, jnp.float32),
+        full_weights=jnp.asarray(loss_weights(np.ones(package.n_targets, bool))),
+        train_weights=jnp.asarray(loss_weights(~holdout)),
+        holdout_weights=jnp.asarray(loss_weights(holdout)),
+        loss=loss,
+    )
+
+
 def fit_with_holdout(
     model: CalibrationWeights,
     package: CalibrationPackage,
@@ -263,30 +302,12 @@ def fit_with_holdout(
         raise ValueError(f"the split covers {split.holdout.size} targets but the package has {package.n_targets}")
     if not split.train.any() or not split.holdout.any():
         raise ValueError("the split needs at least one train and one held-out target")
-    if target_groups is not None:
-        target_groups = np.asarray(target_groups)
-        if target_groups.shape != (package.n_targets,):
-            raise ValueError(f"target_groups must have one entry per target ({package.n_targets})")
-
-    def loss_weights(rows: np.ndarray) -> np.ndarray:
-        full = np.zeros(package.n_targets, np.float32)
-        full[rows] = target_loss_weights(
-            int(rows.sum()),
-            None if target_groups is None else target_groups[rows],
-            normalize_groups=normalize_groups,
-            group_multipliers=_multipliers_within(group_multipliers, target_groups, rows),
-        )
-        return full
-
-    train, holdout = split.train, split.holdout
-    evaluator = _Evaluator(
-        matrix=package.target_matrix(),
-        targets=jnp.asarray(package.target_values, jnp.float32),
-        full_weights=jnp.asarray(loss_weights(np.ones(package.n_targets, bool))),
-        train_weights=jnp.asarray(loss_weights(train)),
-        holdout_weights=jnp.asarray(loss_weights(holdout)),
-        loss=loss,
-    )
+    evaluator = loss_evaluator(
+        package, split, loss=loss, target_groups=target_groups,
+        normalize_groups=normalize_groups, group_multipliers=group_multipliers,
+    )  # fmt: skip
+    train = split.train
+    groups = None if target_groups is None else np.asarray(target_groups)
     rows: list[dict[str, float]] = []
     state: dict[str, Any] = {"best": math.inf, "result": None, "reason": "epochs_exhausted"}
 
@@ -320,9 +341,9 @@ def fit_with_holdout(
         key=key,
         epochs=epochs,
         loss=loss,
-        target_groups=None if target_groups is None else target_groups[train],
+        target_groups=None if groups is None else groups[train],
         normalize_groups=normalize_groups,
-        group_multipliers=_multipliers_within(group_multipliers, target_groups, train),
+        group_multipliers=_multipliers_within(group_multipliers, groups, train),
         chunk_epochs=eval_every,
         callback=watch,
         **fit_kwargs,
