@@ -1,0 +1,118 @@
+"""Clones and their geography: which state, congressional district and block each column is in.
+
+Column ``i`` is clone ``i // n_base`` of base record ``i % n_base``. Every column draws a
+place (a district, or a census block when a block table is given) from population weights
+with one seeded ``numpy.random.Generator``; clone ``k > 0`` of a record redraws, at most 50
+rounds, while it lands in a district an earlier clone of that record already has
+(policyengine-us-data's ``assign_random_geography``). A district's GEOID is
+``state_fips * 100 + district number`` (at-large districts are number 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MAX_REDRAWS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class GeographyAssignment:
+    """Per-column geography; every array has ``n_base * n_clones`` entries."""
+
+    state_fips: np.ndarray
+    cd_geoid: np.ndarray
+    block_geoid: np.ndarray | None
+    n_base: int
+    n_clones: int
+
+    @property
+    def n_columns(self) -> int:
+        return self.n_base * self.n_clones
+
+    def as_package_geography(self) -> dict[str, np.ndarray]:
+        """The arrays :class:`jaxcal.CalibrationPackage` keeps, under its key names."""
+        arrays = {"state_fips": self.state_fips, "cd_geoid": self.cd_geoid}
+        if self.block_geoid is not None:
+            arrays["block_geoid"] = self.block_geoid
+        return arrays
+
+
+def assign_geography(n_base: int, n_clones: int, places: pd.DataFrame, seed: int) -> GeographyAssignment:
+    """Draw every clone's place from ``places``: a table with ``cd_geoid`` and ``population``
+    columns, and ``block_geoid`` when the places are blocks (then several rows share a district).
+
+    ``ValueError`` for sizes below 1, a table without those columns, negative or all-zero
+    populations, or a district GEOID that does not encode a state.
+    """
+    if n_base < 1 or n_clones < 1:
+        raise ValueError(f"need at least one base record and one clone, got n_base={n_base}, n_clones={n_clones}")
+    missing = [c for c in ("cd_geoid", "population") if c not in places.columns]
+    if missing:
+        raise ValueError(f"the geography table lacks column(s) {', '.join(missing)}")
+    population = places["population"].to_numpy(np.float64)
+    if not np.isfinite(population).all() or (population < 0).any() or population.sum() <= 0:
+        raise ValueError("geography populations must be finite, non-negative and not all zero")
+    districts = places["cd_geoid"].to_numpy().astype(np.int64)
+    if (districts < 100).any() or (districts // 100 > 78).any():
+        raise ValueError("cd_geoid must be state_fips * 100 + district number")
+    probabilities = population / population.sum()
+    rng = np.random.default_rng(seed)
+
+    def draw(size: int) -> np.ndarray:
+        return rng.choice(districts.size, size=size, p=probabilities)
+
+    chosen = np.empty((n_clones, n_base), np.int64)
+    for clone in range(n_clones):
+        chosen[clone] = draw(n_base)
+        for _ in range(MAX_REDRAWS):
+            taken = (districts[chosen[clone]][None, :] == districts[chosen[:clone]]).any(axis=0)
+            if not taken.any():
+                break
+            chosen[clone, taken] = draw(int(taken.sum()))
+    chosen = chosen.ravel()
+    cd_geoid = districts[chosen]
+    return GeographyAssignment(
+        state_fips=(cd_geoid // 100).astype(np.int32),
+        cd_geoid=cd_geoid,
+        block_geoid=places["block_geoid"].to_numpy().astype(str)[chosen] if "block_geoid" in places else None,
+        n_base=n_base,
+        n_clones=n_clones,
+    )
+
+
+def districts_from_state_populations(
+    state_population: dict[int, float], districts_per_state: dict[int, int]
+) -> pd.DataFrame:
+    """A district table splitting each state's population evenly over its districts (a
+    stand-in where district populations are not at hand)."""
+    import pandas as pd
+
+    rows = [
+        (state * 100 + number, state_population[state] / count)
+        for state, count in sorted(districts_per_state.items())
+        if state in state_population
+        for number in range(1, count + 1)
+    ]
+    return pd.DataFrame(rows, columns=["cd_geoid", "population"])
+
+
+def policyengine_district_table(parameters, year: int, states: list[int] | None = None) -> pd.DataFrame:
+    """Districts of ``states`` (default all 50 and DC), weighted by policyengine-us's state
+    populations for ``year`` (``calibration.gov.census.populations.by_state``) split evenly."""
+    from builders.synthetic_problem import DISTRICTS_PER_STATE
+
+    from .takeup import STATE_CODES
+
+    by_state = parameters.calibration.gov.census.populations.by_state(f"{year}-01-01")
+    wanted = sorted(DISTRICTS_PER_STATE) if states is None else sorted(states)
+    unknown = [s for s in wanted if s not in DISTRICTS_PER_STATE]
+    if unknown:
+        raise ValueError(f"unknown state FIPS code(s): {unknown}")
+    population = {s: float(getattr(by_state, STATE_CODES[s])) for s in wanted}
+    return districts_from_state_populations(population, {s: DISTRICTS_PER_STATE[s] for s in wanted})

@@ -1,0 +1,319 @@
+"""Target databases in PolicyEngine's ``policy_data.db`` schema: write, overview, query, uprate.
+
+Three tables, as in policyengine-us-data, so their real file reads as is:
+``strata`` (a population: ``stratum_id, definition_hash, parent_stratum_id, notes``),
+``stratum_constraints`` (what defines it: ``constraint_variable operation value``, AND-ed)
+and ``targets`` (a statistic of a stratum: ``variable, period, value, reform_id, active``...).
+
+- :class:`TargetDatabaseWriter` creates a database atomically (tests, synthetic builds).
+- :func:`target_overview` derives each target's ``geo_level``, ``geographic_id`` and
+  ``domain_variable`` from its stratum's constraints.
+- :func:`query_targets` keeps the active rows and, per (stratum, variable, reform), the
+  latest period not after the dataset year, else the earliest.
+- :func:`uprate_targets` scales values to the dataset year by CPI-U (amounts) or total
+  population (``*_count`` variables); :func:`policyengine_uprating_indices` reads both
+  series from policyengine-us's parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA = """
+CREATE TABLE strata (
+    stratum_id INTEGER PRIMARY KEY,
+    definition_hash TEXT,
+    parent_stratum_id INTEGER REFERENCES strata (stratum_id),
+    notes TEXT
+);
+CREATE TABLE stratum_constraints (
+    stratum_id INTEGER NOT NULL REFERENCES strata (stratum_id),
+    constraint_variable TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    value TEXT NOT NULL,
+    notes TEXT,
+    PRIMARY KEY (stratum_id, constraint_variable, operation, value)
+);
+CREATE TABLE targets (
+    target_id INTEGER PRIMARY KEY,
+    variable TEXT NOT NULL,
+    period INTEGER NOT NULL,
+    stratum_id INTEGER NOT NULL REFERENCES strata (stratum_id),
+    reform_id INTEGER NOT NULL DEFAULT 0,
+    value REAL,
+    active BOOLEAN NOT NULL DEFAULT 1,
+    tolerance REAL,
+    source TEXT,
+    notes TEXT
+);
+"""
+TABLES = ("strata", "stratum_constraints", "targets")
+OPERATIONS = ("==", "!=", ">", ">=", "<", "<=")
+GEOGRAPHIC_VARIABLES = ("state_fips", "congressional_district_geoid")
+"""Constraints that place a stratum (district wins over state) rather than define a domain."""
+NON_DOMAIN_VARIABLES = GEOGRAPHIC_VARIABLES + ("tax_unit_is_filer", "ucgid_str")
+"""Constraint variables that never count as the target's ``domain_variable``."""
+GEO_LEVEL_ORDER = {"national": 0, "state": 1, "district": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """``variable operation value``; ``value`` is kept as the database's text."""
+
+    variable: str
+    operation: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.operation not in OPERATIONS:
+            raise ValueError(f"constraint operation must be one of {' '.join(OPERATIONS)}, got {self.operation!r}")
+
+    def __str__(self) -> str:
+        return f"{self.variable}{self.operation}{self.value}"
+
+
+ConstraintLike = Constraint | tuple[str, str, Any]
+
+
+class TargetDatabaseWriter:
+    """Writes a new target database; the file appears, complete, when the ``with`` block ends.
+
+    >>> with TargetDatabaseWriter("targets.db") as db:          # doctest: +SKIP
+    ...     ca = db.add_stratum([("state_fips", "==", 6)])
+    ...     db.add_target("person_count", 2024, 39e6, constraints=[("state_fips", "==", 6), ("age", "<", 18)],
+    ...                   parent=ca)
+
+    Strata are shared: the same constraint set (order aside) is one stratum.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        self.path = pathlib.Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._temporary.unlink(missing_ok=True)
+        self._connection = sqlite3.connect(self._temporary)
+        self._connection.executescript(SCHEMA)
+        self._strata: dict[str, int] = {}
+
+    def __enter__(self) -> TargetDatabaseWriter:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self._connection.commit()
+        self._connection.close()
+        if error_type is None:
+            os.replace(self._temporary, self.path)
+        else:
+            self._temporary.unlink(missing_ok=True)
+
+    def add_stratum(
+        self, constraints: Iterable[ConstraintLike] = (), *, parent: int | None = None, notes: str | None = None
+    ) -> int:
+        """The id of the stratum with these constraints, created when new."""
+        constraints = sorted({_as_constraint(c) for c in constraints}, key=lambda c: (c.variable, c.operation, c.value))
+        definition_hash = hashlib.sha256("\n".join(map(str, constraints)).encode()).hexdigest()
+        if definition_hash in self._strata:
+            return self._strata[definition_hash]
+        cursor = self._connection.execute(
+            "INSERT INTO strata (definition_hash, parent_stratum_id, notes) VALUES (?, ?, ?)",
+            (definition_hash, parent, notes),
+        )
+        stratum_id = int(cursor.lastrowid)
+        self._connection.executemany(
+            "INSERT INTO stratum_constraints (stratum_id, constraint_variable, operation, value) VALUES (?, ?, ?, ?)",
+            [(stratum_id, c.variable, c.operation, c.value) for c in constraints],
+        )
+        self._strata[definition_hash] = stratum_id
+        return stratum_id
+
+    def add_target(
+        self,
+        variable: str,
+        period: int,
+        value: float,
+        *,
+        constraints: Iterable[ConstraintLike] = (),
+        stratum_id: int | None = None,
+        parent: int | None = None,
+        reform_id: int = 0,
+        active: bool = True,
+        tolerance: float | None = None,
+        source: str | None = None,
+        notes: str | None = None,
+    ) -> int:
+        """Add one target of the stratum ``stratum_id`` or of the one ``constraints`` define."""
+        if stratum_id is None:
+            stratum_id = self.add_stratum(constraints, parent=parent)
+        cursor = self._connection.execute(
+            "INSERT INTO targets (variable, period, stratum_id, reform_id, value, active, tolerance, source, notes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (variable, int(period), stratum_id, int(reform_id), float(value), bool(active), tolerance, source, notes),
+        )
+        return int(cursor.lastrowid)
+
+
+def connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """A read-only connection to an existing target database with the three tables.
+
+    ``FileNotFoundError`` for a missing file, ``ValueError`` for a file without the tables.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"target database not found: {path}")
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        present = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise ValueError(f"{path} is not an SQLite target database ({error})") from None
+    missing = [table for table in TABLES if table not in present]
+    if missing:
+        connection.close()
+        raise ValueError(f"target database {path} lacks the table(s) {', '.join(missing)}")
+    return connection
+
+
+def stratum_constraints(connection: sqlite3.Connection) -> dict[int, list[Constraint]]:
+    """Each stratum's constraints, sorted by variable, operation and value."""
+    rows = connection.execute(
+        "SELECT stratum_id, constraint_variable, operation, value FROM stratum_constraints"
+        " ORDER BY stratum_id, constraint_variable, operation, value"
+    )
+    constraints: dict[int, list[Constraint]] = {}
+    for stratum_id, variable, operation, value in rows:
+        constraints.setdefault(int(stratum_id), []).append(Constraint(variable, operation, str(value)))
+    return constraints
+
+
+def target_overview(connection: sqlite3.Connection) -> pd.DataFrame:
+    """Every target with ``geo_level``, ``geographic_id`` and ``domain_variable``.
+
+    ``geo_level`` is ``district`` with a ``congressional_district_geoid`` constraint, else
+    ``state`` with a ``state_fips`` one, else ``national``; ``geographic_id`` is that
+    constraint's value or ``US``; ``domain_variable`` joins, sorted, the distinct
+    constraint variables other than :data:`NON_DOMAIN_VARIABLES` (``None`` if none).
+    """
+    import pandas as pd
+
+    targets = pd.read_sql_query(
+        "SELECT target_id, variable, period, stratum_id, reform_id, value, active, tolerance, source, notes"
+        " FROM targets ORDER BY target_id",
+        connection,
+    )
+    described = {sid: describe_stratum(cs) for sid, cs in stratum_constraints(connection).items()}
+    national = ("national", "US", None)
+    geo = [described.get(int(sid), national) for sid in targets["stratum_id"]]
+    targets["geo_level"] = [g[0] for g in geo]
+    targets["geographic_id"] = [g[1] for g in geo]
+    targets["domain_variable"] = pd.Series([g[2] for g in geo], dtype=object)
+    return targets
+
+
+def describe_stratum(constraints: Sequence[Constraint]) -> tuple[str, str, str | None]:
+    """``(geo_level, geographic_id, domain_variable)`` of a stratum (see :func:`target_overview`)."""
+    by_variable = {c.variable: c.value for c in constraints if c.operation == "=="}
+    if "congressional_district_geoid" in by_variable:
+        level, geographic_id = "district", by_variable["congressional_district_geoid"]
+    elif "state_fips" in by_variable:
+        level, geographic_id = "state", by_variable["state_fips"]
+    else:
+        level, geographic_id = "national", "US"
+    domain = sorted({c.variable for c in constraints} - set(NON_DOMAIN_VARIABLES))
+    return level, geographic_id, ",".join(domain) or None
+
+
+def query_targets(connection: sqlite3.Connection, year: int) -> pd.DataFrame:
+    """The active targets, one period per (stratum, variable, reform_id): the latest period
+    ``<= year`` when there is one, else the earliest. Ordered by ``target_id``."""
+    targets = target_overview(connection)
+    targets = targets[targets["active"].astype(bool)]
+    period = targets["period"]
+    keys = [targets["stratum_id"], targets["variable"], targets["reform_id"]]
+    latest_past = period.where(period <= year).groupby(keys).transform("max")
+    earliest = period.groupby(keys).transform("min")
+    best = latest_past.fillna(earliest)
+    return targets[period == best].reset_index(drop=True)
+
+
+def uprate_targets(
+    targets: pd.DataFrame, year: int, cpi: Callable[[int], float], population: Callable[[int], float]
+) -> pd.DataFrame:
+    """``targets`` with ``value`` uprated from ``period`` to ``year``, plus ``original_value`` and
+    ``uprating_factor``: ``population(year) / population(period)`` for ``*_count`` variables,
+    ``cpi(year) / cpi(period)`` for the rest, 1 where ``period == year``."""
+    import numpy as np
+
+    targets = targets.copy()
+    is_count = targets["variable"].str.endswith("_count").to_numpy()
+    periods = targets["period"].astype(int).to_numpy()
+    factors = np.ones(len(targets))
+    for period, counts in {(int(p), bool(c)) for p, c in zip(periods, is_count) if p != year}:
+        index = population if counts else cpi
+        factors[(periods == period) & (is_count == counts)] = index(year) / index(period)
+    targets["original_value"] = targets["value"].astype(float)
+    targets["uprating_factor"] = factors
+    targets["value"] = targets["original_value"] * factors
+    return targets
+
+
+def policyengine_uprating_indices(parameters: Any) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    """``(cpi, population)`` by year from policyengine-us's parameters (``gov.bls.cpi.cpi_u``
+    and ``calibration.gov.census.populations.total``), as :func:`uprate_targets` takes them."""
+    cpi_u = parameters.gov.bls.cpi.cpi_u
+    total = parameters.calibration.gov.census.populations.total
+    return (lambda year: float(cpi_u(f"{year}-01-01"))), (lambda year: float(total(f"{year}-01-01")))
+
+
+def parse_constraint_value(value: str) -> int | float | bool | str:
+    """A constraint's text as int, else float, else bool (``true``/``false``), else the string."""
+    for parse in (int, float):
+        try:
+            return parse(value)
+        except ValueError:
+            pass
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return value
+
+
+def _as_constraint(constraint: ConstraintLike) -> Constraint:
+    if isinstance(constraint, Constraint):
+        return constraint
+    variable, operation, value = constraint
+    return Constraint(str(variable), str(operation), str(value))
+
+
+def read_targets(path: str | os.PathLike, year: int) -> tuple[pd.DataFrame, dict[int, list[Constraint]]]:
+    """:func:`query_targets` on the database at ``path``, with each stratum's constraints."""
+    connection = connect(path)
+    try:
+        return query_targets(connection, year), stratum_constraints(connection)
+    finally:
+        connection.close()
+
+
+__all__ = [
+    "Constraint",
+    "TargetDatabaseWriter",
+    "connect",
+    "describe_stratum",
+    "parse_constraint_value",
+    "policyengine_uprating_indices",
+    "query_targets",
+    "read_targets",
+    "stratum_constraints",
+    "target_overview",
+    "uprate_targets",
+]
