@@ -40,6 +40,8 @@ class SyntheticProblem:
     true_weights: np.ndarray
     state_fips: np.ndarray
     """State of each column."""
+    cd_geoid: np.ndarray
+    """Congressional district of each column, as PolicyEngine's GEOID text (state FIPS + district)."""
 
 
 def policyengine_shaped_problem(
@@ -111,4 +113,76 @@ def policyengine_shaped_problem(
         target_groups=group_of_row,
         true_weights=true_weights,
         state_fips=states[state],
+        cd_geoid=np.array(_district_geoids(states))[district],
     )
+
+
+def synthetic_package(n_records: int, **problem_settings):
+    """:func:`policyengine_shaped_problem` as a ``jaxcal.CalibrationPackage``, with a
+    PolicyEngine-like targets table: row ``k`` of a block is ``person_count`` in domain
+    ``age`` (``k`` = 0), ``v{k}_count`` (other even ``k``: counts) or ``v{k}_income`` (odd
+    ``k``: amounts), at geography level national, state or district. District
+    ``person_count``/``age`` rows make PolicyEngine's initial-weight rule apply.
+    """
+    import pandas as pd
+
+    import jaxcal
+
+    problem = policyengine_shaped_problem(n_records, **problem_settings)
+    settings = {"n_states": 51, "n_national": 300, "per_state": 50, "per_district": 30} | problem_settings
+    states = sorted(DISTRICTS_PER_STATE)[: settings["n_states"]]
+    rows = [("national", "US", k) for k in range(settings["n_national"])]
+    rows += [("state", str(s), k) for s in states for k in range(settings["per_state"])]
+    rows += [("district", d, k) for d in _district_geoids(states) for k in range(settings["per_district"])]
+    targets = pd.DataFrame(
+        {
+            "variable": [_variable(k) for _, _, k in rows],
+            "geo_level": [level for level, _, _ in rows],
+            "geographic_id": [geo for _, geo, _ in rows],
+            "domain_variable": ["age" if k == 0 else None for _, _, k in rows],
+            "value": problem.targets.astype(np.float64),
+        }
+    )
+    names = [f"{level}/{geo}/{_variable(k)}" + ("[age]" if k == 0 else "") for level, geo, k in rows]
+    return jaxcal.CalibrationPackage.create(
+        problem.matrix,
+        targets,
+        names,
+        geography={"state_fips": problem.state_fips, "cd_geoid": problem.cd_geoid},
+        metadata={"source": "builders.synthetic_problem", "n_base_records": min(problem_settings.get("n_base", 10_000), n_records)}
+        | {k: v for k, v in problem_settings.items() if isinstance(v, (int, float))},
+    )
+
+
+def _variable(k: int) -> str:
+    if k == 0:
+        return "person_count"
+    return f"v{k}_count" if k % 2 == 0 else f"v{k}_income"
+
+
+def _district_geoids(states) -> list[str]:
+    return [f"{s:02d}{d + 1:02d}" for s in states for d in range(DISTRICTS_PER_STATE[s])]
+
+
+def main() -> None:
+    import argparse
+    import time
+
+    import jaxcal
+
+    parser = argparse.ArgumentParser(description="Write a synthetic PolicyEngine-shaped calibration package.")
+    parser.add_argument("output", help="package path (.npz)")
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    package = synthetic_package(args.records, seed=args.seed)
+    path = jaxcal.save_package(package, args.output)
+    print(
+        f"wrote {path}: {package.n_targets:,} targets x {package.n_records:,} records, "
+        f"{package.nnz:,} nonzeros ({time.perf_counter() - start:.1f}s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -186,7 +186,7 @@ def save_package(package: CalibrationPackage, path: str | os.PathLike) -> pathli
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
-        "matrix_indptr": package.matrix.indptr.astype(np.int64),
+        "matrix_indptr": package.matrix.indptr,
         "matrix_indices": package.matrix.indices.astype(np.int32),
         "matrix_data": package.matrix.data.astype(np.float32),
         "matrix_shape": np.array(package.matrix.shape, np.int64),
@@ -247,6 +247,8 @@ def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> Cali
             (files["matrix_data"], files["matrix_indices"], files["matrix_indptr"]), shape=shape
         )
         matrix.check_format(full_check=True)
+        if not np.isfinite(matrix.data).all():
+            raise PackageError("the matrix holds NaN or infinite values")
         targets = pd.DataFrame(
             {
                 name: _restore_column(files[f"targets/{name}"], files.get(f"targets_missing/{name}"))
@@ -314,10 +316,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(temporary, path)
     except BaseException:
         pathlib.Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sha256_arrays(*arrays: np.ndarray) -> str:
@@ -349,7 +358,9 @@ def _as_csr(matrix: Any) -> sparse.csr_array:
         matrix = _bcoo_to_scipy(matrix)
     csr = sparse.csr_array(matrix, dtype=np.float32)
     csr.sum_duplicates()
-    csr.indices = csr.indices.astype(np.int32, copy=False)
+    if csr.nnz < 2**31:  # the engine's int32 indices; scipy keeps indptr and indices of one dtype
+        csr.indptr = csr.indptr.astype(np.int32, copy=False)
+        csr.indices = csr.indices.astype(np.int32, copy=False)
     if not np.isfinite(csr.data).all():
         raise PackageError("the matrix holds NaN or infinite values")
     return csr
