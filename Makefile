@@ -18,8 +18,15 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) -e ".[test,parity]"
 	touch $@ $(VENV)/.installed-base
 
-demo: $(VENV)/.installed-base
-	$(PY) examples/quick_fit.py
+# The demo package is built once and cached under storage/ (git-ignored).
+DEMO_PACKAGE := storage/demo/synthetic_package.npz
+
+$(DEMO_PACKAGE): | $(VENV)/.installed-base
+	$(PY) -m builders.synthetic_problem $@
+
+demo: $(VENV)/.installed-base $(DEMO_PACKAGE)
+	$(VENV)/bin/jaxcal fit --package-path $(DEMO_PACKAGE) --output storage/demo/calibration_weights.npy \
+		--lambda-l0 1e-6 --log-freq 20
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --durations=10
