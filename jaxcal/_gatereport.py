@@ -94,7 +94,7 @@ def gate_report(
 def write_gate_report(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
     """Write ``report`` as indented JSON, atomically."""
     path = pathlib.Path(path)
-    text = json.dumps(_json_safe(report), indent=2, allow_nan=False)
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False)
     atomic_write(path, lambda f: f.write(text), mode="w")
     return path
 
@@ -171,12 +171,12 @@ def _mean_error(run_dir: pathlib.Path, config: dict[str, Any]) -> float | None:
     return None if pct is None else float(pct) / 100
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Plain JSON: numpy scalars as Python numbers, NaN and infinities as null."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):

@@ -1,0 +1,90 @@
+"""Tier derivation: the selection rule by hand, exactly K records, better than a random K, the command."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from _workflow_problem import small_package
+
+import jaxcal
+from jaxcal._tiers import derive_tier, refit_subset, select_tier
+from jaxcal.cli import main
+
+BUDGET = 60
+SEARCH = dict(lambda_l0=list(np.geomspace(1e-2, 1.0, 5)), search_epochs=150, search_rounds=2, refit_epochs=100)
+
+
+@pytest.fixture(scope="module")
+def parent():
+    package = small_package()[0]
+    model = jaxcal.CalibrationWeights.init(package.n_records, key=jax.random.key(0), init_weights=100.0, use_gates=False)
+    fitted = jaxcal.fit(model, package.target_matrix(), package.target_values, key=jax.random.key(1), epochs=60, lambda_l0=0.0)
+    return package, np.asarray(fitted.weights, np.float64)
+
+
+def test_select_tier_ranks_breaks_ties_by_id_and_keeps_state_floors():
+    scores = np.array([3.0, 1.0, 3.0, 2.0, 5.0])
+    assert select_tier(scores, 3).tolist() == [0, 2, 4]
+    assert select_tier(scores, 2).tolist() == [0, 4]  # records 0 and 2 tie: the lower id wins
+    states = np.array([1, 1, 1, 2, 2])
+    scores = np.array([5.0, 4.0, 3.0, 1.0, 0.0])
+    assert select_tier(scores, 2).tolist() == [0, 1]
+    assert select_tier(scores, 2, states=states, state_floor=1).tolist() == [0, 3]
+    assert select_tier(scores, 3, states=states, state_floor=1).tolist() == [0, 1, 3]
+    assert select_tier(scores, 5, states=np.array([1, 1, 2, 2, 3]), state_floor=2).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="more than the budget"):
+        select_tier(scores, 3, states=states, state_floor=2)
+    with pytest.raises(ValueError, match="budget"):
+        select_tier(scores, 6)
+
+
+def test_derived_child_keeps_exactly_k_and_beats_random_subsets(parent):
+    package, weights = parent
+    derivation = derive_tier(package, weights, BUDGET, key=jax.random.key(2), **SEARCH)
+    tier = derivation.tier
+    assert tier.selected.size == BUDGET and (tier.weights > 0).sum() == BUDGET
+    assert np.array_equal(tier.child.matrix.toarray(), package.matrix.toarray()[:, tier.selected])
+    # The search bracketed the budget: its ranking fit kept at least BUDGET records, a larger penalty fewer.
+    kept = {row["lambda_l0"]: row["records_kept"] for row in derivation.search}
+    assert kept[derivation.lambda_l0] >= BUDGET and any(k < BUDGET for lam, k in kept.items() if lam > derivation.lambda_l0)
+
+    t = package.target_values
+    def loss(columns, w):
+        return np.sum(((t - package.matrix.astype(np.float64)[:, columns] @ w) / (t + 1)) ** 2)
+
+    child = tier.comparison["child"]
+    assert child["full_loss"] == pytest.approx(loss(tier.selected, tier.weights), rel=1e-5)
+    assert child["records_kept"] == BUDGET and tier.comparison["parent"]["records_kept"] == package.n_records
+    for seed in range(5):
+        random = np.sort(np.random.default_rng(seed).choice(package.n_records, BUDGET, replace=False))
+        baseline = refit_subset(package, weights, random, key=jax.random.key(2), epochs=SEARCH["refit_epochs"])
+        assert child["full_loss"] < 0.5 * baseline.comparison["child"]["full_loss"], seed
+
+
+def test_derive_command_writes_a_run_that_passes_gates(parent, tmp_path):
+    package, weights = parent
+    jaxcal.save_package(package, tmp_path / "parent.npz")
+    np.save(tmp_path / "parent_weights.npy", weights.astype(np.float32))
+    run = tmp_path / "mp-60"
+    args = ["derive", "--package", str(tmp_path / "parent.npz"), "--parent-weights", str(tmp_path / "parent_weights.npy"),
+            "--budget", str(BUDGET), "--state-floor", "25", "--output", str(run), "--holdout-fraction", "0.2",
+            "--early-stopping-patience", "10", "--lambda-l0", *map(str, SEARCH["lambda_l0"]),
+            "--search-epochs", "150", "--search-rounds", "2", "--refit-epochs", "40"]  # fmt: skip
+    assert main(args) == 0
+    columns = np.load(run / "child_columns.npy")
+    child_weights = np.load(run / "calibration_weights.npy")
+    assert columns.size == BUDGET and (child_weights > 0).sum() == BUDGET
+    states = package.geography["state_fips"][columns]
+    assert min(np.bincount(states)[np.unique(states)]) >= 25 and np.unique(states).size == 2
+    config = json.loads((run / "unified_run_config.json").read_text())
+    assert config["tier"]["budget"] == BUDGET and config["n_records"] == BUDGET
+    assert config["holdout"]["stop_reason"] in ("early_stopping", "epochs_exhausted")
+    assert config["weight_health"]["count_positive"] == BUDGET
+    report = json.loads((run / "tier_report.json").read_text())
+    assert report["child"]["records_kept"] == BUDGET and report["parent"]["holdout_loss"] is not None
+    child = jaxcal.load_package(run / "child_package.npz")
+    assert child.n_records == BUDGET and np.array_equal(child.geography["state_fips"], states)
+    assert main(["gates", str(run), "--max-holdout-loss", "1e9"]) == 0
+    gates = json.loads((run / "artifact_gates.json").read_text())
+    assert gates["product"] == "mp-60" and gates["gates"]["records_within_budget"]["metrics"]["limit"] == BUDGET
