@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build",
         help="build a calibration package from PolicyEngine-US microdata and a target database",
         description="Clone the dataset's households across geography, compute every target's "
-        "per-column values with PolicyEngine-US, write the package, then validate it.",
+        "per-column values with PolicyEngine-US, write the package, then validate it. "
+        "The exit code is `jaxcal validate`'s: 1 when some target is impossible.",
     )
     build.add_argument("--dataset", required=True, type=pathlib.Path, help="PolicyEngine-US dataset (.h5)")
     build.add_argument("--db-path", required=True, type=pathlib.Path, help="target database (policy_data.db schema)")
