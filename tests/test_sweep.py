@@ -56,3 +56,21 @@ def test_grid_frontier_and_files(package, tmp_path):
     paths = write_frontier(frontier, tmp_path)
     pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), frontier)
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_sweep_command(package, tmp_path):
+    import json
+
+    from jaxcal.cli import main
+
+    jaxcal.save_package(package, tmp_path / "p.npz")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--package", str(tmp_path / "p.npz"), "--lambda-l0", *map(str, LAMBDAS), "--epochs", "20",
+            "--holdout-fraction", "0.2", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    frontier = pd.read_csv(out / "frontier.csv")
+    assert frontier["lambda_l0"].tolist() == LAMBDAS and frontier["holdout_loss"].notna().all()
+    assert frontier["records_kept"].is_monotonic_decreasing
+    config = json.loads((out / "sweep_config.json").read_text())
+    assert config["beta"] == [0.35] and config["holdout"]["n_holdout_targets"] > 0
+    assert main(["sweep", "--package", str(tmp_path / "p.npz"), "--lambda-l0", "0", "--output", str(out)]) == 1
