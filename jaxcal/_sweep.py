@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._fit import FitHistory, _check_problem, _default_optimizer, _scan, _Step
+from ._fit import FitHistory, _check_problem, _default_optimizer, _Step
 from ._loss import LossKind, check_loss_kind, target_loss_weights
 from ._matrix import TargetMatrix
 from ._model import CalibrationWeights
@@ -54,7 +54,7 @@ def _run_sweep(
 ) -> tuple[CalibrationWeights, Array, FitHistory]:
     def one(lambda_l0: Array) -> tuple[CalibrationWeights, Array, FitHistory]:
         member = eqx.tree_at(lambda s: s.lambda_l0, step, lambda_l0)
-        model_out, _, history = _scan(member, None, model, opt_state, epochs)
+        (model_out, _), history = jax.lax.scan(member, (model, opt_state), (epochs, None))
         return model_out, model_out.deterministic_weights(), history
 
     return jax.vmap(one)(step.lambda_l0)
