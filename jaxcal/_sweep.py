@@ -54,7 +54,7 @@ def _run_sweep(
 ) -> tuple[CalibrationWeights, Array, FitHistory]:
     def one(lambda_l0: Array) -> tuple[CalibrationWeights, Array, FitHistory]:
         member = eqx.tree_at(lambda s: s.lambda_l0, step, lambda_l0)
-        (model_out, _), history = jax.lax.scan(member, (model, opt_state), (epochs, None))
+        (model_out, _), history = jax.lax.scan(lambda c, x: member(c, x), (model, opt_state), (epochs, None))
         return model_out, model_out.deterministic_weights(), history
 
     return jax.vmap(one)(step.lambda_l0)
