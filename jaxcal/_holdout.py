@@ -77,9 +77,10 @@ def holdout_split(
     """Hold out whole families of targets, stratified, seeded.
 
     Families are the distinct values of ``family_columns`` (e.g. one column you name).
-    Families are stratified by ``strata`` (one label per target, constant within a family;
-    default: geography level x measure, where the measure is ``count`` for a variable ending
-    in ``_count`` and ``amount`` for the rest, i.e. income and program totals). In every
+    Families are stratified by ``strata`` (one label per target, constant within a family).
+    By default, when the families include ``geo_level`` and ``variable``, the strata are
+    geography level x measure (``count`` for a variable ending in ``_count``, ``amount``
+    for the rest, i.e. income and program totals); otherwise there is one stratum. In every
     stratum with at least two families, ``max(1, round(fraction * n))`` of its ``n``
     families, and never all, are held out, drawn with ``numpy.random.default_rng(seed)``;
     so by default at least one family of every geography level and of each measure is held
@@ -94,7 +95,8 @@ def holdout_split(
     labels = keys.astype(str).agg("/".join, axis=1).to_numpy()
     family_names, family = np.unique(labels, return_inverse=True)
     if strata is None:
-        strata = _default_strata(targets)
+        by_kind = {"geo_level", "variable"} <= set(family_columns)
+        strata = _default_strata(targets) if by_kind else np.zeros(len(targets))
     strata = np.asarray(strata).astype(str)
     if strata.shape != (len(targets),):
         raise ValueError(f"strata must give one label per target ({len(targets)}), got shape {strata.shape}")
@@ -114,7 +116,7 @@ def holdout_split(
         held.extend(rng.choice(members, size=k, replace=False).tolist())
     held = np.sort(np.asarray(held, dtype=np.int64))
     if held.size == 0:
-        raise ValueError("no stratum has two families, so none can be held out; name other family columns")
+        raise ValueError("no stratum has two families, so none can be held out; name other family columns or strata")
     return HoldoutSplit(
         holdout=np.isin(family, held),
         family=family.astype(np.int64),
@@ -125,9 +127,6 @@ def holdout_split(
 
 
 def _default_strata(targets: pd.DataFrame) -> np.ndarray:
-    for column in ("geo_level", "variable"):
-        if column not in targets.columns:
-            raise ValueError(f"the default strata need a '{column}' column; pass strata=")
     measure = np.where(targets["variable"].astype(str).str.endswith("_count"), "count", "amount")
     return targets["geo_level"].astype(str).to_numpy() + "/" + measure
 

@@ -51,7 +51,7 @@ def test_split_is_seeded_and_takes_a_named_family_column(package):
     assert np.array_equal(a.holdout, b.holdout) and a.held_out_families == b.held_out_families
     assert not np.array_equal(a.holdout, c.holdout)
     targets = package.targets.assign(block=np.arange(package.n_targets) // 10)
-    named = holdout_split(targets, family_columns=["block"], strata=np.zeros(package.n_targets), fraction=0.3)
+    named = holdout_split(targets, family_columns=["block"], fraction=0.3)  # one stratum
     assert len(named.family_names) == 9 and len(named.held_out_families) == 3  # round(0.3 * 9)
     assert set(np.flatnonzero(named.holdout) // 10) == {int(f) for f in named.held_out_families}
 
