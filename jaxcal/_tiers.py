@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 
 from ._diagnostics import error_summary, relative_errors, target_diagnostics, weight_health
 from ._fit import FitResult, fit
-from ._gatereport import json_safe
+from ._gatereport import RUN_CONFIG, json_safe
 from ._holdout import HoldoutFit, HoldoutSplit, fit_with_holdout, loss_evaluator
 from ._loss import LossKind
 from ._model import CalibrationWeights
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from jaxtyping import PRNGKeyArray
 
 DEFAULT_LAMBDA_L0 = tuple(float(x) for x in np.geomspace(1e-4, 1.0, 9))
-RUN_CONFIG = "unified_run_config.json"
 
 
 def select_tier(
