@@ -24,18 +24,25 @@ _MIX = 0xFF51AFD7ED558CCD
 def stable_string_hash(text: str) -> int:
     """policyengine-core's process-independent string hash (a uint64): a base-31 rolling hash
     of the UTF-8 bytes, then two xor-shift-33 steps around a multiplication by 0xFF51AFD7ED558CCD."""
-    h = 0
-    for byte in text.encode("utf-8"):
-        h = (h * 31 + byte) & _MASK64
-    h ^= h >> 33
-    h = (h * _MIX) & _MASK64
-    return h ^ (h >> 33)
+    return _finish(_roll(0, text))
 
 
 def seeded_rng(variable: str, salt: str | None = None) -> np.random.Generator:
     """policyengine-us-data's per-variable generator: seeded by the hash of ``variable:salt``."""
     key = variable if salt is None else f"{variable}:{salt}"
     return np.random.default_rng(stable_string_hash(key) % 2**63)
+
+
+def _roll(h: int, text: str) -> int:
+    for byte in text.encode("utf-8"):
+        h = (h * 31 + byte) & _MASK64
+    return h
+
+
+def _finish(h: int) -> int:
+    h ^= h >> 33
+    h = (h * _MIX) & _MASK64
+    return h ^ (h >> 33)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,19 +103,35 @@ def state_rates(rate: float | Mapping[str, float], state_fips: np.ndarray) -> np
     return np.array([by_state.get(int(s), _DEFAULT_STATE_RATE) for s in states])[inverse].reshape(state_fips.shape)
 
 
+def stable_string_hashes(prefix: str, suffixes: np.ndarray) -> np.ndarray:
+    """:func:`stable_string_hash` of ``prefix + suffix`` for every ASCII suffix, as uint64."""
+    suffixes = np.asarray(suffixes, dtype=bytes)
+    width = max(suffixes.dtype.itemsize, 1)
+    codes = np.frombuffer(suffixes.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width).astype(np.uint64)
+    lengths = np.char.str_len(suffixes)
+    h = np.full(suffixes.size, _roll(0, prefix), np.uint64)
+    for position in range(width):
+        h = np.where(position < lengths, h * np.uint64(31) + codes[:, position], h)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(_MIX)
+    return h ^ (h >> np.uint64(33))
+
+
 def takeup_draws(takeup_variable: str, household_ids: np.ndarray, entity_household: np.ndarray, clone: int) -> np.ndarray:
     """Uniform draws for one clone's entities: the entities of household ``h`` (positions
     where ``entity_household == h``, in order) take ``seeded_rng(var, f"{household_ids[h]}:{clone}")
-    .random(count)``."""
+    .random(count)``, all households at once (:func:`builders._pcg64.uniforms`)."""
+    from ._pcg64 import uniforms
+
     entity_household = np.asarray(entity_household)
     order = np.argsort(entity_household, kind="stable")
     households, starts, counts = np.unique(entity_household[order], return_index=True, return_counts=True)
+    salts = np.char.add(np.asarray(household_ids)[households].astype(np.int64).astype(str), f":{clone}")
+    seeds = stable_string_hashes(f"{takeup_variable}:", salts) & np.uint64(2**63 - 1)
+    per_household = uniforms(seeds, int(counts.max(initial=0)))
+    rank = np.arange(entity_household.size) - np.repeat(starts, counts)
     draws = np.empty(entity_household.size)
-    sorted_draws = np.empty(entity_household.size)
-    for household, start, count in zip(households.tolist(), starts.tolist(), counts.tolist()):
-        salt = f"{int(household_ids[household])}:{clone}"
-        sorted_draws[start : start + count] = seeded_rng(takeup_variable, salt).random(count)
-    draws[order] = sorted_draws
+    draws[order] = per_household[np.repeat(np.arange(households.size), counts), rank]
     return draws
 
 

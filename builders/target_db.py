@@ -206,11 +206,13 @@ def target_overview(connection: sqlite3.Connection) -> pd.DataFrame:
     """
     import pandas as pd
 
-    targets = pd.read_sql_query(
-        "SELECT target_id, variable, period, stratum_id, reform_id, value, active, tolerance, source, notes"
-        " FROM targets ORDER BY target_id",
-        connection,
-    )
+    targets = pd.read_sql_query("SELECT * FROM targets ORDER BY target_id", connection)
+    missing = [c for c in ("target_id", "variable", "period", "stratum_id", "value", "active") if c not in targets]
+    if missing:
+        raise ValueError(f"the targets table lacks column(s) {', '.join(missing)}")
+    for column, default in (("reform_id", 0), ("tolerance", None), ("source", None), ("notes", None)):
+        if column not in targets:
+            targets[column] = default
     described = {sid: describe_stratum(cs) for sid, cs in stratum_constraints(connection).items()}
     national = ("national", "US", None)
     geo = [described.get(int(sid), national) for sid in targets["stratum_id"]]

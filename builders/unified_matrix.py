@@ -194,21 +194,22 @@ def assemble_matrix(
     n_base = structure.n_households
     if geography.n_base != n_base:
         raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
-    state_row = np.searchsorted(values.states, geography.state_fips)
-    if (state_row >= values.states.size).any() or (values.states[state_row.clip(max=values.states.size - 1)] != geography.state_fips).any():
+    if not np.isin(geography.state_fips, values.states).all():
         raise ValueError("a column lies in a state without PolicyEngine values")
+    state_row = np.searchsorted(values.states, geography.state_fips)
     columns_of = _columns_by_place(geography)
     assembler = _GroupValues(structure, values, geography, state_row, rerandomize_takeup)
     groups: dict[tuple[str, tuple[Constraint, ...]], list[int]] = {}
     for i, (variable, constraints) in enumerate(zip(rows.table["variable"], rows.constraints)):
         groups.setdefault((variable, constraints), []).append(i)
     parts_rows, parts_cols, parts_values = [], [], []
+    levels, places = rows.table["geo_level"].tolist(), rows.table["geographic_id"].tolist()
     for (variable, constraints), group_rows in groups.items():
         if variable not in values.entities or any(c.variable not in values.entities for c in constraints):
             continue
         column_values = assembler.column_values(variable, constraints)
         for i in group_rows:
-            level, place = rows.table.at[i, "geo_level"], rows.table.at[i, "geographic_id"]
+            level, place = levels[i], places[i]
             columns = columns_of[level].get(place if level == "national" else int(place), np.empty(0, np.int64))
             row_values = column_values[columns]
             nonzero = row_values != 0
@@ -328,7 +329,8 @@ def build_calibration_package(
         geography = assign_geography(structure.n_households, n_clones, places, seed)
     amount_variables = sorted({v for v in rows.table["variable"] if not v.endswith("_count")})
     constraint_variables = sorted({c.variable for row in rows.constraints for c in row})
-    takeup_variables = sorted((set(amount_variables) | set(constraint_variables)) & TAKEUP_BY_VARIABLE.keys()) if rerandomize_takeup else []
+    drawn = (set(amount_variables) | set(constraint_variables)) & TAKEUP_BY_VARIABLE.keys()
+    takeup_variables = sorted(drawn) if rerandomize_takeup else []
     with clock("simulate"):
         values = compute_state_values(
             simulation, year, np.unique(geography.state_fips).tolist(),

@@ -122,6 +122,26 @@ def test_draws_follow_entity_order_within_each_household():
     assert other_clone[1] == seeded_rng("takes_up_snap_if_eligible", "12345:1").random()
 
 
+def test_vectorized_generators_equal_numpys_bit_for_bit():
+    from builders._pcg64 import uniforms
+    from builders.takeup import stable_string_hashes
+
+    seeds = np.concatenate([np.random.default_rng(3).integers(0, 2**63, 300, dtype=np.uint64),
+                            np.array([0, 1, 2**32 - 1, 2**32, 2**63 - 1], np.uint64)])  # fmt: skip
+    expected = np.stack([np.random.default_rng(int(seed)).random(4) for seed in seeds])
+    np.testing.assert_array_equal(uniforms(seeds, 4), expected)
+    salts = np.array(["", "a", "12345:0", "987654321:17"])
+    assert stable_string_hashes("x:", salts).tolist() == [stable_string_hash("x:" + salt) for salt in salts]
+    # many households with several entities, in scrambled order, against one generator each
+    household_ids = np.random.default_rng(4).integers(1, 10**9, 50)
+    entity_household = np.random.default_rng(5).integers(0, 50, 200)
+    draws = takeup_draws("takes_up_ssi_if_eligible", household_ids, entity_household, clone=9)
+    for h in range(50):
+        mine = entity_household == h
+        expected = seeded_rng("takes_up_ssi_if_eligible", f"{household_ids[h]}:9").random(int(mine.sum()))
+        np.testing.assert_array_equal(draws[mine], expected)
+
+
 def test_state_rates():
     np.testing.assert_array_equal(state_rates(0.82, np.array([6, 36])), [0.82, 0.82])
     medicaid = TAKEUP_BY_VARIABLE["medicaid_enrolled"].rate
