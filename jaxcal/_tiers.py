@@ -103,8 +103,7 @@ def refit_subset(
     (with early stopping when ``patience`` is given) or on all targets. The fit starts from
     ``start_weights`` (one per selected record), by default their parent weights scaled
     to the parent's total."""
-    if patience is not None and split is None:
-        raise ValueError("early stopping needs held-out targets (a split)")
+    _check_early_stopping(split, patience)
     parent_weights = np.asarray(parent_weights, np.float64)
     selected = np.asarray(selected)
     child = package.select_records(selected)
@@ -126,6 +125,11 @@ def refit_subset(
         "child": assess(child, weights, split, loss=loss),
     }
     return TierFit(child=child, selected=selected, weights=weights, refit=refit, comparison=comparison)
+
+
+def _check_early_stopping(split: HoldoutSplit | None, patience: int | None) -> None:
+    if patience is not None and split is None:
+        raise ValueError("early stopping needs held-out targets (a split)")
 
 
 def assess(package: CalibrationPackage, weights: Any, split: HoldoutSplit | None, *, loss: LossKind = "relative") -> dict[str, Any]:
@@ -184,7 +188,8 @@ def derive_tier(
     if parent_weights.shape != (package.n_records,) or not np.all(np.isfinite(parent_weights) & (parent_weights >= 0)):
         raise ValueError(f"parent weights must be {package.n_records} finite non-negative numbers")
     states = package.geography.get("state_fips")
-    select_tier(np.zeros(package.n_records), budget, states=states, state_floor=state_floor)  # check early
+    select_tier(np.zeros(package.n_records), budget, states=states, state_floor=state_floor)  # fail before the search
+    _check_early_stopping(split, patience)
     search_key, refit_key = jax.random.split(key)
     train = np.ones(package.n_targets, bool) if split is None else split.train
     fit_package = package.select_targets(train)
