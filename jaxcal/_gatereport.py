@@ -127,16 +127,26 @@ def _weights_path(run_dir: pathlib.Path, config: dict[str, Any]) -> pathlib.Path
 
 
 def _artifacts_gate(run_dir: pathlib.Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Each recorded artifact: ``{file name: sha256}``, ``{name: {"path", "sha256"}}``, or
+    ``{logical name: sha256}``, which passes when some file of the run has that sha256."""
     recorded = config.get("artifacts")
     if not recorded:
         return _gate(None, "the run config lists no artifacts", None)
+    on_disk: dict[str, str] | None = None
     problems = {}
-    for name, digest in recorded.items():
-        path = run_dir / pathlib.Path(name).name
-        if not path.is_file():
-            problems[name] = "missing"
-        elif sha256_file(path) != digest:
-            problems[name] = "sha256 differs from the run record"
+    for name, entry in recorded.items():
+        digest = entry["sha256"] if isinstance(entry, dict) else entry
+        path = run_dir / pathlib.Path(entry["path"] if isinstance(entry, dict) else name).name
+        if path.is_file():
+            if sha256_file(path) != digest:
+                problems[name] = f"{path.name}: sha256 differs from the run record"
+        elif isinstance(entry, dict):
+            problems[name] = f"{path.name}: missing"
+        else:
+            if on_disk is None:
+                on_disk = {sha256_file(p): p.name for p in run_dir.iterdir() if p.is_file()}
+            if digest not in on_disk:
+                problems[name] = "no file of the run has the recorded sha256 (changed or missing)"
     summary = f"{len(recorded)} artifacts match their sha256" if not problems else f"{len(problems)} artifacts changed or missing"
     return _gate(not problems, summary, {"checked": len(recorded), "problems": problems})
 

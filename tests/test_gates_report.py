@@ -57,7 +57,7 @@ def test_each_gate_fails_on_its_own_problem(tmp_path):
     np.save(tampered / "calibration_weights.npy", np.full(10, 2.0, np.float32))
     code, report = _gates(tampered)
     assert code == 1 and report["gates"]["artifacts_intact"]["metrics"]["problems"] == {
-        "calibration_weights.npy": "sha256 differs from the run record"
+        "calibration_weights.npy": "calibration_weights.npy: sha256 differs from the run record"
     }
 
     collapsed = _run_dir(tmp_path / "c", np.r_[1e6, np.full(999, 1e-3)])
@@ -84,6 +84,37 @@ def test_missing_measurements_make_the_report_incomplete(tmp_path):
     tier = _run_dir(tmp_path / "tier", np.r_[np.ones(4), np.zeros(6)], tier={"budget": 4})
     code, report = _gates(tier)
     assert code == 0 and report["gates"]["records_within_budget"]["metrics"] == {"value": 4, "limit": 4}
+
+
+def test_artifacts_recorded_by_logical_name(tmp_path):
+    """`jaxcal fit` records {"weights": sha256, ...}: a file of the run must carry each digest."""
+    run = _run_dir(tmp_path / "run", np.ones(5))
+    config = json.loads((run / "unified_run_config.json").read_text())
+    config["artifacts"] = {"weights": sha256_file(run / "calibration_weights.npy"),
+                           "diagnostics": {"path": "unified_diagnostics.csv", "sha256": "0" * 64}}  # fmt: skip
+    (run / "unified_run_config.json").write_text(json.dumps(config))
+    code, report = _gates(run)
+    assert code == 1 and report["gates"]["artifacts_intact"]["metrics"]["problems"] == {
+        "diagnostics": "unified_diagnostics.csv: sha256 differs from the run record"
+    }
+    np.save(run / "calibration_weights.npy", np.full(5, 2.0, np.float32))
+    code, report = _gates(run)
+    assert set(report["gates"]["artifacts_intact"]["metrics"]["problems"]) == {"weights", "diagnostics"}
+
+
+def test_gates_read_a_jaxcal_fit_run(tmp_path):
+    from _workflow_problem import small_package
+
+    import jaxcal
+
+    jaxcal.save_package(small_package(200)[0], tmp_path / "p.npz")
+    run = tmp_path / "mp-200"
+    fit = ["fit", "--package-path", str(tmp_path / "p.npz"), "--output", str(run / "calibration_weights.npy"),
+           "--epochs", "5", "--quiet"]  # fmt: skip
+    assert main(fit) == 0
+    code, report = _gates(run, "--max-mean-error", "10")
+    assert code == 0 and report["summary"]["pass"] == ["artifacts_intact", "weights_valid", "no_collapse", "mean_error"]
+    assert report["gates"]["no_collapse"]["metrics"]["n_records"] == 200
 
 
 def test_a_missing_run_directory_is_a_one_line_error(tmp_path, capsys):
