@@ -228,7 +228,7 @@ class _GroupValues:
                  state_row: np.ndarray, rerandomize_takeup: bool) -> None:  # fmt: skip
         self.structure, self.values, self.geography, self.state_row = structure, values, geography, state_row
         self.drawn = set(values.eligible) if rerandomize_takeup else set()
-        self._takes_up: dict[str, np.ndarray] = {}
+        self._takes_up: dict[tuple[str, int], np.ndarray] = {}
 
     def column_values(self, variable: str, constraints: tuple[Constraint, ...]) -> np.ndarray:
         n_base, n_clones = self.geography.n_base, self.geography.n_clones
@@ -269,7 +269,7 @@ class _GroupValues:
 
     def _after_takeup(self, variable: str, household_state: np.ndarray, clone: int) -> np.ndarray:
         entity_household = self.structure.entity_household[self.values.entities[variable]]
-        key = f"{variable}:{clone}"
+        key = (variable, clone)
         if key not in self._takes_up:
             n_base = self.geography.n_base
             states = self.geography.state_fips[clone * n_base : (clone + 1) * n_base]
