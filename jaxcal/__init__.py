@@ -16,6 +16,9 @@ from ._package import CalibrationPackage as CalibrationPackage
 from ._package import PackageError as PackageError
 from ._package import load_package as load_package
 from ._package import save_package as save_package
+from ._sharding import ShardedMatrix as ShardedMatrix
+from ._sharding import record_mesh as record_mesh
+from ._sharding import select_devices as select_devices
 from ._targets import apply_target_config as apply_target_config
 from ._targets import load_target_config as load_target_config
 from ._targets import policyengine_initial_weights as policyengine_initial_weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._adam import torch_adam
 from ._loss import LossKind, check_loss_kind, data_loss, target_loss_weights
 from ._matrix import TargetMatrix
 from ._model import CalibrationWeights
+from ._sharding import ShardedMatrix, _Block, record_mesh, sharded_mv
 
 
 class FitHistory(eqx.Module):
@@ -55,9 +57,14 @@ class FitResult(eqx.Module):
 
 
 class _Step(eqx.Module):
-    """What one epoch needs besides the parameters. Static fields fix the compiled program."""
+    """What one epoch needs besides the parameters. Static fields fix the compiled program.
 
-    matrix: TargetMatrix
+    In a sharded fit, ``matrix`` is one device's block inside ``shard_map`` and the model
+    holds that block's records: the draws come from the device's own stream, and the sums
+    over records (penalties, ``n_active``) skip the padding and add up across devices.
+    """
+
+    matrix: TargetMatrix | ShardedMatrix | _Block
     targets: Float[Array, " n_targets"]
     loss_weights: Float[Array, " n_targets"]
     draw_key: PRNGKeyArray
@@ -66,10 +73,16 @@ class _Step(eqx.Module):
     lambda_l0: float = eqx.field(static=True)
     lambda_l2: float = eqx.field(static=True)
 
+    def _total(self, model: CalibrationWeights, per_record: Callable[[CalibrationWeights], Array]) -> Array:
+        if isinstance(self.matrix, _Block):
+            return self.matrix.record_total(model, per_record)
+        return per_record(model)
+
     def objective(self, model: CalibrationWeights, uniform: Array | None) -> tuple[Array, tuple]:
         predictions = self.matrix.mv(model.sample_weights(uniform))
         data = data_loss(predictions, self.targets, self.loss_weights, self.loss)
-        l0, l2 = model.l0_penalty(), model.l2_penalty()
+        l0 = self._total(model, CalibrationWeights.l0_penalty)
+        l2 = self._total(model, CalibrationWeights.l2_penalty)
         total = data + self.lambda_l0 * l0
         if self.lambda_l2 > 0:
             total = total + self.lambda_l2 * l2
@@ -80,18 +93,20 @@ class _Step(eqx.Module):
         epoch, uniform = epoch_and_uniform
         if uniform is None and model.use_gates:
             key = jax.random.fold_in(self.draw_key, epoch)
+            if isinstance(self.matrix, _Block):
+                key = self.matrix.device_key(key)
             uniform = jax.random.uniform(key, (model.n_records,), model.log_weight.dtype)
         (total, (data, l0, l2)), grads = eqx.filter_value_and_grad(self.objective, has_aux=True)(
             model, uniform
         )
-        record = FitHistory(data=data, l0=l0, l2=l2, total=total, n_active=model.n_active())
+        n_active = self._total(model, CalibrationWeights.n_active)
+        record = FitHistory(data=data, l0=l0, l2=l2, total=total, n_active=n_active)
         params = eqx.filter(model, eqx.is_array)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return (eqx.apply_updates(model, updates), opt_state), record
 
 
-@eqx.filter_jit(donate="all-except-first")
-def _run_chunk(
+def _scan(
     step: _Step,
     uniforms: Array | None,
     model: CalibrationWeights,
@@ -102,15 +117,45 @@ def _run_chunk(
     return model, opt_state, history
 
 
+_run_chunk = eqx.filter_jit(_scan, donate="all-except-first")
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _run_sharded_chunk(
+    step: _Step,
+    uniforms: Array | None,
+    model: CalibrationWeights,
+    opt_state: optax.OptState,
+    epochs: Int[Array, " chunk"],
+) -> tuple[CalibrationWeights, optax.OptState, FitHistory]:
+    """``_scan`` on every device of ``step.matrix``'s mesh, over its block of records."""
+    matrix = step.matrix
+    step_specs = eqx.tree_at(lambda s: s.matrix, jax.tree.map(lambda _: PartitionSpec(), step), matrix.block_specs())
+    model_specs, opt_specs = matrix.record_specs((model, opt_state))
+    uniform_specs = None if uniforms is None else PartitionSpec(None, matrix.axis)
+
+    def local(step: _Step, *args: Any) -> tuple[CalibrationWeights, optax.OptState, FitHistory]:
+        return _scan(eqx.tree_at(lambda s: s.matrix, step, step.matrix.local()), *args)
+
+    return jax.shard_map(
+        local,
+        mesh=matrix.mesh,
+        in_specs=(step_specs, uniform_specs, model_specs, opt_specs, PartitionSpec()),
+        out_specs=(model_specs, opt_specs, PartitionSpec()),
+    )(step, uniforms, model, opt_state, epochs)
+
+
 @eqx.filter_jit
-def _evaluate(matrix: TargetMatrix, model: CalibrationWeights) -> tuple[Array, Array]:
+def _evaluate(matrix: TargetMatrix | ShardedMatrix, model: CalibrationWeights) -> tuple[Array, Array]:
     weights = model.deterministic_weights()
+    if isinstance(matrix, ShardedMatrix):
+        return weights, sharded_mv(matrix, weights)
     return weights, matrix.mv(weights)
 
 
 def fit(
     model: CalibrationWeights,
-    matrix: TargetMatrix,
+    matrix: TargetMatrix | ShardedMatrix,
     targets: Any,
     *,
     key: PRNGKeyArray,
@@ -129,6 +174,8 @@ def fit(
     opt_state: optax.OptState | None = None,
     start_epoch: int = 0,
     uniforms: Float[Array, "epochs n_records"] | None = None,
+    devices: int | str | Sequence[jax.Device] | None = None,
+    mesh: Mesh | None = None,
 ) -> FitResult:
     """Fit calibration weights so that ``matrix @ weights`` matches ``targets``.
 
@@ -146,7 +193,18 @@ def fit(
     Epochs run ``chunk_epochs`` at a time (default: all) as one compiled ``lax.scan``;
     after each chunk ``callback(result_so_far)`` may log, save or return True to stop.
     Its ``model`` and ``opt_state`` are donated to the next chunk: copy what you keep.
+
+    With ``devices`` (a count, ``"all"`` or a list; see :func:`select_devices`), a ``mesh``
+    (see :func:`record_mesh`) or a :class:`ShardedMatrix`, the records are split into one
+    block per device and each step is one compiled program on all of them: parameters,
+    gradients and optimizer state stay with their device, and the devices add up their
+    partial ``X @ w`` (one ``psum``). Given the same ``uniforms``, or without gates, this is
+    the single-device fit up to float32 summation order. The draws otherwise come from one
+    stream per device (``fold_in(fold_in(key, e), device)``), so they depend on the device
+    count. Optimizer-state arrays with one entry per record are split like the weights.
+    The result is gathered onto the mesh's first device.
     """
+    matrix = _sharded_matrix(matrix, devices, mesh)
     targets = _check_problem(model, matrix, targets)
     if epochs < 0 or start_epoch < 0:
         raise ValueError(f"epochs and start_epoch must not be negative, got {epochs}, {start_epoch}")
@@ -200,12 +258,21 @@ def fit(
         lambda_l0=float(lambda_l0),
         lambda_l2=float(lambda_l2),
     )
+    run_chunk = _run_chunk
+    if isinstance(matrix, ShardedMatrix):
+        run_chunk = _run_sharded_chunk
+        model, opt_state = matrix.shard((model, opt_state))
+        step = eqx.tree_at(lambda s: (s.targets, s.loss_weights, s.draw_key), step, matrix.replicate(
+            (step.targets, step.loss_weights, step.draw_key)
+        ))
+        if uniforms is not None:
+            uniforms = matrix.shard(uniforms.T).T
     histories: list[FitHistory] = []
     done = 0
     while done < epochs:
         n = min(chunk, epochs - done)
         first = start_epoch + done
-        model, opt_state, history = _run_chunk(
+        model, opt_state, history = run_chunk(
             step,
             None if uniforms is None else uniforms[done : done + n],
             model,
@@ -225,8 +292,25 @@ def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
     return torch_adam(learning_rate)
 
 
+def _sharded_matrix(
+    matrix: TargetMatrix | ShardedMatrix, devices: int | str | Sequence[jax.Device] | None, mesh: Mesh | None
+) -> TargetMatrix | ShardedMatrix:
+    """The matrix split over ``devices`` or ``mesh`` when either is given."""
+    if devices is not None and mesh is not None:
+        raise ValueError("give devices or mesh, not both")
+    if devices is not None:
+        mesh = record_mesh(devices)
+    if isinstance(matrix, ShardedMatrix):
+        if mesh is not None and mesh != matrix.mesh:
+            raise ValueError("the ShardedMatrix is split over another mesh than the one given")
+        return matrix
+    if mesh is None or not isinstance(matrix, TargetMatrix):
+        return matrix
+    return ShardedMatrix.from_matrix(matrix, mesh)
+
+
 def _result(
-    matrix: TargetMatrix,
+    matrix: TargetMatrix | ShardedMatrix,
     model: CalibrationWeights,
     opt_state: optax.OptState,
     histories: list[FitHistory],
@@ -238,6 +322,9 @@ def _result(
     else:
         empty = jnp.zeros(0, jnp.float32)
         history = FitHistory(empty, empty, empty, empty, jnp.zeros(0, jnp.int32))
+    if isinstance(matrix, ShardedMatrix):
+        weights, model, opt_state = matrix.unshard((weights, model, opt_state))
+        predictions, history = jax.device_put((predictions, history), weights.device)
     return FitResult(
         weights=weights,
         predictions=predictions,
@@ -248,8 +335,8 @@ def _result(
     )
 
 
-def _check_problem(model: CalibrationWeights, matrix: TargetMatrix, targets: Any) -> Array:
-    if not isinstance(matrix, TargetMatrix):
+def _check_problem(model: CalibrationWeights, matrix: TargetMatrix | ShardedMatrix, targets: Any) -> Array:
+    if not isinstance(matrix, (TargetMatrix, ShardedMatrix)):
         raise ValueError(
             f"matrix must be a jaxcal.TargetMatrix (see TargetMatrix.from_scipy / from_bcoo), "
             f"got {type(matrix).__name__}"

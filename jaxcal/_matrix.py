@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import equinox as eqx
@@ -55,22 +57,12 @@ class TargetMatrix(eqx.Module):
     def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
         """``X @ w``."""
         _check_length("w", w, self.n_records)
-        gathered = self.values * w.at[self.cols].get(mode=_IN_BOUNDS)
-        return jax.ops.segment_sum(
-            gathered,
-            self.rows,
-            num_segments=self.n_targets,
-            indices_are_sorted=self.layout == "rows",
-            mode=_IN_BOUNDS,
-        )
+        return spmv(self.rows, self.cols, self.values, w, self.n_targets, sorted_out=self.layout == "rows")
 
     def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
         """``X.T @ r``."""
         _check_length("r", r, self.n_targets)
-        gathered = self.values * r.at[self.rows].get(mode=_IN_BOUNDS)
-        return jax.ops.segment_sum(
-            gathered, self.cols, num_segments=self.n_records, mode=_IN_BOUNDS
-        )
+        return spmv(self.cols, self.rows, self.values, r, self.n_records)
 
     def row_sums(self) -> Float[Array, " n_targets"]:
         """``X @ 1``: a target whose row sums to 0 cannot be reached by any weights."""
@@ -107,32 +99,8 @@ class TargetMatrix(eqx.Module):
         Raises ``ValueError`` naming the problem for a bad shape, mismatched lengths,
         non-integer or out-of-range indices, and NaN or infinite values.
         """
-        n_targets, n_records = _check_shape(shape)
-        rows, cols, values = (np.asarray(a) for a in (rows, cols, values))
-        for name, a in (("rows", rows), ("cols", cols), ("values", values)):
-            if a.ndim != 1:
-                raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
-        if not rows.shape == cols.shape == values.shape:
-            raise ValueError(
-                f"rows, cols and values must have one length, got "
-                f"{rows.shape[0]}, {cols.shape[0]} and {values.shape[0]}"
-            )
-        if rows.shape[0] >= 2**31:
-            raise ValueError(f"{rows.shape[0]} nonzeros exceed int32 indexing")
-        rows = _check_indices("row", rows, n_targets)
-        cols = _check_indices("column", cols, n_records)
-        values = _check_values(values)
-        if layout == "interleaved":
-            order = _interleaved_order(cols, n_records)
-        elif layout == "rows":
-            order = np.lexsort((cols, rows))
-        else:
-            raise ValueError(f"layout must be 'interleaved' or 'rows', got {layout!r}")
-        # One reordered copy at a time: the matrix may be most of the memory there is.
-        rows = jnp.asarray(rows[order])
-        cols = jnp.asarray(cols[order])
-        values = jnp.asarray(values[order])
-        return cls(rows=rows, cols=cols, values=values, shape=(n_targets, n_records), layout=layout)
+        rows, cols, values, shape = host_coo(rows, cols, values, shape, layout, place=jnp.asarray)
+        return cls(rows=rows, cols=cols, values=values, shape=shape, layout=layout)
 
     @classmethod
     def from_scipy(cls, matrix: Any, *, layout: Layout = "interleaved") -> TargetMatrix:
@@ -172,6 +140,97 @@ class TargetMatrix(eqx.Module):
             matrix.shape,
             layout=layout,
         )
+
+
+def spmv(
+    out_index: Int[Array, " nnz"],
+    in_index: Int[Array, " nnz"],
+    values: Float[Array, " nnz"],
+    x: Float[Array, " n_in"],
+    n_out: int,
+    *,
+    sorted_out: bool = False,
+    chunk: int | None = None,
+) -> Float[Array, " n_out"]:
+    """``y[out_index[k]] += values[k] * x[in_index[k]]`` over the nonzeros ``k``.
+
+    One gather and one ``segment_sum``; or, with ``chunk`` (a divisor of nnz > 0), a
+    ``lax.scan`` adding that many nonzeros at a time into ``y`` in place, whose gradient is
+    the same chunked product transposed, so that the temporaries are O(chunk), not O(nnz).
+    """
+    if chunk is None:
+        gathered = values * x.at[in_index].get(mode=_IN_BOUNDS)
+        return jax.ops.segment_sum(
+            gathered, out_index, num_segments=n_out, indices_are_sorted=sorted_out, mode=_IN_BOUNDS
+        )
+    return _chunked_spmv(n_out, sorted_out, chunk, out_index, in_index, values, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _chunked_spmv(
+    n_out: int, sorted_out: bool, chunk: int, out_index: Array, in_index: Array, values: Array, x: Array
+) -> Array:
+    def add_chunk(y: Array, start: Array) -> tuple[Array, None]:
+        out_part, in_part, value_part = (
+            jax.lax.dynamic_slice_in_dim(a, start, chunk) for a in (out_index, in_index, values)
+        )
+        gathered = value_part * x.at[in_part].get(mode=_IN_BOUNDS)
+        return y.at[out_part].add(gathered, indices_are_sorted=sorted_out, mode=_IN_BOUNDS), None
+
+    # The first chunk outside the loop: inside shard_map, y then varies across devices as
+    # the nonzeros do, which the loop's carry must from its start.
+    y, _ = add_chunk(jnp.zeros(n_out, x.dtype), 0)
+    y, _ = jax.lax.scan(add_chunk, y, jnp.arange(chunk, values.shape[0], chunk, dtype=jnp.int32))
+    return y
+
+
+def _chunked_spmv_fwd(n_out, sorted_out, chunk, out_index, in_index, values, x):  # noqa: ANN001, ANN202
+    y = _chunked_spmv(n_out, sorted_out, chunk, out_index, in_index, values, x)
+    return y, (out_index, in_index, values, x)
+
+
+def _chunked_spmv_bwd(n_out, sorted_out, chunk, residuals, cotangent):  # noqa: ANN001, ANN202
+    out_index, in_index, values, x = residuals
+    x_cotangent = _chunked_spmv(x.shape[0], False, chunk, in_index, out_index, values, cotangent)
+    # Only when asked for (jit drops it otherwise): d y / d values, O(nnz).
+    values_cotangent = cotangent.at[out_index].get(mode=_IN_BOUNDS) * x.at[in_index].get(mode=_IN_BOUNDS)
+    return None, None, values_cotangent, x_cotangent
+
+
+_chunked_spmv.defvjp(_chunked_spmv_fwd, _chunked_spmv_bwd)
+
+
+def host_coo(
+    rows: Any, cols: Any, values: Any, shape: Any, layout: Layout, *, place: Callable[[np.ndarray], Any] = np.asarray
+) -> tuple[Any, Any, Any, tuple[int, int]]:
+    """Validated int32/int32/float32 COO in the order of ``layout`` (see ``TargetMatrix.from_coo``),
+    each array passed through ``place`` as soon as it is reordered."""
+    n_targets, n_records = _check_shape(shape)
+    rows, cols, values = (np.asarray(a) for a in (rows, cols, values))
+    for name, a in (("rows", rows), ("cols", cols), ("values", values)):
+        if a.ndim != 1:
+            raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    if not rows.shape == cols.shape == values.shape:
+        raise ValueError(
+            f"rows, cols and values must have one length, got "
+            f"{rows.shape[0]}, {cols.shape[0]} and {values.shape[0]}"
+        )
+    if rows.shape[0] >= 2**31:
+        raise ValueError(f"{rows.shape[0]} nonzeros exceed int32 indexing")
+    rows = _check_indices("row", rows, n_targets)
+    cols = _check_indices("column", cols, n_records)
+    values = _check_values(values)
+    if layout == "interleaved":
+        order = _interleaved_order(cols, n_records)
+    elif layout == "rows":
+        order = np.lexsort((cols, rows))
+    else:
+        raise ValueError(f"layout must be 'interleaved' or 'rows', got {layout!r}")
+    # One reordered copy at a time: the matrix may be most of the memory there is.
+    rows = place(rows[order])
+    cols = place(cols[order])
+    values = place(values[order])
+    return rows, cols, values, (n_targets, n_records)
 
 
 def _check_length(name: str, vector: Array, length: int) -> None:

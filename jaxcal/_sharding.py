@@ -1,0 +1,302 @@
+"""Record-sharded fitting over a device mesh: per-device blocks of records, one ``psum`` a step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._matrix import Layout, TargetMatrix, _check_length, host_coo, spmv
+
+AXIS = "records"
+"""The mesh axis :func:`record_mesh` names; a user's mesh may name its one axis anything."""
+
+AUTO_CHUNK_ABOVE = 2**26
+"""Blocks with more nonzeros than this multiply ``DEFAULT_CHUNK`` nonzeros at a time by default."""
+
+DEFAULT_CHUNK = 2**22
+
+
+def select_devices(
+    devices: int | str | Sequence[jax.Device] | None = None, platform: str = "auto"
+) -> list[jax.Device]:
+    """The devices to fit on: ``None`` or ``"all"`` for all of ``platform``'s, ``N`` for the first N,
+    or the given devices. ``platform`` is ``"cpu"``, ``"gpu"``, ``"tpu"`` or ``"auto"`` (JAX's
+    default backend: a TPU or GPU when there is one, else the CPU)."""
+    if platform not in ("auto", "cpu", "gpu", "tpu"):
+        raise ValueError(f"platform must be 'auto', 'cpu', 'gpu' or 'tpu', got {platform!r}")
+    if devices is not None and not isinstance(devices, (int, str)):
+        chosen = list(devices)
+        if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
+            raise ValueError("devices must be a count, 'all', or a non-empty sequence of jax devices")
+        return chosen
+    try:
+        available = jax.devices() if platform == "auto" else jax.devices(platform)
+    except RuntimeError:
+        raise ValueError(f"no {platform} devices: JAX's default backend is {jax.default_backend()}") from None
+    if devices is None or devices == "all":
+        return available
+    if isinstance(devices, str) or isinstance(devices, bool) or devices < 1:
+        raise ValueError(f"devices must be a positive count or 'all', got {devices!r}")
+    if devices > len(available):
+        raise ValueError(
+            f"asked for {devices} devices but {platform} has {len(available)}: "
+            f"{', '.join(str(d) for d in available)}"
+        )
+    return available[:devices]
+
+
+def record_mesh(devices: int | str | Sequence[jax.Device] | None = None, platform: str = "auto") -> Mesh:
+    """A one-axis mesh (axis ``"records"``) over :func:`select_devices`'s devices."""
+    return Mesh(np.array(select_devices(devices, platform)), (AXIS,))
+
+
+class ShardedMatrix(eqx.Module):
+    """X split by records (columns) into one block per device of a one-axis ``mesh``.
+
+    Device ``d`` holds records ``[d * block, (d + 1) * block)`` as COO with local column ids,
+    padded with zero values to one length (a multiple of ``chunk``); the last blocks are
+    padded with empty records when the device count does not divide ``n_records``. ``mv``
+    is a ``psum`` of the blocks' partial products. Each block keeps its records' nonzeros
+    in the order of the whole matrix's ``layout``. With ``chunk``, the blocks multiply that
+    many nonzeros at a time, so the products' temporaries are O(chunk), not O(nnz).
+    """
+
+    rows: Int[Array, "devices block_nnz"]
+    cols: Int[Array, "devices block_nnz"]
+    values: Float[Array, "devices block_nnz"]
+    shape: tuple[int, int] = eqx.field(static=True)
+    block: int = eqx.field(static=True)
+    mesh: Mesh = eqx.field(static=True)
+    layout: Layout = eqx.field(static=True, default="interleaved")
+    chunk: int | None = eqx.field(static=True, default=None)
+
+    @property
+    def n_targets(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_records(self) -> int:
+        return self.shape[1]
+
+    @property
+    def axis(self) -> str:
+        return self.mesh.axis_names[0]
+
+    @property
+    def n_devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def padded_records(self) -> int:
+        return self.block * self.n_devices
+
+    def local(self) -> _Block:
+        """This device's block, inside ``shard_map``."""
+        return _Block(
+            self.rows[0],
+            self.cols[0],
+            self.values[0],
+            self.n_targets,
+            self.block,
+            self.n_records,
+            self.axis,
+            self.layout,
+            self.chunk,
+        )
+
+    def block_specs(self) -> ShardedMatrix:
+        """This matrix with ``shard_map``'s partition spec in place of each array."""
+        spec = PartitionSpec(self.axis)
+        return eqx.tree_at(lambda m: (m.rows, m.cols, m.values), self, (spec, spec, spec))
+
+    def record_specs(self, tree: Any) -> Any:
+        """``shard_map`` partition specs of ``tree``'s arrays: by record for those whose first
+        axis has ``padded_records`` entries, replicated for the others."""
+        return jax.tree.map(self._spec, tree)
+
+    def _spec(self, leaf: Any) -> PartitionSpec:
+        by_record = jnp.ndim(leaf) >= 1 and jnp.shape(leaf)[0] == self.padded_records
+        return PartitionSpec(self.axis) if by_record else PartitionSpec()
+
+    def shard(self, tree: Any) -> Any:
+        """Pad the arrays whose first axis has ``n_records`` entries with zeros to ``padded_records``
+        and split them by record over the mesh; replicate the other arrays."""
+
+        def place(leaf: Any) -> Any:
+            if not eqx.is_array(leaf):
+                return leaf
+            if leaf.ndim >= 1 and leaf.shape[0] == self.n_records:
+                padding = [(0, self.padded_records - self.n_records)] + [(0, 0)] * (leaf.ndim - 1)
+                leaf = jnp.pad(leaf, padding)
+            return jax.device_put(leaf, NamedSharding(self.mesh, self._spec(leaf)))
+
+        return jax.tree.map(place, tree)
+
+    def replicate(self, tree: Any) -> Any:
+        """Every array of ``tree`` copied to every device of the mesh."""
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+
+    def unshard(self, tree: Any) -> Any:
+        """The inverse of :meth:`shard`, onto the mesh's first device."""
+        first = self.mesh.devices.flat[0]
+
+        def gather(leaf: Any) -> Any:
+            if not eqx.is_array(leaf):
+                return leaf
+            leaf = jax.device_put(leaf, first)
+            by_record = leaf.ndim >= 1 and leaf.shape[0] == self.padded_records
+            return leaf[: self.n_records] if by_record else leaf
+
+        return jax.tree.map(gather, tree)
+
+    def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
+        """``X @ w``."""
+        _check_length("w", w, self.n_records)
+        return sharded_mv(self, self.shard(w))
+
+    def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
+        """``X.T @ r``."""
+        _check_length("r", r, self.n_targets)
+        return _sharded_rmv(self, r)[: self.n_records]
+
+    @classmethod
+    def from_matrix(cls, matrix: TargetMatrix, mesh: Mesh, *, chunk: int | None | str = "auto") -> ShardedMatrix:
+        """Split a :class:`TargetMatrix` over ``mesh``; ``chunk``: nonzeros a step multiplies at
+        a time, ``None`` for all, ``"auto"`` for ``DEFAULT_CHUNK`` in blocks above ``AUTO_CHUNK_ABOVE``."""
+        arrays = (np.asarray(matrix.rows), np.asarray(matrix.cols), np.asarray(matrix.values))
+        return cls._split(*arrays, matrix.shape, mesh, matrix.layout, chunk)
+
+    @classmethod
+    def from_coo(
+        cls,
+        rows: Any,
+        cols: Any,
+        values: Any,
+        shape: tuple[int, int],
+        mesh: Mesh,
+        *,
+        layout: Layout = "interleaved",
+        chunk: int | None | str = "auto",
+    ) -> ShardedMatrix:
+        """From COO triplets, checked as :meth:`TargetMatrix.from_coo` checks them, without first
+        placing the whole matrix on one device."""
+        rows, cols, values, shape = host_coo(rows, cols, values, shape, layout)
+        return cls._split(rows, cols, values, shape, mesh, layout, chunk)
+
+    @classmethod
+    def from_scipy(
+        cls, matrix: Any, mesh: Mesh, *, layout: Layout = "interleaved", chunk: int | None | str = "auto"
+    ) -> ShardedMatrix:
+        """From any ``scipy.sparse`` matrix or array."""
+        coo = matrix.tocoo()
+        return cls.from_coo(coo.row, coo.col, coo.data, coo.shape, mesh, layout=layout, chunk=chunk)
+
+    @classmethod
+    def _split(
+        cls,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        shape: tuple[int, int],
+        mesh: Mesh,
+        layout: Layout,
+        chunk: int | None | str,
+    ) -> ShardedMatrix:
+        if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
+            raise ValueError(f"mesh must be a one-axis jax.sharding.Mesh (see jaxcal.record_mesh), got {mesh!r}")
+        n_targets, n_records = shape
+        n_devices = mesh.size
+        block = max(math.ceil(n_records / n_devices), 1)
+        per_block = np.bincount(cols, minlength=block * n_devices).reshape(n_devices, block).sum(axis=1)
+        longest = int(per_block.max(initial=0))
+        if chunk == "auto":
+            chunk = DEFAULT_CHUNK if longest > AUTO_CHUNK_ABOVE else None
+        if chunk is not None and (isinstance(chunk, (str, bool)) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"chunk must be a positive integer, None or 'auto', got {chunk!r}")
+        length = longest if chunk is None else max(math.ceil(longest / chunk), 1) * chunk
+        sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+        pieces: dict[str, list[jax.Array]] = {"rows": [], "cols": [], "values": []}
+        for device, index in sharding.addressable_devices_indices_map((n_devices, length)).items():
+            d = index[0].start or 0
+            mine = np.flatnonzero((cols >= d * block) & (cols < (d + 1) * block))
+            pad = np.arange(length - mine.size, dtype=np.int32)
+            # Padding adds zeros, spread over rows and records (no chain of additions into one
+            # element); in row order it stays sorted by going to the last row.
+            pad_rows = pad % max(n_targets, 1) if layout == "interleaved" else np.full_like(pad, n_targets - 1)
+            block_arrays = {
+                "rows": np.concatenate([rows[mine], pad_rows]),
+                "cols": np.concatenate([cols[mine] - np.int32(d * block), pad % block]),
+                "values": np.concatenate([values[mine], np.zeros(pad.size, np.float32)]),
+            }
+            for name, array in block_arrays.items():
+                pieces[name].append(jax.device_put(array[None], device))
+        arrays = {
+            name: jax.make_array_from_single_device_arrays((n_devices, length), sharding, parts)
+            for name, parts in pieces.items()
+        }
+        return cls(**arrays, shape=shape, block=block, mesh=mesh, layout=layout, chunk=chunk)
+
+
+class _Block(eqx.Module):
+    """One device's block inside ``shard_map``: ``mv`` sums the blocks' partial products."""
+
+    rows: Int[Array, " block_nnz"]
+    cols: Int[Array, " block_nnz"]
+    values: Float[Array, " block_nnz"]
+    n_targets: int = eqx.field(static=True)
+    n_records: int = eqx.field(static=True)
+    """Records in this block, padding included."""
+    real_records: int = eqx.field(static=True)
+    """Records in the whole matrix."""
+    axis: str = eqx.field(static=True)
+    layout: Layout = eqx.field(static=True)
+    chunk: int | None = eqx.field(static=True)
+
+    def mv(self, w: Float[Array, " block"]) -> Float[Array, " n_targets"]:
+        partial = spmv(
+            self.rows, self.cols, self.values, w, self.n_targets, sorted_out=self.layout == "rows", chunk=self.chunk
+        )
+        return jax.lax.psum(partial, self.axis)
+
+    def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " block"]:
+        return spmv(self.cols, self.rows, self.values, r, self.n_records, chunk=self.chunk)
+
+    def device_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
+        """This device's own stream of ``key``."""
+        return jax.random.fold_in(key, jax.lax.axis_index(self.axis))
+
+    def record_total(self, model: Any, per_record: Callable[[Any], Array]) -> Array:
+        """``per_record(model)`` summed over the real records of all blocks: ``per_record`` maps
+        a model of the block's records to a sum over them, and is applied record by record."""
+        singles = jax.tree.map(lambda a: a[:, None], model)
+        values = jax.vmap(per_record)(singles)
+        first = jax.lax.axis_index(self.axis) * self.n_records
+        real = jnp.arange(self.n_records) + first < self.real_records
+        return jax.lax.psum(jnp.sum(jnp.where(real, values, 0), dtype=values.dtype), self.axis)
+
+
+@eqx.filter_jit
+def sharded_mv(matrix: ShardedMatrix, w: Float[Array, " padded"]) -> Float[Array, " n_targets"]:
+    spec = PartitionSpec(matrix.axis)
+    return jax.shard_map(
+        lambda m, w: m.local().mv(w), mesh=matrix.mesh, in_specs=(matrix.block_specs(), spec), out_specs=PartitionSpec()
+    )(matrix, w)
+
+
+@eqx.filter_jit
+def _sharded_rmv(matrix: ShardedMatrix, r: Float[Array, " n_targets"]) -> Float[Array, " padded"]:
+    spec = PartitionSpec(matrix.axis)
+    return jax.shard_map(
+        lambda m, r: m.local().rmv(r),
+        mesh=matrix.mesh,
+        in_specs=(matrix.block_specs(), PartitionSpec()),
+        out_specs=spec,
+    )(matrix, r)
