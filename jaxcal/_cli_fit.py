@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume-from", type=pathlib.Path, help="a checkpoint, a weights .npy with a sibling checkpoint, or a bare .npy to warm-start from")
     parser.add_argument("--checkpoint-output", type=pathlib.Path, help="where to write the checkpoint (default: OUTPUT with .checkpoint.npz)")
     parser.add_argument("--pe-compat-adam-restarts", action="store_true", help="reproduce PolicyEngine: a fresh Adam (and fresh jitter) at every --log-freq chunk")
+    holdout = parser.add_argument_group("held-out targets", "train on some target families, watch the rest (see docs/workflow.md)")
+    holdout.add_argument("--holdout-fraction", type=float, metavar="F", help="hold out this share of the target families of every stratum (e.g. 0.2)")
+    holdout.add_argument("--holdout-seed", type=int, help="seed of the split (default: --seed)")
+    holdout.add_argument("--holdout-family-column", metavar="COLUMN", help="a targets-table column whose values are the families (default: geo_level x variable x domain)")
+    holdout.add_argument("--early-stopping-patience", type=int, metavar="EPOCHS", help="stop when the held-out loss has not improved for this many epochs; keep the best epoch's weights")
+    holdout.add_argument("--min-delta", type=float, default=0.0, help="how much the held-out loss must drop to count as an improvement (default 0)")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     parser.set_defaults(run=run)
 
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--log-freq must be a positive number of epochs, got {args.log_freq}")
     if args.pe_compat_adam_restarts and args.log_freq is None:
         raise CommandError("--pe-compat-adam-restarts needs --log-freq (PolicyEngine restarts Adam at every log chunk)")
+    _check_holdout_flags(args)
     output = args.output
     if output.suffix != ".npy":
         raise CommandError(f"--output must name a .npy file, got {output}")
@@ -132,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if args.target_config is not None:
         package = apply_target_config(package, load_target_config(args.target_config))
     signature = package.signature()
+    split = _holdout_split(args, package)
+    if split is not None:
+        hyper["holdout"] = {"fraction": args.holdout_fraction, "seed": split.seed, "family_column": args.holdout_family_column}
 
     checkpoint, warm_weights = None, None
     if args.resume_from is not None:
@@ -158,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
 
     import jaxcal
 
-    matrix = package.target_matrix()
     init_key, fit_key = jax.random.split(jax.random.key(args.seed))
     use_gates = hyper["lambda_l0"] > 0
     if checkpoint is not None:
@@ -200,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         state["losses"].extend(np.asarray(result.history.total)[-(result.epochs - state["epochs"]) :])
         state.update(model=jax.tree.map(np.array, result.model), opt_state=jax.tree.map(np.array, result.opt_state))
         state["epochs"] = result.epochs
-        estimates = np.asarray(result.predictions, np.float64)
+        estimates = package.matrix @ np.asarray(result.weights, np.float64)  # every target, held-out too
         errors = np.abs(relative_errors(estimates, package.target_values))
         progress.update(result.epochs, state["losses"][-1], float(errors.mean()), result.n_active, package.n_records)
         if log is not None:
@@ -210,17 +219,30 @@ def run(args: argparse.Namespace) -> int:
         return stop.requested
 
     fit_settings = dict(
-        epochs=epochs, lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"], optimizer=optimizer,
-        loss="relative", log_weight_jitter_sd=LOG_WEIGHT_JITTER_SD, chunk_epochs=chunk, callback=after_chunk,
+        lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"], optimizer=optimizer, loss="relative",
+        log_weight_jitter_sd=LOG_WEIGHT_JITTER_SD,
     )  # fmt: skip
+    held_out = None
     with stop:
         try:
-            if args.pe_compat_adam_restarts:
-                result = _fit_with_restarts(model, matrix, package.target_values, fit_key, start_epoch, fit_settings)
+            if split is not None:
+                held_out = jaxcal.fit_with_holdout(
+                    model, package, split, key=fit_key, epochs=epochs, eval_every=chunk,
+                    patience=args.early_stopping_patience, min_delta=args.min_delta,
+                    callback=lambda result, row: after_chunk(result), opt_state=opt_state, start_epoch=start_epoch,
+                    **fit_settings,
+                )  # fmt: skip
+                result = held_out.result
+            elif args.pe_compat_adam_restarts:
+                result = _fit_with_restarts(
+                    model, package.target_matrix(), package.target_values, fit_key, start_epoch,
+                    fit_settings | {"epochs": epochs, "chunk_epochs": chunk, "callback": after_chunk},
+                )  # fmt: skip
             else:
                 result = jaxcal.fit(
-                    model, matrix, package.target_values, key=fit_key, opt_state=opt_state, start_epoch=start_epoch, **fit_settings
-                )
+                    model, package.target_matrix(), package.target_values, key=fit_key, opt_state=opt_state,
+                    start_epoch=start_epoch, epochs=epochs, chunk_epochs=chunk, callback=after_chunk, **fit_settings,
+                )  # fmt: skip
         finally:
             progress.close()
     if stop.requested:
@@ -235,15 +257,46 @@ def run(args: argparse.Namespace) -> int:
     if log is not None:
         log.finish()
     weights = np.asarray(result.weights, np.float32)
+    artifacts = {"checkpoint": checkpoint_path} | ({"calibration_log": log.path} if log else {})
+    if held_out is not None:
+        artifacts |= {f"holdout_log_{kind}": pathlib.Path(path) for kind, path in held_out.write_log(output.parent).items()}
+        if not args.quiet and held_out.stop_reason == "early_stopping":
+            print(f"early stopping at epoch {held_out.stopped_epoch}: best held-out loss at epoch {held_out.best_epoch}", file=sys.stderr)
     summary = write_fit_outputs(
         output, package, weights, np.asarray(state["losses"]), start_epoch,
         hyper | {"seed": args.seed, "device": args.device, "pe_compat_adam_restarts": args.pe_compat_adam_restarts},
-        extra_artifacts={"checkpoint": checkpoint_path} | ({"calibration_log": log.path} if log else {}),
-        elapsed=time.perf_counter() - start_time, package_path=args.package_path,
+        extra_artifacts=artifacts, elapsed=time.perf_counter() - start_time, package_path=args.package_path,
+        extra_record={"holdout": held_out.summary()} if held_out is not None else None,
     )  # fmt: skip
     if not args.quiet:
         print(headline(summary, output), flush=True)
     return 0
+
+
+def _check_holdout_flags(args: argparse.Namespace) -> None:
+    if args.holdout_fraction is None:
+        if args.early_stopping_patience is not None or args.holdout_family_column or args.holdout_seed is not None:
+            raise CommandError("--early-stopping-patience, --holdout-seed and --holdout-family-column need --holdout-fraction")
+        return
+    if not 0 < args.holdout_fraction < 1:
+        raise CommandError(f"--holdout-fraction must lie in (0, 1), got {args.holdout_fraction}")
+    if args.early_stopping_patience is not None and args.early_stopping_patience < 1:
+        raise CommandError(f"--early-stopping-patience must be a positive number of epochs, got {args.early_stopping_patience}")
+    if not args.min_delta >= 0:
+        raise CommandError(f"--min-delta must not be negative, got {args.min_delta}")
+    if args.pe_compat_adam_restarts:
+        raise CommandError("--pe-compat-adam-restarts cannot be combined with held-out targets")
+
+
+def _holdout_split(args: argparse.Namespace, package: Any) -> Any:
+    if args.holdout_fraction is None:
+        return None
+    from ._holdout import holdout_split
+
+    columns = (args.holdout_family_column,) if args.holdout_family_column else None
+    settings = {"family_columns": columns} if columns else {}
+    seed = args.seed if args.holdout_seed is None else args.holdout_seed
+    return holdout_split(package.targets, fraction=args.holdout_fraction, seed=seed, **settings)
 
 
 def resolve_hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -468,6 +521,7 @@ def write_fit_outputs(
         "artifacts": {name: sha256_file(path) for name, path in paths.items() if path.is_file()},
         "versions": _versions(),
         "jaxcal_version": jaxcal.__version__,
+        "weights_file": output.name,
     } | (extra_record or {})
     atomic_write(directory / "unified_run_config.json", lambda f: json.dump(record, f, indent=2), mode="w")
     return record

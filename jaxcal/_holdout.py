@@ -276,7 +276,7 @@ def fit_with_holdout(
     target_groups: Any = None,
     normalize_groups: bool = True,
     group_multipliers: dict[int, float] | None = None,
-    callback: Callable[[dict[str, float]], bool | None] | None = None,
+    callback: Callable[[FitResult, dict[str, float]], bool | None] | None = None,
     **fit_kwargs: Any,
 ) -> HoldoutFit:
     """:func:`jaxcal.fit` on the train targets of ``package``, watching the held-out ones.
@@ -287,7 +287,8 @@ def fit_with_holdout(
     that evaluation's fit. ``target_groups`` (one per target of ``package``) and the other
     loss settings apply as in :func:`jaxcal.fit`, restricted to the train targets;
     ``fit_kwargs`` (penalties, optimizer, ``opt_state``, ``start_epoch``, ...) go to it
-    unchanged. ``callback(log_row)`` may return True to stop.
+    unchanged. ``callback(result, log_row)`` (the fit so far on the train targets, and the
+    evaluation just logged) may return True to stop; copy what it keeps of ``result``.
     """
     import pandas as pd
 
@@ -325,7 +326,7 @@ def fit_with_holdout(
         if row["holdout_loss"] < state["best"] - min_delta:
             state["best"] = row["holdout_loss"]
             state["result"] = jax.tree.map(jnp.copy, result)  # its model and opt_state are donated next
-        if callback is not None and callback(row):
+        if callback is not None and callback(result, row):
             state["reason"] = "callback"
             return True
         if patience is not None and state["result"] is not None and result.epochs - state["result"].epochs >= patience:

@@ -341,3 +341,18 @@ def test_sigterm_writes_a_checkpoint_that_resumes(package_path, tmp_path):
     saved = jaxcal._checkpoint.load_checkpoint(checkpoint)
     assert saved.epochs > 0 and saved.epochs % 50 == 0
     assert not output.exists()
+
+
+def test_holdout_early_stopping_keeps_the_best_epoch(package_path, tmp_path):
+    common = ("--package-path", package_path, "--holdout-fraction", 0.3, "--lambda-l0", 0, "--log-freq", 2, "--quiet")
+    jaxcal_cli("fit", *common, "--output", tmp_path / "es" / "w.npy", "--epochs", 400, "--early-stopping-patience", 6)
+    record = json.loads((tmp_path / "es" / "unified_run_config.json").read_text())["holdout"]
+    log = pd.read_csv(tmp_path / "es" / "holdout_log.csv")
+    assert list(log.columns) == ["epoch", "objective_train_loss", "full_loss", "train_loss", "holdout_loss", "weight_sum", "positive_record_count"]
+    best = int(log["epoch"][log["holdout_loss"].idxmin()])  # min_delta 0: the first lowest evaluation
+    assert record["stop_reason"] == "early_stopping" and record["best_epoch"] == best
+    assert record["stopped_epoch"] == best + 6 == int(log["epoch"].iloc[-1]) < 400
+    # The weights written are the best epoch's: the same fit stopped there by --epochs.
+    jaxcal_cli("fit", *common, "--output", tmp_path / "plain" / "w.npy", "--epochs", best)
+    np.testing.assert_array_equal(np.load(tmp_path / "es" / "w.npy"), np.load(tmp_path / "plain" / "w.npy"))
+    assert (tmp_path / "es" / "holdout_log.png").read_bytes()[:4] == b"\x89PNG"

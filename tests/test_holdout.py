@@ -161,9 +161,9 @@ def test_log_files_and_callback_stop(package, tmp_path):
     seen = []
     watched = fit_with_holdout(
         _model(package.n_records), package, split, key=jax.random.key(0), epochs=30, eval_every=2,
-        lambda_l0=0.0, callback=lambda row: seen.append(row["epoch"]) or row["epoch"] >= 6,
+        lambda_l0=0.0, callback=lambda result, row: seen.append((result.epochs, row["epoch"])) or row["epoch"] >= 6,
     )  # fmt: skip
-    assert seen == [2, 4, 6] and watched.stop_reason == "callback" and watched.stopped_epoch == 6
+    assert seen == [(2, 2), (4, 4), (6, 6)] and watched.stop_reason == "callback" and watched.stopped_epoch == 6
     paths = watched.write_log(tmp_path)
     record = json.loads(open(paths["json"]).read())
     assert record["summary"]["stop_reason"] == "callback" and [r["epoch"] for r in record["log"]] == [2, 4, 6]
