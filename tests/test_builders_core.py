@@ -2,6 +2,7 @@
 rules and matrix assembly, each against numbers computed by hand here."""
 
 import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pandas as pd
@@ -45,19 +46,20 @@ def db(tmp_path):
 
 
 def test_writer_shares_strata_and_writes_the_schema(db):
-    connection = sqlite3.connect(db)
-    tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    with closing(sqlite3.connect(db)) as connection:
+        tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        n_strata = connection.execute("SELECT COUNT(*) FROM strata").fetchone()[0]
+        n_constraints = connection.execute("SELECT COUNT(*) FROM stratum_constraints").fetchone()[0]
+        columns = [r[1] for r in connection.execute("PRAGMA table_info(targets)")]
     assert {"strata", "stratum_constraints", "targets"} <= tables
     # national, state 6, district 601 (constraint order ignored), snap/age domain: 4 strata
-    assert connection.execute("SELECT COUNT(*) FROM strata").fetchone()[0] == 4
-    assert connection.execute("SELECT COUNT(*) FROM stratum_constraints").fetchone()[0] == 1 + 4 + 2
-    columns = [r[1] for r in connection.execute("PRAGMA table_info(targets)")]
+    assert n_strata == 4 and n_constraints == 1 + 4 + 2
     assert columns == ["target_id", "variable", "period", "stratum_id", "reform_id", "value", "active",
                        "tolerance", "source", "notes"]  # fmt: skip
 
 
 def test_target_overview_derives_geography_and_domain(db):
-    overview = target_overview(connect(db)).set_index("target_id")
+    overview = _overview(db).set_index("target_id")
     assert overview.loc[1, ["geo_level", "geographic_id"]].tolist() == ["national", "US"]
     assert overview.loc[2, ["geo_level", "geographic_id"]].tolist() == ["state", "6"]
     assert overview.loc[5, ["geo_level", "geographic_id", "domain_variable"]].tolist() == ["district", "601", "age"]
@@ -66,17 +68,17 @@ def test_target_overview_derives_geography_and_domain(db):
 
 
 def test_query_keeps_active_rows_and_the_best_period(db):
-    chosen = query_targets(connect(db), 2024)
+    chosen = _query(db, 2024)
     # snap/state 6: 2023 (latest <= 2024; the 2024 row is inactive); district: the earliest, 2025;
     # the reform row is its own (stratum, variable, reform) key.
     assert chosen["target_id"].tolist() == [1, 2, 5, 7, 8]
-    assert query_targets(connect(db), 2026)["target_id"].tolist() == [1, 2, 6, 7, 8]
+    assert _query(db, 2026)["target_id"].tolist() == [1, 2, 6, 7, 8]
 
 
 def test_uprating_by_cpi_for_amounts_and_population_for_counts(db):
     cpi = {2023: 300.0, 2024: 309.0, 2025: 315.0}.__getitem__
     population = {2024: 333.0, 2025: 336.0}.__getitem__
-    targets = uprate_targets(query_targets(connect(db), 2024), 2024, cpi, population).set_index("target_id")
+    targets = uprate_targets(_query(db, 2024), 2024, cpi, population).set_index("target_id")
     assert targets.loc[2, "uprating_factor"] == pytest.approx(309 / 300)
     assert targets.loc[2, "value"] == pytest.approx(100 * 309 / 300)
     assert targets.loc[2, "original_value"] == 100.0
@@ -84,11 +86,27 @@ def test_uprating_by_cpi_for_amounts_and_population_for_counts(db):
     assert targets.loc[1, "uprating_factor"] == 1.0 and targets.loc[1, "value"] == 330e6
 
 
+def _overview(path):
+    with closing(connect(path)) as connection:
+        return target_overview(connection)
+
+
+def _query(path, year):
+    with closing(connect(path)) as connection:
+        return query_targets(connection, year)
+
+
+def _write_unrelated_table(path):
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE other (x)")
+        connection.commit()
+
+
 def test_connect_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         connect(tmp_path / "missing.db")
     empty = tmp_path / "empty.db"
-    sqlite3.connect(empty).execute("CREATE TABLE other (x)").connection.commit()
+    _write_unrelated_table(empty)
     with pytest.raises(ValueError, match="lacks the table"):
         connect(empty)
 
@@ -352,7 +370,7 @@ def test_build_command_reports_bad_input_in_one_line(tmp_path, db, capsys):
     assert main(["build", "--dataset", str(no_ids), "--db-path", str(db), "--package-output", str(tmp_path / "p")]) == 1
     assert "lacks the array(s) household_id" in capsys.readouterr().err
     empty_db = tmp_path / "empty.db"
-    sqlite3.connect(empty_db).execute("CREATE TABLE other (x)").connection.commit()
+    _write_unrelated_table(empty_db)
     args = ["build", "--dataset", str(tmp_path / "full.h5"), "--package-output", str(tmp_path / "p")]
     assert main(args + ["--db-path", str(empty_db)]) == 1
     assert "lacks the table(s) strata" in capsys.readouterr().err

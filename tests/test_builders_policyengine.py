@@ -57,7 +57,6 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 1, err  # validate's verdict: the unknown variable's row is impossible
     assert "no_such_variable" in err and "simulate:" in err
-    print(out)
     assert "national/no_such_variable" in out
 
     package = jaxcal.load_package(output)
