@@ -81,6 +81,9 @@ TAKEUP_SPECS = (
 """The take-up-affected targets; ``medicaid`` dollars are not one (PolicyEngine scales them to
 state spending, so a record's value depends on all weights): target ``medicaid_enrolled``."""
 TAKEUP_BY_VARIABLE = {spec.variable: spec for spec in TAKEUP_SPECS}
+ELIGIBILITY_INPUTS = tuple(spec.takeup_variable for spec in TAKEUP_SPECS) + ("would_file_taxes_voluntarily",)
+"""The inputs policyengine-us-data sets True before computing eligible amounts (its
+``SIMPLE_TAKEUP_VARS``): an eligible SNAP amount assumes SSI and TANF are taken up too."""
 
 STATE_CODES = {
     1: "AL", 2: "AK", 4: "AZ", 5: "AR", 6: "CA", 8: "CO", 9: "CT", 10: "DE", 11: "DC", 12: "FL",

@@ -37,7 +37,7 @@ import numpy as np
 
 from .dataset import EntityStructure, dataset_period, read_entity_structure
 from .geography import GeographyAssignment, assign_geography, policyengine_district_table
-from .takeup import TAKEUP_BY_VARIABLE, takes_up
+from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, takes_up
 from .target_db import GEO_LEVEL_ORDER, Constraint, policyengine_uprating_indices, read_targets, uprate_targets
 from .target_values import household_values, person_mask
 
@@ -135,8 +135,9 @@ def compute_state_values(
     For each state: ``state_fips`` is set for every household and the computed arrays are
     dropped; amounts are calculated at their entity, constraint variables mapped to persons;
     then, for ``takeup_variables`` (keys of :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every
-    take-up input is set True and those amounts calculated again. The dataset's own take-up
-    inputs are restored before the next state.
+    input of :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts
+    calculated again (policyengine-us-data's eligible amounts). The dataset's own inputs are
+    restored before the next state.
     """
     known = simulation.tax_benefit_system.variables
     wanted = set(amount_variables) | set(constraint_variables) | set(takeup_variables)
@@ -145,7 +146,8 @@ def compute_state_values(
     constraint_variables = [v for v in constraint_variables if v in entities]
     specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables if v in entities]
     n_households = len(simulation.calculate("household_id", year))
-    dataset_takeup = {s.takeup_variable: np.asarray(simulation.calculate(s.takeup_variable, year)) for s in specs}
+    forced = [name for name in ELIGIBILITY_INPUTS if name in known] if specs else []
+    dataset_takeup = {name: np.asarray(simulation.calculate(name, year)) for name in forced}
     amounts: dict[str, list] = {v: [] for v in amount_variables}
     person_values: dict[str, list] = {v: [] for v in constraint_variables}
     eligible: dict[str, list] = {s.variable: [] for s in specs}
