@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--year", type=int, help="target year (default: the dataset's period)")
     build.add_argument("--target-config", type=pathlib.Path, help="target-config YAML (include/exclude rules)")
     build.add_argument("--geography", type=pathlib.Path,
-                       help="CSV of places: cd_geoid, population[, block_geoid] (default: all districts, "
-                            "weighted by state population)")  # fmt: skip
+                       help="CSV of places: cd_geoid, population[, block_geoid] (default: the 436 districts, "
+                            "equal populations)")  # fmt: skip
     build.add_argument("--skip-takeup-rerandomize", action="store_true",
                        help="keep the dataset's take-up instead of drawing it per clone")  # fmt: skip
     build.add_argument("--package-output", required=True, type=pathlib.Path, help="package to write (.npz)")

@@ -102,17 +102,17 @@ def districts_from_state_populations(
     return pd.DataFrame(rows, columns=["cd_geoid", "population"])
 
 
-def policyengine_district_table(parameters, year: int, states: list[int] | None = None) -> pd.DataFrame:
-    """Districts of ``states`` (default all 50 and DC), weighted by policyengine-us's state
-    populations for ``year`` (``calibration.gov.census.populations.by_state``) split evenly."""
+def equal_population_districts(states: list[int] | None = None) -> pd.DataFrame:
+    """Every congressional district of ``states`` (default: the 50 states and DC, 436) with
+    equal population. Districts are apportioned to equal populations within a state and
+    differ by less than a factor of two between states, so this is population weighting to
+    that precision. (policyengine-us 2.68's ``populations.by_state`` parameter is not usable:
+    its values are shifted between states.)"""
     from builders.synthetic_problem import DISTRICTS_PER_STATE
 
-    from .takeup import STATE_CODES
-
-    by_state = parameters.calibration.gov.census.populations.by_state(f"{year}-01-01")
     wanted = sorted(DISTRICTS_PER_STATE) if states is None else sorted(states)
     unknown = [s for s in wanted if s not in DISTRICTS_PER_STATE]
     if unknown:
         raise ValueError(f"unknown state FIPS code(s): {unknown}")
-    population = {s: float(getattr(by_state, STATE_CODES[s])) for s in wanted}
-    return districts_from_state_populations(population, {s: DISTRICTS_PER_STATE[s] for s in wanted})
+    counts = {s: DISTRICTS_PER_STATE[s] for s in wanted}
+    return districts_from_state_populations({s: float(n) for s, n in counts.items()}, counts)

@@ -7,7 +7,7 @@ stable string hash (:func:`stable_string_hash`), so the same (variable, househol
 gives the same draw there and here.
 
 policyengine-us 2.68 carries no take-up rates (they live in policyengine-us-data's
-``parameters/take_up``): :data:`TAKEUP_RATES` holds those values and their sources.
+``parameters/take_up``): :data:`TAKEUP_SPECS` holds those values and their sources.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .dataset import EntityStructure, dataset_period, read_entity_structure
-from .geography import GeographyAssignment, assign_geography, policyengine_district_table
+from .geography import GeographyAssignment, assign_geography, equal_population_districts
 from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, takes_up
 from .target_db import GEO_LEVEL_ORDER, Constraint, policyengine_uprating_indices, read_targets, uprate_targets
 from .target_values import household_values, person_mask
@@ -297,7 +297,7 @@ def build_calibration_package(
     and the targets of ``db_path`` at ``year`` (default: the dataset's period).
 
     ``places`` is the geography table of :func:`builders.geography.assign_geography` (default:
-    every state's districts, weighted by policyengine-us's state populations). Raises
+    :func:`builders.geography.equal_population_districts`, all 436 districts). Raises
     ``FileNotFoundError`` / ``ValueError`` naming the problem for a missing or malformed
     dataset or database and for a target config that keeps no target.
     """
@@ -322,12 +322,12 @@ def build_calibration_package(
         from policyengine_us import Simulation
 
         simulation = Simulation(dataset=str(dataset))
-        parameters = simulation.tax_benefit_system.parameters
-        table = uprate_targets(rows.table, year, *policyengine_uprating_indices(parameters))
+        indices = policyengine_uprating_indices(simulation.tax_benefit_system.parameters)
+        table = uprate_targets(rows.table, year, *indices)
         rows = TargetRows(table=table[list(TARGET_COLUMNS)], constraints=rows.constraints)
     with clock("geography"):
         if places is None:
-            places = policyengine_district_table(parameters, year)
+            places = equal_population_districts()
         geography = assign_geography(structure.n_households, n_clones, places, seed)
     amount_variables = sorted({v for v in rows.table["variable"] if not v.endswith("_count")})
     constraint_variables = sorted({c.variable for row in rows.constraints for c in row})
