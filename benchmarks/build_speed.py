@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import numpy as np
-import pandas as pd
 
 from builders.dataset import write_dataset_h5
 from builders.geography import districts_from_state_populations
