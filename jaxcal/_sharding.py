@@ -230,7 +230,8 @@ class ShardedMatrix(eqx.Module):
             pad = np.arange(length - mine.size, dtype=np.int32)
             # Padding adds zeros, spread over rows and records (no chain of additions into one
             # element); in row order it stays sorted by going to the last row.
-            pad_rows = pad % max(n_targets, 1) if layout == "interleaved" else np.full_like(pad, n_targets - 1)
+            last_row = np.full_like(pad, max(n_targets - 1, 0))
+            pad_rows = pad % max(n_targets, 1) if layout == "interleaved" else last_row
             block_arrays = {
                 "rows": np.concatenate([rows[mine], pad_rows]),
                 "cols": np.concatenate([cols[mine] - np.int32(d * block), pad % block]),

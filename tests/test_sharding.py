@@ -223,7 +223,12 @@ def test_sharded_fit_matches_the_single_device_fit(devices, problem, matrix, ref
 def test_one_device_mesh_matches_the_plain_fit(problem, matrix, references):
     """In this process: a mesh of one device, chunked, through ``devices=1``."""
     kwargs = _cases(problem)["gates"]
-    result = jaxcal.fit(_model(), matrix, problem.targets, devices=1, **kwargs)
+    seen = []
+    result = jaxcal.fit(
+        _model(), matrix, problem.targets, devices=1, chunk_epochs=25,
+        callback=lambda r: seen.append((r.epochs, r.weights.shape, r.history.total.shape)), **kwargs,
+    )  # fmt: skip
+    assert seen == [(25, (N_RECORDS,), (25,)), (50, (N_RECORDS,), (50,))]
     _close(result.weights, references["gates"]["weights"], 1e-5)
     assert result.weights.shape == (N_RECORDS,) and result.model.n_records == N_RECORDS
     chunked = jaxcal.ShardedMatrix.from_matrix(matrix, jaxcal.record_mesh(1), chunk=16)
