@@ -24,13 +24,6 @@ import numpy as np
 
 from builders.synthetic_problem import DISTRICTS_PER_STATE
 
-GROUP_ENTITIES = ("household", "tax_unit", "spm_unit", "family", "marital_unit")
-"""PolicyEngine-US's group entities: each has ``<entity>_id`` and ``person_<entity>_id``."""
-
-ID_VARIABLES = ("person_id",) + tuple(f"{e}_id" for e in GROUP_ENTITIES) + tuple(
-    f"person_{e}_id" for e in GROUP_ENTITIES
-)
-
 DEFAULT_POPULATION = 340_000_000
 """People the weights add up to (the Census 2024 estimate, rounded); calibration refines it."""
 
@@ -219,23 +212,11 @@ def generate_households(
 
 
 def write_h5(arrays: Mapping[str, np.ndarray], path: str | os.PathLike, year: int = 2024) -> pathlib.Path:
-    """Write ``arrays`` as a PolicyEngine time-period H5 (``/<variable>/<year>``), atomically."""
-    import h5py
+    """Write ``arrays`` as a PolicyEngine time-period H5 (``/<variable>/<year>``), atomically
+    (:func:`builders.dataset.write_dataset_h5`)."""
+    from builders.dataset import write_dataset_h5
 
-    from jaxcal._package import atomic_write
-
-    path = pathlib.Path(path)
-    missing = [v for v in ID_VARIABLES if v not in arrays]
-    if missing:
-        raise ValueError(f"cannot write a PolicyEngine dataset without {', '.join(missing)}")
-
-    def write(f) -> None:
-        with h5py.File(f, "w") as h5:
-            for name, values in arrays.items():
-                h5.create_dataset(f"{name}/{year}", data=np.asarray(values))
-
-    atomic_write(path, write, mode="w+b")
-    return path
+    return write_dataset_h5(path, arrays, year)
 
 
 def generate_demo_h5(

@@ -212,7 +212,9 @@ def register_check_h5(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser = subparsers.add_parser(
         "check-h5",
         help="check that H5 files are datasets policyengine_us can load",
-        description=__doc__.split("\n\n")[0],
+        description="Check that H5 files are PolicyEngine-US datasets: id arrays present and unique, "
+        "person links valid, weights finite and non-negative, no NaN or infinity, array lengths "
+        "matching entity counts. Lists every failure and exits 1 if any.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="H5 files to check")
     parser.add_argument(
