@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lambda-l2", type=float, help=f"L2 penalty (default {DEFAULTS['lambda_l2']})")
     parser.add_argument("--learning-rate", type=float, help=f"Adam learning rate (default {DEFAULTS['learning_rate']})")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu", "tpu"], default="auto", help="where to run (default: JAX's choice)")
+    parser.add_argument("--devices", type=_device_count, metavar="N|all", help="split the records over N devices of --device's platform (or all of them)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the model's initialisation and the gate draws (default 42)")
     parser.add_argument("--log-freq", type=int, metavar="N", help="every N epochs: log every target to calibration_log.csv and write a checkpoint")
     parser.add_argument("--log-format", choices=["pe", "microcalibrate"], default="pe", help="calibration_log.csv columns: PolicyEngine's or microcalibrate's dashboard's")
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     import jaxcal
 
+    mesh = None if args.devices is None else jaxcal.record_mesh(args.devices, args.device)
     init_key, fit_key = jax.random.split(jax.random.key(args.seed))
     use_gates = hyper["lambda_l0"] > 0
     if checkpoint is not None:
@@ -220,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     fit_settings = dict(
         lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"], optimizer=optimizer, loss="relative",
-        log_weight_jitter_sd=LOG_WEIGHT_JITTER_SD,
+        log_weight_jitter_sd=LOG_WEIGHT_JITTER_SD, mesh=mesh,
     )  # fmt: skip
     held_out = None
     with stop:
@@ -264,13 +266,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"early stopping at epoch {held_out.stopped_epoch}: best held-out loss at epoch {held_out.best_epoch}", file=sys.stderr)
     summary = write_fit_outputs(
         output, package, weights, np.asarray(state["losses"]), start_epoch,
-        hyper | {"seed": args.seed, "device": args.device, "pe_compat_adam_restarts": args.pe_compat_adam_restarts},
+        hyper | {"seed": args.seed, "device": args.device, "devices": args.devices, "pe_compat_adam_restarts": args.pe_compat_adam_restarts},
         extra_artifacts=artifacts, elapsed=time.perf_counter() - start_time, package_path=args.package_path,
         extra_record={"holdout": held_out.summary()} if held_out is not None else None,
     )  # fmt: skip
     if not args.quiet:
         print(headline(summary, output), flush=True)
     return 0
+
+
+def _device_count(text: str) -> int | str:
+    if text == "all":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of devices or 'all', got {text!r}")
+    return int(text)
 
 
 def _check_holdout_flags(args: argparse.Namespace) -> None:

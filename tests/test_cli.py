@@ -153,7 +153,7 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
     assert record["n_targets"] == kept.sum() and record["n_records"] == package.n_records
     assert record["hyperparameters"] == {
         "epochs": 12, "beta": 0.35, "lambda_l0": 1e-4, "lambda_l2": 1e-12, "learning_rate": 0.15,
-        "seed": 3, "device": "auto", "pe_compat_adam_restarts": False,
+        "seed": 3, "device": "auto", "devices": None, "pe_compat_adam_restarts": False,
     }  # fmt: skip
     assert record["weight_nonzero"] == int((weights > 0).sum())
     assert record["weight_sum"] == pytest.approx(float(weights.astype(np.float64).sum()), rel=1e-9)
@@ -356,3 +356,17 @@ def test_holdout_early_stopping_keeps_the_best_epoch(package_path, tmp_path):
     jaxcal_cli("fit", *common, "--output", tmp_path / "plain" / "w.npy", "--epochs", best)
     np.testing.assert_array_equal(np.load(tmp_path / "es" / "w.npy"), np.load(tmp_path / "plain" / "w.npy"))
     assert (tmp_path / "es" / "holdout_log.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_devices_split_the_records_and_match_one_device(package_path, tmp_path):
+    """Four fake CPU devices; without gates the fit draws nothing, so it matches one device."""
+    common = ("fit", "--package-path", package_path, "--lambda-l0", 0, "--epochs", 30, "--quiet")
+    jaxcal_cli(*common, "--output", tmp_path / "one" / "w.npy")
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_NUM_CPU_DEVICES": "4"}
+    four = subprocess.run([str(JAXCAL), *map(str, common), "--output", str(tmp_path / "four" / "w.npy"), "--devices", "4",
+                           "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert four.returncode == 0, four.stderr
+    one, sharded = np.load(tmp_path / "one" / "w.npy"), np.load(tmp_path / "four" / "w.npy")
+    np.testing.assert_allclose(sharded, one, rtol=1e-4)
+    assert json.loads((tmp_path / "four" / "unified_run_config.json").read_text())["hyperparameters"]["devices"] == 4
+    assert_user_error(jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--devices", 3, check=False), "3 devices")
