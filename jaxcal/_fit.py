@@ -228,36 +228,12 @@ def fit(
                 f"got {uniforms.shape}"
             )
 
-    optimizer = optimizer or _default_optimizer(float(learning_rate))
-    jitter_key, draw_key = jax.random.split(key)
-    # Fresh buffers: the chunks donate theirs, and the caller's model stays usable.
-    model = jax.tree.map(jnp.copy, model)
-    if opt_state is None:
-        if log_weight_jitter_sd > 0:
-            noise = jax.random.normal(jitter_key, model.log_weight.shape, model.log_weight.dtype)
-            model = eqx.tree_at(lambda m: m.log_weight, model, model.log_weight + noise * log_weight_jitter_sd)
-        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    else:
-        opt_state = jax.tree.map(jnp.copy, opt_state)
-
-    step = _Step(
-        matrix=matrix,
-        targets=targets,
-        loss_weights=jnp.asarray(
-            target_loss_weights(
-                matrix.n_targets,
-                target_groups,
-                normalize_groups=normalize_groups,
-                group_multipliers=group_multipliers,
-                dtype=matrix.values.dtype,
-            )
-        ),
-        draw_key=draw_key,
-        optimizer=optimizer,
-        loss=loss,
-        lambda_l0=float(lambda_l0),
+    step, model, opt_state = _prepare(
+        model, matrix, targets, key=key, optimizer=optimizer or _default_optimizer(float(learning_rate)),
+        opt_state=opt_state, log_weight_jitter_sd=log_weight_jitter_sd, loss=loss, target_groups=target_groups,
+        normalize_groups=normalize_groups, group_multipliers=group_multipliers, lambda_l0=float(lambda_l0),
         lambda_l2=float(lambda_l2),
-    )
+    )  # fmt: skip
     run_chunk = _run_chunk
     if isinstance(matrix, ShardedMatrix):
         run_chunk = _run_sharded_chunk
@@ -284,6 +260,46 @@ def fit(
         if callback is not None and callback(_result(matrix, model, opt_state, histories, start_epoch + done)):
             break
     return _result(matrix, model, opt_state, histories, start_epoch + done)
+
+
+def _prepare(
+    model: CalibrationWeights,
+    matrix: TargetMatrix | ShardedMatrix,
+    targets: Array,
+    *,
+    key: PRNGKeyArray,
+    optimizer: optax.GradientTransformation,
+    opt_state: optax.OptState | None,
+    log_weight_jitter_sd: float,
+    loss: LossKind,
+    target_groups: Any,
+    normalize_groups: bool,
+    group_multipliers: dict[int, float] | None,
+    lambda_l0: Any,
+    lambda_l2: float,
+    step_type: type[_Step] = _Step,
+) -> tuple[_Step, CalibrationWeights, optax.OptState]:
+    """The step and starting state of a fit: ``key`` splits into the jitter key and the draw
+    key; a fresh fit (``opt_state`` None) jitters ``log_weight`` and starts the optimizer."""
+    jitter_key, draw_key = jax.random.split(key)
+    # Fresh buffers: the chunks donate theirs, and the caller's model stays usable.
+    model = jax.tree.map(jnp.copy, model)
+    if opt_state is None:
+        if log_weight_jitter_sd > 0:
+            noise = jax.random.normal(jitter_key, model.log_weight.shape, model.log_weight.dtype)
+            model = eqx.tree_at(lambda m: m.log_weight, model, model.log_weight + noise * log_weight_jitter_sd)
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    else:
+        opt_state = jax.tree.map(jnp.copy, opt_state)
+    loss_weights = target_loss_weights(
+        matrix.n_targets, target_groups, normalize_groups=normalize_groups,
+        group_multipliers=group_multipliers, dtype=matrix.values.dtype,
+    )  # fmt: skip
+    step = step_type(
+        matrix=matrix, targets=targets, loss_weights=jnp.asarray(loss_weights), draw_key=draw_key,
+        optimizer=optimizer, loss=loss, lambda_l0=lambda_l0, lambda_l2=lambda_l2,
+    )  # fmt: skip
+    return step, model, opt_state
 
 
 @functools.cache

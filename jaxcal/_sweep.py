@@ -13,8 +13,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._fit import FitHistory, _check_problem, _default_optimizer, _Step
-from ._loss import LossKind, check_loss_kind, target_loss_weights
+from ._fit import FitHistory, _check_problem, _default_optimizer, _prepare, _Step
+from ._loss import LossKind, check_loss_kind
 from ._matrix import TargetMatrix
 from ._model import CalibrationWeights
 
@@ -96,31 +96,12 @@ def sweep(
         raise ValueError("log_weight_jitter_sd and lambda_l2 must not be negative")
     check_loss_kind(loss)
     targets = _check_problem(model, matrix, targets)
-    optimizer = optimizer or _default_optimizer(float(learning_rate))
-    jitter_key, draw_key = jax.random.split(key)  # as fit() splits it
-    if log_weight_jitter_sd > 0:
-        noise = jax.random.normal(jitter_key, model.log_weight.shape, model.log_weight.dtype)
-        model = eqx.tree_at(lambda m: m.log_weight, model, model.log_weight + noise * log_weight_jitter_sd)
-    dtype = matrix.values.dtype
-    step = _SweepStep(
-        matrix=matrix,
-        targets=targets,
-        loss_weights=jnp.asarray(
-            target_loss_weights(
-                matrix.n_targets,
-                target_groups,
-                normalize_groups=normalize_groups,
-                group_multipliers=group_multipliers,
-                dtype=dtype,
-            )
-        ),
-        draw_key=draw_key,
-        optimizer=optimizer,
-        loss=loss,
-        lambda_l0=jnp.asarray(lambdas, dtype),
-        lambda_l2=float(lambda_l2),
-    )
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    step, model, opt_state = _prepare(
+        model, matrix, targets, key=key, optimizer=optimizer or _default_optimizer(float(learning_rate)),
+        opt_state=None, log_weight_jitter_sd=log_weight_jitter_sd, loss=loss, target_groups=target_groups,
+        normalize_groups=normalize_groups, group_multipliers=group_multipliers,
+        lambda_l0=jnp.asarray(lambdas, matrix.values.dtype), lambda_l2=float(lambda_l2), step_type=_SweepStep,
+    )  # fmt: skip
     models, weights, history = _run_sweep(step, model, opt_state, jnp.arange(epochs, dtype=jnp.int32))
     return SweepResult(lambda_l0=step.lambda_l0, weights=weights, models=models, history=history, beta=model.beta)
 
