@@ -103,17 +103,27 @@ def add_demo_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-dir", type=pathlib.Path, default=DEMO_DIR, help=f"where (default {DEMO_DIR})")
     parser.add_argument("--demo-households", type=int, default=DEMO_SETTINGS["n_households"],
                         help=f"base households (default {DEMO_SETTINGS['n_households']})")  # fmt: skip
+    parser.add_argument("--demo-clones", type=int, default=DEMO_SETTINGS["n_clones"],
+                        help=f"clones of each household (default {DEMO_SETTINGS['n_clones']})")  # fmt: skip
+    parser.add_argument("--demo-states", help="only these state FIPS codes, comma-separated (default all 50 and DC)")
     parser.add_argument("--force", action="store_true", help="rebuild the demo package even when cached")
 
 
 def run_build_demo(args: argparse.Namespace) -> int:
-    """``jaxcal build --demo``: print the package path on stdout."""
+    """``jaxcal build --demo``: build or reuse the package, print its path on stdout."""
     from jaxcal.cli import CommandError
 
-    n_clones = getattr(args, "n_clones", None) or DEMO_SETTINGS["n_clones"]
-    if args.demo_households < 1 or n_clones < 1:
-        raise CommandError("--demo-households and --n-clones must be at least 1", 2)
-    path = build_demo_package(args.demo_dir, n_households=args.demo_households, n_clones=n_clones, force=args.force)
+    if args.demo_households < 1 or args.demo_clones < 1:
+        raise CommandError("--demo-households and --demo-clones must be at least 1", 2)
+    states = None
+    if args.demo_states:
+        try:
+            states = [int(part) for part in args.demo_states.split(",") if part.strip()]
+        except ValueError:
+            raise CommandError(f"--demo-states takes comma-separated FIPS codes, got {args.demo_states!r}", 2) from None
+    path = build_demo_package(
+        args.demo_dir, n_households=args.demo_households, n_clones=args.demo_clones, states=states, force=args.force
+    )
     print(path)
     return 0
 

@@ -2,7 +2,7 @@
 
 The CPS-based datasets cannot be downloaded here, so the demo makes its own households:
 plausible ages, household types, employment and self-employment income, Social Security,
-interest, rent and disability, spread over the 50 states, DC and their congressional
+interest, rent and disability (and SSA's disability test, which SSI needs), spread over the 50 states, DC and their congressional
 districts. The output is a dict of arrays keyed by PolicyEngine variable names, written as
 a time-period H5 (``/<variable>/<year>``), the layout ``policyengine_core``'s
 ``Dataset.from_file`` reads as ``TIME_PERIOD_ARRAYS``.
@@ -147,6 +147,8 @@ def generate_households(
     is_male = np.where(married[person_household] & (position == 1), ~is_male[np.maximum(np.arange(n_persons) - 1, 0)], is_male)
     disability_rate = np.select([age < 18, age < 45, age < 65, age < 75], [0.04, 0.06, 0.12, 0.22], 0.40)
     is_disabled = rng.random(n_persons) < disability_rate
+    # SSA's disability test (an input in policyengine-us): most people reporting a disability pass it.
+    meets_ssi_disability_criteria = is_disabled & (rng.random(n_persons) < 0.6)
 
     work_rate = np.select(
         [age < 18, age < 25, age < 55, age < 62, age < 65, age < 70], [0.0, 0.60, 0.80, 0.70, 0.50, 0.30], 0.10
@@ -202,6 +204,7 @@ def generate_households(
         "age": age,
         "is_male": is_male,
         "is_disabled": is_disabled,
+        "meets_ssi_disability_criteria": meets_ssi_disability_criteria,
         "employment_income": employment_income.astype(f32),
         "self_employment_income": self_employment_income.astype(f32),
         "social_security_retirement": social_security_retirement.astype(f32),

@@ -1,0 +1,256 @@
+"""Calibrated H5 outputs (policyengine-us-data's local-area ``build_h5``): ``jaxcal export``.
+
+From a package, the base dataset it was built from and fitted weights, write a PolicyEngine
+dataset holding one household per kept column (weight > 0, optionally only some states or
+districts): the base household's persons and entities copied, ids re-indexed 0..n-1 per
+entity, the column's geography set (``state_fips``, ``congressional_district_geoid``,
+``block_geoid`` when the package has it), take-up drawn with the matrix build's salts
+(:func:`builders.takeup.takes_up`, per (variable, household id, clone), for the take-up
+variables the build drew) and ``household_weight`` the column's weight. Summing
+``calculate(variable) * household_weight`` over the file then reproduces ``X @ w``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from builders.dataset import GROUP_ENTITIES, EntityStructure, read_entity_structure, write_dataset_h5
+from builders.h5_check import check_h5, read_h5_arrays
+from builders.takeup import TAKEUP_BY_VARIABLE, takes_up
+
+ENTITIES = ("person",) + GROUP_ENTITIES
+GEOGRAPHY_INPUTS = ("state_fips", "congressional_district_geoid", "block_geoid", "state_code", "state_name",
+                    "county_fips", "county", "zip_code", "tract_geoid", "cbsa_code", "place_fips", "sldu", "sldl",
+                    "puma", "zcta", "vtd", "in_nyc")  # fmt: skip
+"""Inputs that place a household: the base dataset's are dropped, the column's geography is set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSummary:
+    path: pathlib.Path
+    n_households: int
+    n_persons: int
+    weight_sum: float
+    takeup_variables: tuple[str, ...]
+    """The take-up inputs drawn per clone (empty when the build kept the dataset's)."""
+
+
+def export_h5(
+    package: Any,
+    weights: np.ndarray,
+    output: str | os.PathLike,
+    *,
+    dataset: str | os.PathLike | None = None,
+    states: Sequence[int] | None = None,
+    districts: Sequence[int] | None = None,
+    variable_entities: Mapping[str, str] | None = None,
+) -> ExportSummary:
+    """Write the calibrated dataset of ``package`` (a :class:`jaxcal.CalibrationPackage`) and
+    ``weights`` (one per column) to ``output``; return what was written.
+
+    ``dataset`` defaults to the path in the package's metadata; ``states`` (FIPS codes) or
+    ``districts`` (GEOIDs) keep only those places. ``variable_entities`` (variable -> entity)
+    settles arrays whose length fits several entities; without it the entity is inferred
+    from the length and, when that is ambiguous and matters, from policyengine_us.
+    Raises ``ValueError`` naming the problem (weights of the wrong length or negative, a
+    package without geography, a dataset of another size, nothing left to export).
+    """
+    metadata = dict(package.metadata)
+    if dataset is None:
+        dataset = (metadata.get("dataset") or {}).get("path")
+        if dataset is None:
+            raise ValueError("the package does not name its dataset; pass dataset=")
+    weights = np.asarray(weights, np.float64).ravel()
+    if weights.shape != (package.n_records,):
+        raise ValueError(f"weights must have one entry per column ({package.n_records}), got {weights.size}")
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError("weights must be finite and non-negative")
+    geography = package.geography
+    if "state_fips" not in geography or "cd_geoid" not in geography:
+        raise ValueError("the package has no per-column geography (state_fips, cd_geoid): nothing places the clones")
+    structure = read_entity_structure(dataset)
+    n_base = structure.n_households
+    if package.n_records % n_base:
+        raise ValueError(f"the package's {package.n_records} columns are not clones of the dataset's {n_base} households")
+
+    state_fips = np.asarray(geography["state_fips"]).astype(np.int64)
+    cd_geoid = np.asarray(geography["cd_geoid"]).astype(np.int64)
+    keep = weights > 0
+    if states is not None:
+        keep &= np.isin(state_fips, np.asarray(states, np.int64))
+    if districts is not None:
+        keep &= np.isin(cd_geoid, np.asarray(districts, np.int64))
+    columns = np.flatnonzero(keep)
+    if columns.size == 0:
+        raise ValueError("no column has a positive weight in the places asked for: nothing to export")
+    clone, base = np.divmod(columns, n_base)
+
+    (period, arrays), *others = read_h5_arrays(dataset).items()
+    if others:
+        raise ValueError(f"dataset {dataset} holds several periods; export reads one")
+    gathers = {entity: _entity_gather(structure, entity, base) for entity in ENTITIES}
+    out: dict[str, np.ndarray] = {}
+    for entity, (index, _) in gathers.items():
+        out[f"{entity}_id"] = np.arange(index.size, dtype=np.int32)
+    for entity in GROUP_ENTITIES:
+        out[f"person_{entity}_id"] = _person_links(structure, entity, base, gathers).astype(np.int32)
+    skip = set(out) | set(GEOGRAPHY_INPUTS) | {v for v in arrays if v.endswith("_weight")}
+    entity_of = _entities_of(
+        {v: a for v, a in arrays.items() if v not in skip}, structure, gathers, variable_entities
+    )
+    for name, entity in entity_of.items():
+        out[name] = arrays[name][gathers[entity][0]]
+    out["state_fips"] = state_fips[columns].astype(np.int32)
+    out["congressional_district_geoid"] = cd_geoid[columns].astype(np.int32)
+    if "block_geoid" in geography:
+        out["block_geoid"] = np.asarray(geography["block_geoid"])[columns].astype(str)
+    drawn = _drawn_takeup(package) if metadata.get("rerandomize_takeup", True) else []
+    for spec in drawn:
+        out[spec.takeup_variable] = _takeup(spec, structure, clone, base, out["state_fips"])
+    out["household_weight"] = weights[columns].astype(np.float32)
+    path = write_dataset_h5(output, out, period or metadata.get("year", 2024))
+    failures = check_h5(path, {**entity_of, "state_fips": "household", "congressional_district_geoid": "household"})
+    if failures:  # a bug here, not a user mistake: say so loudly
+        raise RuntimeError(f"exported {path} fails check-h5: {'; '.join(failures)}")
+    return ExportSummary(
+        path=pathlib.Path(path),
+        n_households=int(columns.size),
+        n_persons=int(out["person_id"].size),
+        weight_sum=float(weights[columns].sum()),
+        takeup_variables=tuple(s.takeup_variable for s in drawn),
+    )
+
+
+def _entity_gather(structure: EntityStructure, entity: str, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the households ``base`` (with repeats, in column order): the base index of every
+    entity of each, households in order and entities in dataset order; and where each
+    column's entities start in that list."""
+    household = structure.entity_household[entity]
+    order = np.argsort(household, kind="stable")
+    counts = np.bincount(household, minlength=structure.n_households)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sizes = counts[base]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    within = np.arange(sizes.sum()) - np.repeat(starts, sizes)
+    return order[np.repeat(first[base], sizes) + within], starts
+
+
+def _person_links(structure: EntityStructure, entity: str, base: np.ndarray, gathers) -> np.ndarray:
+    """Each exported person's new ``entity`` index: its column's first entity plus the rank
+    of its base entity within the household."""
+    household = structure.entity_household[entity]
+    order = np.argsort(household, kind="stable")
+    rank = np.empty(household.size, np.int64)
+    counts = np.bincount(household, minlength=structure.n_households)
+    rank[order] = np.arange(household.size) - np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    persons, person_starts = gathers["person"]
+    person_column = np.repeat(np.arange(base.size), np.diff(np.append(person_starts, persons.size)))
+    _, entity_starts = gathers[entity]
+    return entity_starts[person_column] + rank[structure.person_entity[entity][persons]]
+
+
+def _entities_of(arrays, structure, gathers, variable_entities) -> dict[str, str]:
+    counts = {e: structure.entity_household[e].size for e in ENTITIES}
+    entity_of, unsure = {}, []
+    for name, values in arrays.items():
+        if variable_entities is not None and name in variable_entities:
+            entity_of[name] = variable_entities[name]
+            continue
+        fits = [e for e in ENTITIES if counts[e] == values.shape[0]]
+        if not fits:
+            raise ValueError(f"dataset array {name} has {values.shape[0]} entries, matching no entity")
+        # Entities of equal size whose exported selection is the same need no decision.
+        if all(np.array_equal(gathers[e][0], gathers[fits[0]][0]) for e in fits[1:]):
+            entity_of[name] = fits[0]
+        else:
+            unsure.append(name)
+    if unsure:
+        from builders.h5_check import policyengine_entities
+
+        known = policyengine_entities()
+        for name in unsure:
+            if name not in known:
+                raise ValueError(f"cannot tell the entity of dataset array {name}: give variable_entities")
+            entity_of[name] = known[name]
+    return entity_of
+
+
+def _drawn_takeup(package) -> list:
+    """The take-up specs the matrix build drew: those of target or constraint variables."""
+    targets = package.targets
+    names = set(targets["variable"])
+    if "domain_variable" in targets:
+        names |= {v for d in targets["domain_variable"].dropna() for v in str(d).split(",")}
+    return [TAKEUP_BY_VARIABLE[v] for v in sorted(names & TAKEUP_BY_VARIABLE.keys())]
+
+
+def _takeup(spec, structure: EntityStructure, clone: np.ndarray, base: np.ndarray, column_state: np.ndarray) -> np.ndarray:
+    """``spec``'s take-up for every exported entity, drawn per clone as the build drew it."""
+    counts = np.bincount(structure.entity_household[spec.entity], minlength=structure.n_households)
+    household_of = []
+    result = []
+    for c in np.unique(clone):
+        columns = np.flatnonzero(clone == c)
+        households = base[columns]
+        # The clone's households' entities: households in column order, entities in dataset order.
+        sizes = counts[households]
+        local = np.repeat(np.arange(households.size), sizes)
+        result.append(takes_up(spec, structure.household_ids[households], local, int(c), column_state[columns]))
+        household_of.append(np.repeat(columns, sizes))
+    # Back to column order (the export's entity order).
+    position = np.argsort(np.concatenate(household_of), kind="stable")
+    return np.concatenate(result)[position]
+
+
+def _codes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        from jaxcal.cli import CommandError
+
+        raise CommandError(f"expected comma-separated numbers, got {text!r}", 2) from None
+
+
+def run_export(args) -> int:
+    """``jaxcal export PACKAGE WEIGHTS OUTPUT``: print what was written."""
+    import jaxcal
+    from jaxcal.cli import CommandError
+
+    package = jaxcal.load_package(args.package)
+    if not args.weights.is_file():
+        raise CommandError(f"weights not found: {args.weights}", 2)
+    weights = np.load(args.weights, allow_pickle=False)
+    summary = export_h5(
+        package, weights, args.output, dataset=args.dataset, states=_codes(args.states), districts=_codes(args.districts)
+    )
+    print(
+        f"wrote {summary.path}: {summary.n_households} households, {summary.n_persons} persons, "
+        f"weight sum {summary.weight_sum:,.0f}; take-up drawn: {', '.join(summary.takeup_variables) or 'none'}"
+    )
+    return 0
+
+
+def register_export(subparsers) -> None:
+    """Add ``export PACKAGE WEIGHTS OUTPUT`` to the ``jaxcal`` parser."""
+    parser = subparsers.add_parser(
+        "export",
+        help="write a calibrated PolicyEngine H5 from a package and its weights",
+        description="Write the records with weight > 0 (optionally of some states or districts) as a "
+        "PolicyEngine-US dataset: ids re-indexed, each clone's geography and take-up set, "
+        "household_weight the fitted weight.",
+    )
+    parser.add_argument("package", type=pathlib.Path, help="calibration package (.npz)")
+    parser.add_argument("weights", type=pathlib.Path, help="fitted weights (.npy, one per column)")
+    parser.add_argument("output", type=pathlib.Path, help="H5 file to write")
+    parser.add_argument("--dataset", type=pathlib.Path, help="base dataset (default: the one the package names)")
+    parser.add_argument("--states", help="only these state FIPS codes, comma-separated")
+    parser.add_argument("--districts", help="only these district GEOIDs (state FIPS * 100 + number), comma-separated")
+    parser.set_defaults(run=run_export)

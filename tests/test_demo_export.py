@@ -1,0 +1,194 @@
+"""X·w consistency: the exported H5, weighted and summed by policyengine_us, equals the matrix product.
+
+A small build (synthetic households in two states, clones, take-up re-randomized) with
+rows of every kind: amounts and counts; person, tax-unit, SPM-unit and household entities;
+national, state and district geography; take-up-affected variables (snap, ssi,
+medicaid_enrolled, aca_ptc). The reference sums are computed here from
+``policyengine_us.Microsimulation`` on the exported file, not with the builders' code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+
+import numpy as np
+import pytest
+
+from builders.demo_cli import register_demo_commands
+from builders.demo_microdata import generate_demo_h5
+from builders.demo_targets import TargetRecord, demo_targets, write_target_db
+from builders.h5_check import check_h5
+
+pytestmark = pytest.mark.xdist_group("demo_export")  # one build per run under `-n 2 --dist loadgroup`
+
+YEAR = 2024
+STATES = {6: 52, 36: 26}
+OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def _records():
+    """The demo's national rows and the two states' rows, plus district and entity-kind test rows."""
+    real = [r for r in demo_targets(YEAR).records
+            if r.geo_level == "national" or any(c[0] == "state_fips" and c[2] in STATES for c in r.constraints)]  # fmt: skip
+    extra = [
+        ("household_count", ()),
+        ("spm_unit_count", (("snap", ">", 0),)),
+        ("medicaid_enrolled", ()),
+        ("ssi", (("state_fips", "==", 6),)),
+        ("person_count", (("congressional_district_geoid", "==", 601),)),
+        ("household_count", (("congressional_district_geoid", "==", 3601),)),
+        ("snap", (("congressional_district_geoid", "==", 612),)),
+        ("employment_income", (("age", ">=", 18), ("age", "<", 65), ("state_fips", "==", 36))),
+    ]
+    return real + [TargetRecord(v, YEAR, 1.0, "test row", c) for v, c in extra]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import jaxcal
+    from builders.geography import districts_from_state_populations
+    from builders.target_db import read_targets
+    from builders.unified_matrix import build_calibration_package
+    from policyengine_us import Microsimulation
+
+    directory = tmp_path_factory.mktemp("xw")
+    dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))
+    db = write_target_db(_records(), directory / "targets.db")
+    places = districts_from_state_populations({s: float(n) for s, n in STATES.items()}, STATES)
+    package, _ = build_calibration_package(dataset, db, n_clones=3, seed=1, places=places, log=lambda m: None)
+    jaxcal.save_package(package, directory / "package.npz")
+    rng = np.random.default_rng(0)
+    weights = np.where(rng.random(package.n_records) < 0.3, 0.0, rng.uniform(50, 150, package.n_records))
+    np.save(directory / "weights.npy", weights)
+    output = directory / "calibrated.h5"
+    parser = argparse.ArgumentParser(prog="jaxcal")
+    register_demo_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export", str(directory / "package.npz"), str(directory / "weights.npy"), str(output)])
+    assert args.run(args) == 0
+    _, constraints = read_targets(db, YEAR)
+    return package, weights, output, constraints, Microsimulation(dataset=str(output)), directory
+
+
+def _reference_sum(sim, variable: str, constraints) -> float:
+    """Sum of ``variable`` times the household weight over the entities with a member meeting every constraint."""
+    variables = sim.tax_benefit_system.variables
+    entity = variable[: -len("_count")] if variable.endswith("_count") else variables[variable].entity.key
+    mask = np.ones(len(sim.calculate("person_id", YEAR)), bool)
+    for c in constraints:
+        values = np.asarray(sim.calculate(c.variable, YEAR, map_to="person"))
+        value = float(c.value) if c.value.lstrip("-").replace(".", "", 1).isdigit() else c.value == "True"
+        mask &= OPS[c.operation](values, value)
+    # The household weight of each entity (map_to would split it among a household's entities).
+    person_weight = np.asarray(sim.calculate("household_weight", YEAR, map_to="person"), np.float64)
+    if entity == "person":
+        qualifies, weight = mask, person_weight
+    else:
+        population = sim.populations[entity]
+        qualifies, weight = population.any(mask), population.value_from_first_person(person_weight)
+    amount = 1.0 if variable.endswith("_count") else np.asarray(sim.calculate(variable, YEAR), np.float64)
+    return float(np.sum(np.where(qualifies, amount, 0.0) * weight))
+
+
+def test_exported_file_passes_check_h5(exported):
+    _, weights, output, _, _, _ = exported
+    assert check_h5(output) == []
+
+
+def test_export_keeps_positive_weights_with_their_geography(exported):
+    package, weights, _, _, sim, _ = exported
+    kept = weights > 0
+    np.testing.assert_allclose(np.asarray(sim.calculate("household_weight", YEAR)), weights[kept], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(sim.calculate("state_fips", YEAR)), package.geography["state_fips"][kept])
+    np.testing.assert_array_equal(
+        np.asarray(sim.calculate("congressional_district_geoid", YEAR)), package.geography["cd_geoid"][kept]
+    )
+    np.testing.assert_array_equal(np.asarray(sim.calculate("household_id", YEAR)), np.arange(kept.sum()))
+
+
+@pytest.fixture(scope="module")
+def comparison(exported):
+    """Per row: (name, variable, geo_level, domain_variable, X @ w, PolicyEngine's sum on the export)."""
+    package, weights, _, constraints, sim, _ = exported
+    predicted = package.matrix @ weights
+    table = package.targets
+    return [
+        (package.target_names[i], table["variable"][i], table["geo_level"][i], table["domain_variable"][i],
+         float(predicted[i]), _reference_sum(sim, table["variable"][i], constraints.get(int(table["stratum_id"][i]), [])))
+        for i in range(package.n_targets)
+    ]  # fmt: skip
+
+
+def _mismatches(rows):
+    return [
+        f"{name}: X@w {xw:,.2f} vs PolicyEngine {reference:,.2f}"
+        for name, _, _, _, xw, reference in rows
+        if not np.isclose(xw, reference, rtol=1e-3, atol=1e-6)
+    ]
+
+
+def _known_gap(row):
+    """Rows the build cannot yet match exactly (see the xfail test below): aca_ptc and the snap amount."""
+    return "aca_ptc" in (row[1], str(row[3])) or row[1] == "snap"
+
+
+def test_x_times_w_matches_policyengine_on_the_export(comparison):
+    rows = [row for row in comparison if not _known_gap(row)]
+    assert _mismatches(rows) == []
+    # Not vacuous: every kind of row is nonzero somewhere.
+    nonzero = [row for row in rows if row[5] != 0]
+    kinds = {row[1] for row in nonzero} | {row[3] for row in nonzero if isinstance(row[3], str)}
+    assert {"person_count", "tax_unit_count", "spm_unit_count", "household_count", "adjusted_gross_income",
+            "snap", "ssi", "medicaid_enrolled", "eitc", "employment_income", "social_security"} <= kinds  # fmt: skip
+    assert {row[2] for row in nonzero} == {"national", "state", "district"}
+    gaps = [row for row in comparison if _known_gap(row)]  # national and district snap; 4 state ACA rows
+    assert len(gaps) == 6 and all(row[5] > 0 for row in gaps)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="take-up interactions the build does not model: (1) it treats aca_ptc as (amount with take-up) x draw, "
+    "but policyengine-us 2.68 pays the credit to every filer, take-up or not (aca_ptc = credit x "
+    "(tax_unit_is_filer | takes_up & credit > 0)); (2) it computes snap with every take-up True, but an "
+    "SSI non-taker has less income and more SNAP. A simulation per clone, with the clone's geography and "
+    "draws, would match exactly",
+)
+def test_x_times_w_matches_for_take_up_interactions(comparison):
+    assert _mismatches([row for row in comparison if _known_gap(row)]) == []
+
+
+def test_export_of_one_state(exported):
+    package, weights, _, _, _, directory = exported
+    from builders.export import export_h5
+
+    summary = export_h5(package, weights, directory / "ca.h5", states=[6])
+    assert summary.n_households == int(((weights > 0) & (package.geography["state_fips"] == 6)).sum())
+    assert summary.weight_sum == pytest.approx(weights[package.geography["state_fips"] == 6].sum())
+    assert check_h5(summary.path) == []
+    with pytest.raises(ValueError, match="nothing to export"):
+        export_h5(package, weights, directory / "none.h5", districts=[4801])
+
+
+def test_demo_build_is_cached(tmp_path, exported, capsys):  # after the module's build: policyengine_us is imported
+    import jaxcal
+    from builders.demo_cli import add_demo_build_arguments, build_demo_package, run_build_demo
+    from jaxcal.cli import CommandError
+
+    path = build_demo_package(tmp_path, n_households=20, n_clones=2, states=[11], log=lambda m: None)
+    package = jaxcal.load_package(path)
+    assert package.n_records == 40 and set(package.geography["cd_geoid"]) == {1101}
+    national = [r for r in demo_targets(YEAR).records if r.geo_level == "national"]
+    assert package.n_targets == len(national) + 3  # DC's Medicaid and ACA enrollment, ACA spending
+    assert package.metadata["demo_excluded_series"] == ["gov/census/populations/by_state.yaml"]
+    modified = path.stat().st_mtime_ns
+    # `jaxcal build --demo` with the same settings reuses it.
+    parser = argparse.ArgumentParser(prog="jaxcal build")
+    add_demo_build_arguments(parser)
+    args = parser.parse_args(["--demo", "--demo-dir", str(tmp_path), "--demo-households", "20",
+                              "--demo-clones", "2", "--demo-states", "11"])  # fmt: skip
+    assert run_build_demo(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(path) and f"using the cached demo package {path}" in captured.err
+    assert path.stat().st_mtime_ns == modified
+    with pytest.raises(CommandError, match="--demo-states takes comma-separated FIPS codes"):
+        run_build_demo(parser.parse_args(["--demo", "--demo-states", "CA"]))
