@@ -340,9 +340,13 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
     guarded("gov/census/populations/by_state.yaml", state_population)
     guarded("gov/irs/soi/agi", soi_agi_bands)
     # Bounds per person: employment income ~$30k, self-employment (Schedule C/F) ~$1.5k, interest ~$0.4k.
-    guarded("gov/irs/soi/employment_income.yaml", income("employment_income", "gov/irs/soi/employment_income.yaml", (15_000, 50_000)))
-    guarded("gov/irs/soi/self_employment_income.yaml", income("self_employment_income", "gov/irs/soi/self_employment_income.yaml", (500, 5_000)))
-    guarded("gov/irs/soi/taxable_interest_income.yaml", income("taxable_interest_income", "gov/irs/soi/taxable_interest_income.yaml", (100, 2_000)))
+    for variable, bounds in (
+        ("employment_income", (15_000, 50_000)),
+        ("self_employment_income", (500, 5_000)),
+        ("taxable_interest_income", (100, 2_000)),
+    ):
+        relpath = f"gov/irs/soi/{variable}.yaml"
+        guarded(relpath, income(variable, relpath, bounds))
     # Programs: dollars per recipient a year, recipients per person.
     guarded("gov/cbo/social_security.yaml", program("social_security", "gov/cbo/social_security.yaml",
             "gov/ssa/social_security/participation.yaml", ("social_security", ">", 0), (10_000, 35_000), (0.1, 0.3)))  # fmt: skip
