@@ -37,6 +37,8 @@ _TYPES = (
     ("single_parent", 0.09),
     ("shared", 0.15),
 )
+_TOP_WEIGHT = 0.05
+"""Design weight of a household with an oversampled top earner, relative to the others."""
 _SINGLE, _SINGLE_65, _COUPLE, _COUPLE_65, _COUPLE_KIDS, _SINGLE_PARENT, _SHARED = range(7)
 
 
@@ -60,9 +62,9 @@ def generate_households(
 
     Households are spread over ``states`` (FIPS codes; default all 50 and DC) in proportion
     to their House seats (the 2020 apportionment, a proxy for population that is public
-    law), uniformly over each state's districts. ``household_weight`` is equal for all
-    households and makes the people add up to ``population``. Ids are 0-based and
-    contiguous; persons are ordered by household.
+    law), uniformly over each state's districts. ``household_weight`` makes the people add up
+    to ``population``: equal for all households but those of the oversampled top earners.
+    Ids are 0-based and contiguous; persons are ordered by household.
     """
     if n_households < 1:
         raise ValueError(f"n_households must be at least 1, got {n_households}")
@@ -156,8 +158,11 @@ def generate_households(
     works = rng.random(n_persons) < work_rate
     wage_scale = np.select([age < 25, age < 65], [0.5, 1.0], 0.6)
     wage = rng.lognormal(np.log(45_000), 0.85, n_persons) * wage_scale
-    top = rng.random(n_persons) < 0.006  # a thin top tail: high earners
-    wage = np.where(top, rng.lognormal(np.log(450_000), 1.0, n_persons), wage)
+    # The top tail, oversampled: 1.5% of workers earn log-uniformly $200k-$30M, so that even a
+    # few thousand households reach every SOI AGI band ($10M+ included). Like a survey's
+    # oversampled stratum, their households get a twentieth of the others' design weight.
+    top = rng.random(n_persons) < 0.015
+    wage = np.where(top, np.exp(rng.uniform(np.log(200_000), np.log(30_000_000), n_persons)), wage)
     employment_income = np.where(works, np.round(wage), 0.0)
 
     self_employed = is_adult & (rng.random(n_persons) < 0.09)
@@ -183,6 +188,10 @@ def generate_households(
     annual_rent = np.where(rng.random(n) < renter_rate, np.round(12 * rng.lognormal(np.log(1_300), 0.40, n)), 0.0)
     rent = np.where(position == 0, annual_rent[person_household], 0.0)  # paid by the reference person
 
+    oversampled = np.bincount(person_household, weights=top & works, minlength=n) > 0
+    household_weight = np.where(oversampled, _TOP_WEIGHT, 1.0)
+    household_weight *= population / household_weight[person_household].sum()
+
     n_tax_units = int(tu_per_household.sum())
     n_marital = int(new_unit.sum())
     f32 = np.float32
@@ -198,7 +207,7 @@ def generate_households(
         "person_spm_unit_id": person_spm_unit.astype(np.int32),
         "person_family_id": person_family.astype(np.int32),
         "person_marital_unit_id": person_marital_unit.astype(np.int32),
-        "household_weight": np.full(n, population / n_persons, f32),
+        "household_weight": household_weight.astype(f32),
         "state_fips": (cd // 100).astype(np.int32),
         "congressional_district_geoid": cd.astype(np.int32),
         "age": age,

@@ -52,17 +52,23 @@ def test_entities_are_consistent(big):
 
 
 def test_plausible_population(big):
-    age, weight = big["age"], big["household_weight"][0]
+    age = big["age"]
+    weight = big["household_weight"][big["person_household_id"]].astype(np.float64)  # each person's
     n_persons = age.size
-    assert weight * n_persons == pytest.approx(340e6, rel=1e-6)
+    assert weight.sum() == pytest.approx(340e6, rel=1e-5)
     assert 2.0 < n_persons / 10_000 < 2.8  # people per household (US: 2.5)
     assert 0.18 < (age < 18).mean() < 0.28 and 0.12 < (age >= 65).mean() < 0.24
-    wages = big["employment_income"].sum() * weight
+    wages = (big["employment_income"] * weight).sum()
     assert 7e12 < wages < 14e12  # US wages and salaries about $10.8T
-    ss = (big["social_security_retirement"] + big["social_security_disability"]).sum() * weight
+    ss = ((big["social_security_retirement"] + big["social_security_disability"]) * weight).sum()
     assert 0.8e12 < ss < 2e12  # $1.45T
     assert (big["employment_income"][age < 18] == 0).all()
     assert (big["social_security_retirement"][age < 62] == 0).all()
+    # The oversampled top tail reaches the highest SOI band with a twentieth of the usual weight.
+    income = np.bincount(big["person_household_id"], weights=big["employment_income"] + big["self_employment_income"])
+    top = income >= 10_000_000
+    assert top.sum() >= 20
+    np.testing.assert_allclose(big["household_weight"][top], big["household_weight"].max() * 0.05, rtol=1e-6)
 
 
 def test_geography(big):
