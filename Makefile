@@ -18,18 +18,17 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) -e ".[test,parity]"
 	touch $@ $(VENV)/.installed-base
 
-# The demo package is built once and cached under storage/ (git-ignored).
-DEMO_PACKAGE := storage/demo/synthetic_package.npz
+# The default package (synthetic households, real US targets, the real PolicyEngine-US model)
+# is built once by `jaxcal build --demo` and cached under storage/demo (git-ignored).
+DEMO_DIR := storage/demo
 
-$(DEMO_PACKAGE): | $(VENV)/.installed-base
-	$(PY) -m builders.synthetic_problem $@
-
-demo: $(VENV)/.installed-base $(DEMO_PACKAGE)
-	$(VENV)/bin/jaxcal fit --package-path $(DEMO_PACKAGE) --output storage/demo/calibration_weights.npy \
-		--lambda-l0 1e-6 --log-freq 20
+demo: $(VENV)/.installed-base
+	package=$$($(VENV)/bin/jaxcal build --demo --demo-dir $(DEMO_DIR)) && \
+	$(VENV)/bin/jaxcal fit --package-path "$$package" --output $(DEMO_DIR)/calibration/calibration_weights.npy \
+		--epochs 400 --log-freq 50
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --durations=10
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/epoch_speed.py --sizes small mp-300k

@@ -10,6 +10,8 @@ import argparse
 import pathlib
 import sys
 
+from .demo_cli import add_demo_build_arguments, register_demo_commands, run_build_demo
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the builders' commands to the ``jaxcal`` parser."""
@@ -20,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "per-column values with PolicyEngine-US, write the package, then validate it. "
         "The exit code is `jaxcal validate`'s: 1 when some target is impossible.",
     )
-    build.add_argument("--dataset", required=True, type=pathlib.Path, help="PolicyEngine-US dataset (.h5)")
-    build.add_argument("--db-path", required=True, type=pathlib.Path, help="target database (policy_data.db schema)")
+    build.add_argument("--dataset", type=pathlib.Path, help="PolicyEngine-US dataset (.h5); required without --demo")
+    build.add_argument("--db-path", type=pathlib.Path, help="target database (policy_data.db schema); required without --demo")
     build.add_argument("--n-clones", type=int, default=10, help="copies of each household (default 10)")
     build.add_argument("--seed", type=int, default=42, help="seed of the geography draws (default 42)")
     build.add_argument("--year", type=int, help="target year (default: the dataset's period)")
@@ -31,13 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "equal populations)")  # fmt: skip
     build.add_argument("--skip-takeup-rerandomize", action="store_true",
                        help="keep the dataset's take-up instead of drawing it per clone")  # fmt: skip
-    build.add_argument("--package-output", required=True, type=pathlib.Path, help="package to write (.npz)")
+    build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
+    add_demo_build_arguments(build)
     build.set_defaults(run=run_build)
+    register_demo_commands(subparsers)
 
 
 def run_build(args: argparse.Namespace) -> int:
     from jaxcal.cli import CommandError, main
 
+    if args.demo:
+        return run_build_demo(args)
+    missing = [flag for flag, value in (("--dataset", args.dataset), ("--db-path", args.db_path),
+               ("--package-output", args.package_output)) if value is None]  # fmt: skip
+    if missing:
+        raise CommandError(f"{', '.join(missing)} required (or --demo for the default package)", 2)
     if args.n_clones < 1:
         raise CommandError("--n-clones must be at least 1", 2)
     for what, path in (("dataset", args.dataset), ("target database", args.db_path)):
