@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parent's weights (ties broken by record id, the --state-floor best records of every state kept), "
         "refit them with gates off, and write a run directory that `jaxcal gates` checks.",
     )
-    derive.add_argument("--package", type=pathlib.Path, required=True, help="the parent's calibration package (.npz)")
+    derive.add_argument("--package", "--package-path", dest="package", type=pathlib.Path, required=True, help="the parent's calibration package (.npz)")
     derive.add_argument("--parent-weights", type=pathlib.Path, required=True, help="the parent's weights (.npy)")
     derive.add_argument("--budget", type=int, required=True, help="records the child keeps, exactly")
     derive.add_argument("--state-floor", type=int, default=0, help="keep at least this many records of every state")
@@ -41,13 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One vmapped fit per beta over all --lambda-l0 values; writes frontier.csv (records kept "
         "vs train and held-out loss), frontier.png and sweep_config.json into --output.",
     )
-    sweep.add_argument("--package", type=pathlib.Path, required=True)
-    sweep.add_argument("--lambda-l0", type=float, nargs="+", required=True)
-    sweep.add_argument("--beta", type=float, nargs="+", default=[0.35])
-    sweep.add_argument("--epochs", type=int, default=100)
-    sweep.add_argument("--learning-rate", type=float, default=0.15)
-    sweep.add_argument("--init-keep-prob", type=float, default=0.999)
-    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--package", "--package-path", dest="package", type=pathlib.Path, required=True, help="calibration package (.npz)")
+    sweep.add_argument("--lambda-l0", type=float, nargs="+", required=True, help="L0 penalties to fit side by side (one vmapped program)")
+    sweep.add_argument("--beta", type=float, nargs="+", default=[0.35], help="gate temperatures, one compiled program each (default 0.35)")
+    sweep.add_argument("--epochs", type=int, default=100, help="epochs per fit (default 100)")
+    sweep.add_argument("--learning-rate", type=float, default=0.15, help="Adam learning rate (default 0.15)")
+    sweep.add_argument("--init-keep-prob", type=float, default=0.999, help="initial gate keep probability (default 0.999)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the initialisation and gate draws (default 0)")
     sweep.add_argument("--output", type=pathlib.Path, required=True, help="directory to write")
     _add_holdout_options(sweep)
     sweep.set_defaults(run=run_sweep)
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_holdout_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("held-out targets")
     group.add_argument("--holdout-fraction", type=float, help="hold out this share of target families (default: none)")
-    group.add_argument("--holdout-seed", type=int, default=0)
+    group.add_argument("--holdout-seed", type=int, default=0, help="seed of the split (default 0)")
     group.add_argument("--family-columns", nargs="+", metavar="COLUMN",
                        help="target columns that define a family (default: geo_level variable domain_variable)")  # fmt: skip
 
