@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     start_time = time.perf_counter()
     hyper = resolve_hyperparameters(args)
     _use_platform(args.device)
+    mesh = None if args.devices is None else _record_mesh(args.devices, args.device)
     if args.log_freq is not None and args.log_freq < 1:
         raise CommandError(f"--log-freq must be a positive number of epochs, got {args.log_freq}")
     if args.pe_compat_adam_restarts and args.log_freq is None:
@@ -169,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
 
     import jaxcal
 
-    mesh = None if args.devices is None else jaxcal.record_mesh(args.devices, args.device)
     init_key, fit_key = jax.random.split(jax.random.key(args.seed))
     use_gates = hyper["lambda_l0"] > 0
     if checkpoint is not None:
@@ -356,17 +356,27 @@ def _default_presets_file() -> pathlib.Path:
 
 
 def _use_platform(device: str) -> None:
-    """Pin JAX to the requested platform before anything touches a device."""
+    """Make the requested platform's first device JAX's default (``auto``: JAX's choice)."""
     if device == "auto":
         return
     import jax
 
-    platform = {"gpu": "cuda", "cpu": "cpu", "tpu": "tpu"}[device]
-    jax.config.update("jax_platforms", platform)
+    from ._sharding import select_devices
+
     try:
-        jax.devices()
-    except RuntimeError as error:
-        raise CommandError(f"--device {device}: no {device.upper()} is available here ({str(error).splitlines()[0]})") from None
+        chosen = select_devices(1, device)[0]
+    except ValueError as error:
+        raise CommandError(f"--device {device}: {error}") from None
+    jax.config.update("jax_default_device", chosen)
+
+
+def _record_mesh(devices: int | str, platform: str) -> Any:
+    from ._sharding import record_mesh
+
+    try:
+        return record_mesh(devices, platform)
+    except ValueError as error:
+        raise CommandError(f"--devices {devices}: {error}") from None
 
 
 def _check_writable(directory: pathlib.Path) -> None:

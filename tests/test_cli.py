@@ -370,3 +370,8 @@ def test_devices_split_the_records_and_match_one_device(package_path, tmp_path):
     np.testing.assert_allclose(sharded, one, rtol=1e-4)
     assert json.loads((tmp_path / "four" / "unified_run_config.json").read_text())["hyperparameters"]["devices"] == 4
     assert_user_error(jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--devices", 3, check=False), "3 devices")
+    if "cuda" not in subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                                    capture_output=True, text=True).stdout:  # fmt: skip
+        no_gpu = jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--device", "gpu", check=False)
+        assert_user_error(no_gpu, "--device gpu", "no gpu devices")
+    assert not (tmp_path / "x").exists()
