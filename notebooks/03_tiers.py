@@ -1,0 +1,169 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Sparsity frontier and tiers
+#
+# How many records does a calibration need? This notebook
+#
+# 1. fits a parent with **held-out target families** and **early stopping**,
+# 2. runs a **vmapped `lambda_l0` sweep** (one compiled program for the whole grid) and
+#    draws the frontier: records kept vs train and held-out loss,
+# 3. **derives a child tier** of exactly K records from the parent and compares the two.
+#
+# The same steps are the commands `jaxcal fit --holdout-fraction`, `jaxcal sweep`,
+# `jaxcal derive` and `jaxcal gates` (see `docs/workflow.md` and `docs/guide.md`).
+
+# %%
+import json
+import os
+import pathlib
+
+SMALL = os.environ.get("JAXCAL_NOTEBOOK_SMALL", "0") == "1"  # the tests set 1: small sizes, short CI
+ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()), pathlib.Path.cwd())
+OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "tiers"))
+OUT.mkdir(parents=True, exist_ok=True)
+
+if SMALL:
+    N_RECORDS, SETTINGS = 1_500, dict(n_base=300, n_states=3, n_national=30, per_state=12, per_district=6, nonzeros=(8, 5, 4))
+    PARENT_EPOCHS, SWEEP_EPOCHS, SEARCH_EPOCHS, REFIT_EPOCHS = 300, 150, 100, 150
+else:
+    N_RECORDS, SETTINGS = 50_000, dict(n_base=10_000, n_states=20)
+    PARENT_EPOCHS, SWEEP_EPOCHS, SEARCH_EPOCHS, REFIT_EPOCHS = 1_000, 500, 300, 400
+LAMBDAS = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
+BUDGET = N_RECORDS // 5  # the child tier keeps exactly this many records
+
+# %matplotlib inline
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+import jaxcal
+from builders.synthetic_problem import synthetic_package
+
+package = synthetic_package(N_RECORDS, seed=0, **SETTINGS)
+print(f"{package.n_targets} targets x {package.n_records} records; levels:",
+      package.targets["geo_level"].value_counts().to_dict())  # fmt: skip
+
+# %% [markdown]
+# ## 1. A parent fit with held-out families and early stopping
+#
+# `holdout_split` holds out whole families (`geo_level x variable x domain`), stratified
+# by geography level and measure. The fit sees only the train targets; every
+# `eval_every` epochs the held-out loss is logged, and the fit stops `patience` epochs
+# after its last improvement, keeping the best epoch's weights.
+
+# %%
+split = jaxcal.holdout_split(package.targets, fraction=0.2, seed=0)
+print(f"held out {int((~split.train).sum())} of {package.n_targets} targets")
+key = jax.random.key(0)
+init_key, fit_key, sweep_key, tier_key = jax.random.split(key, 4)
+parent_model = jaxcal.CalibrationWeights.init(
+    package.n_records, key=init_key, init_weights=jaxcal.policyengine_initial_weights(package),
+    init_keep_prob=0.999, beta=0.35,
+)  # fmt: skip
+parent = jaxcal.fit_with_holdout(
+    parent_model, package, split, key=fit_key, epochs=PARENT_EPOCHS, eval_every=10,
+    patience=PARENT_EPOCHS // 5, lambda_l0=1e-8, log_weight_jitter_sd=0.05,
+)  # fmt: skip
+print(parent.summary() | {"holdout_families": "..."})
+parent.plot()
+
+# %% [markdown]
+# ## 2. The sparsity frontier: a vmapped `lambda_l0` sweep
+#
+# `sweep_grid` fits every `lambda_l0` at once (`jax.vmap` over the penalty inside one
+# compiled scan; same key, so the fits differ only by the penalty), on the train targets,
+# and reports each fit's records kept and train / held-out / full loss.
+
+# %%
+frontier, sweeps = jaxcal.sweep_grid(package, LAMBDAS, [0.35], key=sweep_key, split=split, epochs=SWEEP_EPOCHS)
+frontier
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+axes[0].plot(frontier["records_kept"], frontier["train_loss"], "o-", label="train targets")
+axes[0].plot(frontier["records_kept"], frontier["holdout_loss"], "s--", label="held-out targets")
+for _, row in frontier.iterrows():
+    axes[0].annotate(f"{row['lambda_l0']:g}", (row["records_kept"], row["train_loss"]), fontsize=7)
+axes[0].set(xscale="log", yscale="log", xlabel="records kept", ylabel="data loss", title="Frontier (labels: lambda_l0)")
+axes[0].legend()
+history = sweeps[0].history
+for i, lam in enumerate(LAMBDAS):
+    axes[1].plot(np.asarray(history.n_active[i]), label=f"{lam:g}")
+axes[1].set(xlabel="epoch", ylabel="records kept (sampled gates)", title="Sparsity during each fit", yscale="log")
+axes[1].legend(title="lambda_l0", fontsize=7)
+plt.show()
+
+# %% [markdown]
+# ## 3. A child tier of exactly K records
+#
+# `derive_tier` searches a budget-constrained L0 path from the parent's weights (a
+# vmapped sweep, refined around the budget), ranks records by gate logit, keeps exactly
+# `BUDGET` (with a per-state floor), and refits them with gates off, on the train
+# targets, with early stopping on the held-out ones.
+
+# %%
+parent_weights = np.asarray(parent.weights, np.float64)
+derivation = jaxcal.derive_tier(
+    package, parent_weights, BUDGET, key=tier_key, state_floor=10, split=split,
+    search_epochs=SEARCH_EPOCHS, refit_epochs=REFIT_EPOCHS, patience=REFIT_EPOCHS // 4,
+)  # fmt: skip
+tier = derivation.tier
+print(f"child: {tier.child.n_records} records (lambda_l0 {derivation.lambda_l0:g} ranked them) in {derivation.elapsed_seconds:.1f} s")
+comparison = pd.DataFrame(tier.comparison).T
+comparison
+
+# %%
+def abs_relative_errors(pkg, weights):
+    estimates = pkg.matrix.astype(np.float64) @ np.asarray(weights, np.float64)
+    return np.abs(estimates - pkg.target_values) / np.abs(pkg.target_values)
+
+
+errors = pd.DataFrame({
+    "geo_level": np.concatenate([package.targets["geo_level"]] * 2),
+    "held_out": np.concatenate([~split.train] * 2),
+    "fit": ["parent"] * package.n_targets + [f"child ({BUDGET} records)"] * package.n_targets,
+    "abs_rel_error": np.concatenate([abs_relative_errors(package, parent_weights), abs_relative_errors(tier.child, tier.weights)]),
+})  # fmt: skip
+table = errors.groupby(["geo_level", "held_out", "fit"])["abs_rel_error"].median().unstack("fit")
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+table.plot.bar(ax=axes[0], logy=True, rot=0)
+axes[0].set(ylabel="median |relative error|", title="Parent vs child by level (held out or not)")
+axes[0].set_xticklabels([f"{level}\n{'held out' if h else 'train'}" for level, h in table.index], fontsize=8)
+search = pd.DataFrame(derivation.search)
+axes[1].loglog(search["lambda_l0"], search["records_kept"], "o")
+axes[1].axhline(BUDGET, color="grey", linestyle=":", label=f"budget {BUDGET}")
+axes[1].set(xlabel="lambda_l0", ylabel="records kept", title="The search's L0 path")
+axes[1].legend()
+plt.show()
+
+# %% [markdown]
+# The child's refit logged its own held-out curve (early stopping on the held-out families):
+
+# %%
+tier.refit.plot()
+
+# %%
+summary = {
+    "n_records": package.n_records,
+    "parent": parent.summary() | {"holdout_families": None},
+    "frontier": frontier.to_dict(orient="records"),
+    "budget": BUDGET,
+    "child_records": int(tier.child.n_records),
+    "child_positive_weights": int((tier.weights > 0).sum()),
+    "comparison": tier.comparison,
+}
+(OUT / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+{k: summary[k] for k in ("budget", "child_records", "child_positive_weights")}

@@ -1,0 +1,172 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Multi-device fits: fake CPU devices here, the same code on a TPU
+#
+# `jaxcal.fit` can split the records (columns of `X`) over several devices: each device
+# holds a block of columns with its share of the weights, gradients and Adam state, and a
+# step adds up the devices' partial `X @ w` in one all-reduce of `n_targets` floats.
+#
+# Locally, XLA can pretend the CPU is 8 devices. That must be set **before JAX is
+# imported**, which is why the first code cell sets `XLA_FLAGS` (restart the kernel if JAX
+# was already imported).
+#
+# **On a Colab TPU runtime** (see `docs/colab_tpu.md`): choose a TPU runtime, install
+# jaxcal without reinstalling JAX (`pip install --no-deps -e ./jaxcal` then
+# `pip install equinox optax jaxtyping`), and run this notebook unchanged: the CPU flags
+# below only affect the host CPU platform, and `jaxcal.select_devices("all",
+# platform="auto")` picks the TPU cores because the TPU is JAX's default backend. Set
+# `JAXCAL_NOTEBOOK_SMALL=0` (the default) for the research size.
+
+# %%
+import os
+
+# Must run before `import jax`: 8 fake CPU devices (harmless on a GPU/TPU runtime).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+
+import json
+import pathlib
+import time
+
+SMALL = os.environ.get("JAXCAL_NOTEBOOK_SMALL", "0") == "1"  # the tests set 1: small sizes, short CI
+ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()), pathlib.Path.cwd())
+OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "multi_device"))
+OUT.mkdir(parents=True, exist_ok=True)
+
+N_RECORDS = 4_000 if SMALL else 200_000  # columns of X
+EPOCHS = 40 if SMALL else 200
+TIMING_EPOCHS = 20 if SMALL else 100
+
+# %matplotlib inline
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+import jaxcal
+from builders.synthetic_problem import policyengine_shaped_problem
+
+devices = jaxcal.select_devices("all", platform="auto")
+print(jax.default_backend(), len(devices), "devices:", devices)
+
+# %% [markdown]
+# ## A problem, and the device counts to compare
+#
+# A PolicyEngine-shaped synthetic problem (national, state and district targets; each
+# record touches a few rows of each level). We fit it on 1 device and on 2, 4 and 8
+# (as many as there are).
+
+# %%
+problem = policyengine_shaped_problem(N_RECORDS, n_base=min(N_RECORDS, 10_000), n_states=10 if SMALL else 51, seed=0)
+print(f"{problem.matrix.shape[0]} targets x {problem.matrix.shape[1]} records, {problem.matrix.nnz:,} nonzeros")
+counts = [n for n in (1, 2, 4, 8) if n <= len(devices)]
+print("device counts:", counts)
+
+# %% [markdown]
+# ## Sharded vs single device, with the same gate draws
+#
+# With gates on, each device normally draws its own uniforms (so a fit depends on the
+# device count). To compare exactly we inject the same draws with `uniforms=`: then the
+# sharded fit is the single-device fit up to float32 summation order.
+
+# %%
+init_key, fit_key = jax.random.split(jax.random.key(0))
+model = jaxcal.CalibrationWeights.init(
+    problem.matrix.shape[1], key=init_key, init_weights=100.0, init_keep_prob=0.999, beta=0.35
+)
+uniforms = np.random.default_rng(0).uniform(size=(EPOCHS, problem.matrix.shape[1])).astype(np.float32)
+settings = dict(epochs=EPOCHS, lambda_l0=1e-6, lambda_l2=1e-12, learning_rate=0.15, uniforms=uniforms)
+
+matrix = jaxcal.TargetMatrix.from_scipy(problem.matrix)
+results = {}
+for n in counts:
+    if n == 1:
+        results[n] = jaxcal.fit(model, matrix, problem.targets, key=fit_key, **settings)
+    else:
+        sharded = jaxcal.ShardedMatrix.from_scipy(problem.matrix, jaxcal.record_mesh(devices[:n]))
+        results[n] = jaxcal.fit(model, sharded, problem.targets, key=fit_key, **settings)
+
+single = np.asarray(results[1].weights, np.float64)
+scale = np.abs(single).max()
+differences = {n: float(np.abs(np.asarray(r.weights, np.float64) - single).max() / scale) for n, r in results.items()}
+for n, d in differences.items():
+    print(f"{n} devices: max |w - w_single| / max|w_single| = {d:.2e}, records kept {results[n].n_active}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+for n, r in results.items():
+    axes[0].plot(np.asarray(r.history.data), label=f"{n} device{'s' if n > 1 else ''}", linestyle="-" if n == 1 else "--")
+axes[0].set(yscale="log", xlabel="epoch", ylabel="data loss (sampled gates)", title="Same draws: the curves coincide")
+axes[0].legend()
+most = max(results)
+axes[1].loglog(np.maximum(single, 1e-3), np.maximum(np.asarray(results[most].weights), 1e-3), ".", markersize=2)
+axes[1].set(xlabel="weight, 1 device", ylabel=f"weight, {most} devices", title="Final weights")
+plt.show()
+
+# %% [markdown]
+# ## Draws from the key: the result depends on the device count
+#
+# Without `uniforms=`, each device draws its own stream (`fold_in(fold_in(key, epoch),
+# device)`), so 1 and 8 devices give different (equally valid) fits, each reproducible
+# bitwise from run to run. With `lambda_l0=0` (gates off) there are no draws and the
+# device count only changes the summation order.
+
+# %%
+no_gates = dict(epochs=EPOCHS, lambda_l0=0.0, learning_rate=0.15)
+plain_single = jaxcal.fit(model, matrix, problem.targets, key=fit_key, **no_gates)
+plain_sharded = jaxcal.fit(model, matrix, problem.targets, key=fit_key, devices=most, **no_gates)
+gates_off_difference = float(
+    np.abs(np.asarray(plain_sharded.weights, np.float64) - np.asarray(plain_single.weights)).max()
+    / np.abs(np.asarray(plain_single.weights)).max()
+)
+print(f"gates off, {most} devices vs 1: relative difference {gates_off_difference:.2e}")
+
+keyed = {n: jaxcal.fit(model, matrix, problem.targets, key=fit_key, devices=n, epochs=EPOCHS, lambda_l0=1e-6) for n in (1, most)}
+print({n: r.n_active for n, r in keyed.items()}, "records kept with draws from the key")
+
+# %% [markdown]
+# ## Time per epoch
+#
+# On fake CPU devices the "devices" share the same cores, so this shows the overhead of
+# the sharded program, not a speed-up; on a multi-chip TPU or several GPUs the blocks run
+# in parallel. The first call compiles; the second, timed, reuses the program.
+
+# %%
+timing = {}
+for n in counts:
+    target = matrix if n == 1 else jaxcal.ShardedMatrix.from_scipy(problem.matrix, jaxcal.record_mesh(devices[:n]))
+    run = lambda: jaxcal.fit(model, target, problem.targets, key=fit_key, epochs=TIMING_EPOCHS, lambda_l0=1e-6)
+    jax.block_until_ready(run().weights)  # compile
+    start = time.perf_counter()
+    jax.block_until_ready(run().weights)
+    timing[n] = (time.perf_counter() - start) / TIMING_EPOCHS * 1e3
+    print(f"{n} devices: {timing[n]:.2f} ms/epoch")
+
+fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+ax.bar([str(n) for n in timing], list(timing.values()))
+ax.set(xlabel="devices", ylabel="ms / epoch", title=f"{jax.default_backend()}: {N_RECORDS:,} records")
+plt.show()
+
+# %%
+summary = {
+    "backend": jax.default_backend(),
+    "n_devices": len(devices),
+    "device_counts": counts,
+    "max_relative_difference_same_draws": max(differences.values()),
+    "relative_difference_gates_off": gates_off_difference,
+    "ms_per_epoch": timing,
+}
+(OUT / "results.json").write_text(json.dumps(summary, indent=2))
+summary
