@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "equal populations)")  # fmt: skip
     build.add_argument("--skip-takeup-rerandomize", action="store_true",
                        help="keep the dataset's take-up instead of drawing it per clone")  # fmt: skip
+    build.add_argument("--simulation", choices=("auto", "per-clone", "per-state"), default="auto",
+                       help="run PolicyEngine once per clone (exact) or once per state (approximate take-up); "
+                            "auto: whichever is fewer runs (default)")  # fmt: skip
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
     build.set_defaults(run=run_build)
@@ -74,6 +77,7 @@ def run_build(args: argparse.Namespace) -> int:
         target_config=args.target_config,
         rerandomize_takeup=not args.skip_takeup_rerandomize,
         places=places,
+        simulation=args.simulation,
     )
     path = jaxcal.save_package(package, args.package_output)
     print(

@@ -182,7 +182,11 @@ def _entities_of(arrays, structure, gathers, variable_entities) -> dict[str, str
 
 
 def _drawn_takeup(package) -> list:
-    """The take-up specs the matrix build drew: those of target or constraint variables."""
+    """The take-up specs the matrix build drew: those its metadata names (``takeup_inputs``)
+    or, for a package without them, those of target or constraint variables."""
+    recorded = package.metadata.get("takeup_inputs")
+    if recorded is not None:
+        return [spec for spec in TAKEUP_BY_VARIABLE.values() if spec.takeup_variable in set(recorded)]
     targets = package.targets
     names = set(targets["variable"])
     if "domain_variable" in targets:

@@ -1,5 +1,5 @@
 """PolicyEngine-US microdata + target database -> calibration package (policyengine-us-data's
-``UnifiedMatrixBuilder``, with PolicyEngine run once per state rather than per clone).
+``UnifiedMatrixBuilder``, with PolicyEngine run once per clone or once per state).
 
 :func:`build_calibration_package` runs these stages, each timed in :class:`BuildReport`:
 
@@ -7,12 +7,16 @@
    what a target config keeps, order rows national, state, district, then by variable
    and geographic id, and name them as policyengine-us-data does (:func:`target_name`).
 2. ``geography``: clone the base households and draw their places (:mod:`builders.geography`).
-3. ``simulate`` (:func:`compute_state_values`): one ``policyengine_us.Simulation`` reused for
-   every state a clone lands in: target amounts at their entity, constraint variables per
-   person and, for take-up-affected variables, the amounts with every take-up input True.
+3. ``simulate``: one ``policyengine_us.Simulation`` reused for every clone
+   (:func:`compute_clone_values`: the clone's geography and take-up draws set, target
+   amounts and constraint variables as the model computes them: exact) or for every state a
+   clone lands in (:func:`compute_state_values`, policyengine-us-data's approximation: the
+   amounts and, for take-up-affected variables, the amounts with every take-up input True).
+   :func:`choose_simulation` picks the mode with fewer runs (``simulation="auto"``).
 4. ``assemble`` (:func:`assemble_matrix`): per (variable, constraints) group, household values
-   per state gathered into columns by each column's state (per clone when take-up draws
-   enter), scattered to the rows of the column's nation, state and district; nonzeros only.
+   per clone or per state gathered into columns by each column's clone or state (per clone
+   when take-up draws enter), scattered to the rows of the column's nation, state and
+   district; nonzeros only.
 5. ``package``: the ``jax.experimental.sparse.BCOO`` matrix, targets, names, initial weights,
    geography and provenance as a :class:`jaxcal.CalibrationPackage`.
 
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
 TARGET_COLUMNS = ("target_id", "target_name", "variable", "geo_level", "geographic_id", "domain_variable", "value",
                   "original_value", "uprating_factor", "period", "source", "stratum_id")  # fmt: skip
 """The columns of a built package's targets table, in order."""
+SIMULATION_MODES = ("auto", "per_clone", "per_state")
+"""How the build runs PolicyEngine (:func:`choose_simulation`)."""
 PLACE_VARIABLES = frozenset({"state_fips", "state_code", "congressional_district_geoid"})
 """Constraints a column's geography settles (policyengine-us-data's ``_GEO_VARS``)."""
 
@@ -66,19 +72,27 @@ class TargetRows:
 
 @dataclasses.dataclass
 class StateValues:
-    """PolicyEngine's results for all base households placed, in turn, in each of ``states``.
+    """PolicyEngine's results for all base households placed, in turn, in each of ``states``
+    (per-state mode), or for each clone's households with the clone's geography and take-up
+    draws (per-clone mode, ``per_clone`` True: row ``c`` is clone ``c``, ``eligible`` empty).
 
-    Every array has one row per state (``states`` order) and one column per entity."""
+    Every array has one row per state (``states`` order) or clone and one column per entity."""
 
     states: np.ndarray
     amounts: dict[str, np.ndarray]
-    """Target amounts at the variable's entity, with the dataset's own take-up."""
+    """Target amounts at the variable's entity, with the dataset's own take-up (per state) or
+    the clone's drawn take-up (per clone)."""
     person_values: dict[str, np.ndarray]
     """Constraint variables per person (numbers as float32, as policyengine-us-data compares them)."""
     eligible: dict[str, np.ndarray]
     """Take-up-affected variables with every take-up input True, at the variable's entity."""
     entities: dict[str, str]
     """The entity of every requested variable PolicyEngine knows."""
+    declined: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Take-up-affected variables whose model can pay without take-up (``aca_ptc``: filers get
+    the credit anyway), with their own take-up input False and the others True; a drawn
+    non-taker gets this instead of 0."""
+    per_clone: bool = False
 
 
 @dataclasses.dataclass
@@ -136,8 +150,11 @@ def compute_state_values(
     dropped; amounts are calculated at their entity, constraint variables mapped to persons;
     then, for ``takeup_variables`` (keys of :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every
     input of :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts
-    calculated again (policyengine-us-data's eligible amounts). The dataset's own inputs are
-    restored before the next state.
+    calculated again (policyengine-us-data's eligible amounts). For a variable that the model
+    does not gate on its take-up input (its ``defined_for`` is another variable, e.g.
+    ``aca_ptc``), the amounts with that input False (the others True) are calculated as well
+    (:attr:`StateValues.declined`), so a drawn non-taker gets what the model pays it, not 0.
+    The dataset's own inputs are restored before the next state.
     """
     known = simulation.tax_benefit_system.variables
     wanted = set(amount_variables) | set(constraint_variables) | set(takeup_variables)
@@ -151,6 +168,8 @@ def compute_state_values(
     amounts: dict[str, list] = {v: [] for v in amount_variables}
     person_values: dict[str, list] = {v: [] for v in constraint_variables}
     eligible: dict[str, list] = {s.variable: [] for s in specs}
+    ungated = [s for s in specs if s.takeup_variable in dataset_takeup and not _gated_by_takeup(known[s.variable], s)]
+    declined: dict[str, list] = {s.variable: [] for s in ungated}
     for i, state in enumerate(states):
         started = time.perf_counter()
         simulation.set_input("state_fips", year, np.full(n_households, state, np.int32))
@@ -167,6 +186,11 @@ def compute_state_values(
             _drop_computed(simulation)
             for spec in specs:
                 eligible[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
+            for spec in ungated:
+                simulation.set_input(spec.takeup_variable, year, np.zeros(dataset_takeup[spec.takeup_variable].shape, bool))
+                _drop_computed(simulation)
+                declined[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
+                simulation.set_input(spec.takeup_variable, year, np.ones(dataset_takeup[spec.takeup_variable].shape, bool))
         log(f"  state {state} ({i + 1}/{len(states)}): {time.perf_counter() - started:.1f} s")
     for name, values in dataset_takeup.items():
         simulation.set_input(name, year, values)
@@ -177,7 +201,103 @@ def compute_state_values(
         person_values={v: np.stack(a) for v, a in person_values.items()},
         eligible={v: np.stack(a) for v, a in eligible.items()},
         entities=entities,
+        declined={v: np.stack(a) for v, a in declined.items()},
     )
+
+
+def compute_clone_values(
+    simulation: Any,
+    year: int,
+    geography: GeographyAssignment,
+    structure: EntityStructure,
+    amount_variables: Sequence[str],
+    constraint_variables: Sequence[str],
+    takeup_variables: Sequence[str] = (),
+    log: Callable[[str], None] = lambda message: None,
+) -> StateValues:
+    """Run ``simulation`` (a ``policyengine_us.Simulation`` on the base dataset) once per clone:
+    every household in its clone's state and district (``block_geoid`` too when the geography
+    has blocks), the take-up inputs of ``takeup_variables`` set to the clone's draws
+    (:func:`builders.takeup.takes_up`, the salts :func:`builders.export.export_h5` uses), then
+    amounts and constraint variables calculated as they are. This is what the exported
+    dataset computes, so ``X @ w`` equals the weighted sums on the export exactly.
+    """
+    known = simulation.tax_benefit_system.variables
+    wanted = set(amount_variables) | set(constraint_variables)
+    entities = {v: known[v].entity.key for v in wanted if v in known}
+    amount_variables = [v for v in amount_variables if v in entities]
+    constraint_variables = [v for v in constraint_variables if v in entities]
+    specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables if TAKEUP_BY_VARIABLE[v].takeup_variable in known]
+    n_base = structure.n_households
+    if geography.n_base != n_base:
+        raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
+    dataset_inputs = {name: np.asarray(simulation.calculate(name, year)) for name in _clone_inputs(known, geography, specs)}
+    amounts: dict[str, list] = {v: [] for v in amount_variables}
+    person_values: dict[str, list] = {v: [] for v in constraint_variables}
+    for clone in range(geography.n_clones):
+        started = time.perf_counter()
+        columns = slice(clone * n_base, (clone + 1) * n_base)
+        for name, values in _clone_geography(geography, columns).items():
+            if name in dataset_inputs:
+                simulation.set_input(name, year, values)
+        for spec in specs:
+            entity_household = structure.entity_household[spec.entity]
+            drawn = takes_up(spec, structure.household_ids, entity_household, clone, geography.state_fips[columns])
+            simulation.set_input(spec.takeup_variable, year, drawn)
+        _drop_computed(simulation)
+        for variable in amount_variables:
+            amounts[variable].append(_numbers(simulation.calculate(variable, year), np.float64))
+        for variable in constraint_variables:
+            person_values[variable].append(_numbers(simulation.calculate(variable, year, map_to="person"), np.float32))
+        log(f"  clone {clone + 1}/{geography.n_clones}: {time.perf_counter() - started:.1f} s")
+    for name, values in dataset_inputs.items():
+        simulation.set_input(name, year, values)
+    _drop_computed(simulation)
+    return StateValues(
+        states=np.unique(geography.state_fips),
+        amounts={v: np.stack(a) for v, a in amounts.items()},
+        person_values={v: np.stack(a) for v, a in person_values.items()},
+        eligible={},
+        entities=entities,
+        per_clone=True,
+    )
+
+
+def _clone_geography(geography: GeographyAssignment, columns: slice) -> dict[str, np.ndarray]:
+    """The place inputs of a clone's households (what the export sets)."""
+    places = {
+        "state_fips": geography.state_fips[columns].astype(np.int32),
+        "congressional_district_geoid": geography.cd_geoid[columns].astype(np.int32),
+    }
+    if geography.block_geoid is not None:
+        places["block_geoid"] = np.asarray(geography.block_geoid[columns]).astype(str)
+    return places
+
+
+def _clone_inputs(known: Mapping[str, Any], geography: GeographyAssignment, specs: Sequence[Any]) -> list[str]:
+    """The inputs a per-clone run sets (and restores afterwards)."""
+    names = list(_clone_geography(geography, slice(0, 1))) + [s.takeup_variable for s in specs]
+    return [name for name in names if name in known]
+
+
+def _gated_by_takeup(variable: Any, spec: Any) -> bool:
+    """Whether the model pays ``spec.variable`` only to takers: its ``defined_for`` is the
+    take-up input (``snap``, ``ssi``), or it adds up nothing but that input
+    (``medicaid_enrolled`` = eligible and takes up)."""
+    return getattr(variable.defined_for, "name", variable.defined_for) == spec.takeup_variable or list(variable.adds or ()) == [spec.takeup_variable]
+
+
+def choose_simulation(mode: str, n_clones: int, n_states: int) -> str:
+    """``per_clone`` or ``per_state`` for ``mode`` (``auto``, ``per_clone`` or ``per_state``):
+    ``auto`` runs per clone (exact) when there are no more clones than states the clones land
+    in, since that is then also the fewer simulations, and per state otherwise
+    (policyengine-us-data's approximation: take-up drawn on eligible amounts)."""
+    mode = mode.replace("-", "_")
+    if mode not in SIMULATION_MODES:
+        raise ValueError(f"simulation must be one of {', '.join(SIMULATION_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "per_clone" if n_clones <= n_states else "per_state"
+    return mode
 
 
 def assemble_matrix(
@@ -192,13 +312,20 @@ def assemble_matrix(
     Rows of one (variable, constraints) group share their per-household values; a district
     row takes the columns placed in that district, a state row its state's, a national row
     all. Draws enter (per clone) only for groups touching a variable in ``values.eligible``.
+    A column takes the values of its state's row or, with ``values.per_clone``, its clone's.
     """
     n_base = structure.n_households
     if geography.n_base != n_base:
         raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
-    if not np.isin(geography.state_fips, values.states).all():
-        raise ValueError("a column lies in a state without PolicyEngine values")
-    state_row = np.searchsorted(values.states, geography.state_fips)
+    if values.per_clone:
+        n_rows = next(iter(values.amounts.values() or values.person_values.values()), np.empty((geography.n_clones, 0))).shape[0]
+        if n_rows != geography.n_clones:
+            raise ValueError(f"the values hold {n_rows} clones, the geography {geography.n_clones}")
+        state_row = np.arange(geography.n_columns) // n_base
+    else:
+        if not np.isin(geography.state_fips, values.states).all():
+            raise ValueError("a column lies in a state without PolicyEngine values")
+        state_row = np.searchsorted(values.states, geography.state_fips)
     columns_of = _columns_by_place(geography)
     assembler = _GroupValues(structure, values, geography, state_row, rerandomize_takeup)
     groups: dict[tuple[str, tuple[Constraint, ...]], list[int]] = {}
@@ -240,8 +367,9 @@ class _GroupValues:
                 for c in range(n_clones)
             ]
             return np.concatenate(blocks)
+        n_rows = n_clones if self.values.per_clone else self.values.states.size
         per_state = np.stack(
-            [self._household_values(variable, constraints, np.full(n_base, k), None) for k in range(self.values.states.size)]
+            [self._household_values(variable, constraints, np.full(n_base, k), None) for k in range(n_rows)]
         )
         return per_state[self.state_row, np.tile(np.arange(n_base), n_clones)]
 
@@ -277,7 +405,10 @@ class _GroupValues:
             states = self.geography.state_fips[clone * n_base : (clone + 1) * n_base]
             spec = TAKEUP_BY_VARIABLE[variable]
             self._takes_up[key] = takes_up(spec, self.structure.household_ids, entity_household, clone, states)
-        eligible = self.values.eligible[variable][household_state[entity_household], np.arange(entity_household.size)]
+        rows = household_state[entity_household], np.arange(entity_household.size)
+        eligible = self.values.eligible[variable][rows]
+        if variable in self.values.declined:
+            return np.where(self._takes_up[key], eligible, self.values.declined[variable][rows])
         return eligible * self._takes_up[key]
 
 
@@ -291,6 +422,7 @@ def build_calibration_package(
     target_config: str | os.PathLike | None = None,
     rerandomize_takeup: bool = True,
     places: pd.DataFrame | None = None,
+    simulation: str = "auto",
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> tuple[CalibrationPackage, BuildReport]:
     """Build the package for ``dataset`` (a PolicyEngine-US H5, see :mod:`builders.dataset`)
@@ -300,8 +432,17 @@ def build_calibration_package(
     :func:`builders.geography.equal_population_districts`, all 436 districts). Raises
     ``FileNotFoundError`` / ``ValueError`` naming the problem for a missing or malformed
     dataset or database and for a target config that keeps no target.
+
+    ``simulation`` (:func:`choose_simulation`): ``per_clone`` runs PolicyEngine once per clone
+    with the clone's geography and take-up draws (:func:`compute_clone_values`, exact: an
+    export of the package reproduces ``X @ w``); ``per_state`` once per state, drawing take-up
+    on eligible amounts (:func:`compute_state_values`); ``auto`` picks the one with fewer
+    runs, per clone on ties. The metadata records the mode used (``simulation``).
     """
     import jaxcal
+
+    if simulation.replace("-", "_") not in SIMULATION_MODES:
+        raise ValueError(f"simulation must be one of {', '.join(SIMULATION_MODES)}, got {simulation!r}")
 
     report = BuildReport()
     clock = _StageClock(report, log)
@@ -321,8 +462,8 @@ def build_calibration_package(
     with clock("import policyengine_us"):
         from policyengine_us import Simulation
 
-        simulation = Simulation(dataset=str(dataset))
-        indices = policyengine_uprating_indices(simulation.tax_benefit_system.parameters)
+        model = Simulation(dataset=str(dataset))
+        indices = policyengine_uprating_indices(model.tax_benefit_system.parameters)
         table = uprate_targets(rows.table, year, *indices)
         rows = TargetRows(table=table[list(TARGET_COLUMNS)], constraints=rows.constraints)
     with clock("geography"):
@@ -333,13 +474,18 @@ def build_calibration_package(
     constraint_variables = sorted({c.variable for row in rows.constraints for c in row})
     drawn = (set(amount_variables) | set(constraint_variables)) & TAKEUP_BY_VARIABLE.keys()
     takeup_variables = sorted(drawn) if rerandomize_takeup else []
+    states = np.unique(geography.state_fips).tolist()
+    mode = choose_simulation(simulation, n_clones, len(states))
     with clock("simulate"):
-        values = compute_state_values(
-            simulation, year, np.unique(geography.state_fips).tolist(),
-            amount_variables, constraint_variables, takeup_variables, log,
-        )  # fmt: skip
+        log(f"  PolicyEngine {'once per clone' if mode == 'per_clone' else 'once per state'} ({mode})")
+        if mode == "per_clone":
+            values = compute_clone_values(model, year, geography, structure, amount_variables, constraint_variables,
+                                          takeup_variables, log)  # fmt: skip
+        else:
+            values = compute_state_values(model, year, states, amount_variables, constraint_variables,
+                                          takeup_variables, log)  # fmt: skip
         count_variables = {v for v in rows.table["variable"] if v.endswith("_count")}
-        known = simulation.tax_benefit_system.variables
+        known = model.tax_benefit_system.variables
         values.entities.update({v: known[v].entity.key for v in count_variables if v in known})
         report.unknown_variables = sorted(
             (set(amount_variables) | set(constraint_variables) | count_variables) - values.entities.keys()
@@ -360,7 +506,8 @@ def build_calibration_package(
         target_names=unweighted.target_names,
         initial_weights=initial_weights,
         geography=unweighted.geography,
-        metadata=_provenance(dataset, db_path, target_config, year, n_clones, seed, structure, rerandomize_takeup, report),
+        metadata=_provenance(dataset, db_path, target_config, year, n_clones, seed, structure, rerandomize_takeup, report)
+        | {"simulation": mode, "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables]},
     )
     return package, report
 

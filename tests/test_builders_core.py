@@ -394,3 +394,48 @@ def test_build_command_reports_bad_input_in_one_line(tmp_path, db, capsys):
 _ID_ARRAYS = [f"{e}_id" for e in ("household", "tax_unit", "spm_unit", "family", "marital_unit")] + [
     f"person_{e}_id" for e in ("household", "tax_unit", "spm_unit", "family", "marital_unit")
 ]
+
+
+def test_declined_amounts_replace_zero_for_non_takers():
+    """A variable the model pays without take-up (aca_ptc to filers): a non-taker gets its declined amount."""
+    import dataclasses
+
+    values = dataclasses.replace(STATE_VALUES, declined={"snap": np.array([[7.0, 5], [9, 6]])})
+    rows = _rows([("snap", "national", "US", [])])
+    r, c, v = assemble_matrix(rows, GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=True)
+    dense = np.zeros((1, 4))
+    np.add.at(dense, (r, c), v)
+    # takes up: (104, 0) yes -> CA eligible 200; (114, 0) no -> NY declined 6; (104, 1) no -> NY 9; (114, 1) yes -> CA 50
+    np.testing.assert_array_equal(dense, [[200, 6, 9, 50]])
+
+
+def test_matrix_per_clone_takes_each_clone_row():
+    """Per-clone values (row c = clone c, take-up already in the amounts): no draws, no state lookup."""
+    values = StateValues(
+        states=np.array([6, 36]), amounts={"snap": np.array([[100.0, 20], [150, 30]])},
+        person_values={"age": np.stack([AGE, AGE])}, eligible={}, entities=STATE_VALUES.entities, per_clone=True,
+    )  # fmt: skip
+    rows = _rows([("snap", "national", "US", []), ("snap", "state", "36", [("state_fips", "==", "36")]),
+                  ("person_count", "district", "3602", [("congressional_district_geoid", "==", "3602"), ("age", "<", "18")])])  # fmt: skip
+    for takeup in (True, False):
+        r, c, v = assemble_matrix(rows, GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=takeup)
+        dense = np.zeros((3, 4))
+        np.add.at(dense, (r, c), v)
+        # columns (clone 0, hh0) CA, (0, hh1) NY, (1, hh0) NY-2, (1, hh1) CA: each clone's own amounts
+        np.testing.assert_array_equal(dense, [[100, 20, 150, 30], [0, 20, 150, 0], [0, 0, 1, 0]])
+    with pytest.raises(ValueError, match="3 clones, the geography 2"):
+        bad = StateValues(states=values.states, amounts={"snap": np.zeros((3, 2))}, person_values={}, eligible={},
+                          entities=values.entities, per_clone=True)  # fmt: skip
+        assemble_matrix(rows, GEOGRAPHY, STRUCTURE, bad)
+
+
+def test_choose_simulation():
+    from builders.unified_matrix import choose_simulation
+
+    assert choose_simulation("auto", 2, 51) == "per_clone"
+    assert choose_simulation("auto", 2, 2) == "per_clone"
+    assert choose_simulation("auto", 3, 2) == "per_state"
+    assert choose_simulation("per-state", 1, 51) == "per_state"
+    assert choose_simulation("per_clone", 100, 2) == "per_clone"
+    with pytest.raises(ValueError, match="simulation must be one of"):
+        choose_simulation("per_county", 1, 1)

@@ -20,7 +20,7 @@ from builders.demo_microdata import generate_demo_h5
 from builders.demo_targets import TargetRecord, demo_targets, write_target_db
 from builders.h5_check import check_h5
 
-pytestmark = pytest.mark.xdist_group("demo_export")  # one build per run under `-n 2 --dist loadgroup`
+pytestmark = pytest.mark.xdist_group("policyengine")  # one worker imports policyengine_us and builds once
 
 YEAR = 2024
 STATES = {6: 52, 36: 26}
@@ -56,7 +56,8 @@ def exported(tmp_path_factory):
     dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))
     db = write_target_db(_records(), directory / "targets.db")
     places = districts_from_state_populations({s: float(n) for s, n in STATES.items()}, STATES)
-    package, _ = build_calibration_package(dataset, db, n_clones=3, seed=1, places=places, log=lambda m: None)
+    package, _ = build_calibration_package(dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone",
+                                           log=lambda m: None)  # fmt: skip
     jaxcal.save_package(package, directory / "package.npz")
     rng = np.random.default_rng(0)
     weights = np.where(rng.random(package.n_records) < 0.3, 0.0, rng.uniform(50, 150, package.n_records))
@@ -127,34 +128,25 @@ def _mismatches(rows):
     ]
 
 
-def _known_gap(row):
-    """Rows the build cannot yet match exactly (see the xfail test below): aca_ptc and the snap amount."""
-    return "aca_ptc" in (row[1], str(row[3])) or row[1] == "snap"
-
-
 def test_x_times_w_matches_policyengine_on_the_export(comparison):
-    rows = [row for row in comparison if not _known_gap(row)]
-    assert _mismatches(rows) == []
+    assert _mismatches(comparison) == []
     # Not vacuous: every kind of row is nonzero somewhere.
-    nonzero = [row for row in rows if row[5] != 0]
+    nonzero = [row for row in comparison if row[5] != 0]
     kinds = {row[1] for row in nonzero} | {row[3] for row in nonzero if isinstance(row[3], str)}
     assert {"person_count", "tax_unit_count", "spm_unit_count", "household_count", "adjusted_gross_income",
-            "snap", "ssi", "medicaid_enrolled", "eitc", "employment_income", "social_security"} <= kinds  # fmt: skip
+            "snap", "ssi", "medicaid_enrolled", "aca_ptc", "eitc", "employment_income", "social_security"} <= kinds  # fmt: skip
     assert {row[2] for row in nonzero} == {"national", "state", "district"}
-    gaps = [row for row in comparison if _known_gap(row)]  # national and district snap; 4 state ACA rows
-    assert len(gaps) == 6 and all(row[5] > 0 for row in gaps)
+    # The take-up interactions per-state values miss: aca_ptc (filers get it without take-up) and snap
+    # (an SSI non-taker gets more SNAP): national and district snap, the two states' ACA rows.
+    interactions = [row for row in comparison if "aca_ptc" in (row[1], str(row[3])) or row[1] == "snap"]
+    assert len(interactions) == 6 and all(row[5] > 0 for row in interactions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="take-up interactions the build does not model: (1) it treats aca_ptc as (amount with take-up) x draw, "
-    "but policyengine-us 2.68 pays the credit to every filer, take-up or not (aca_ptc = credit x "
-    "(tax_unit_is_filer | takes_up & credit > 0)); (2) it computes snap with every take-up True, but an "
-    "SSI non-taker has less income and more SNAP. A simulation per clone, with the clone's geography and "
-    "draws, would match exactly",
-)
-def test_x_times_w_matches_for_take_up_interactions(comparison):
-    assert _mismatches([row for row in comparison if _known_gap(row)]) == []
+def test_build_ran_per_clone(exported):
+    package = exported[0]
+    assert package.metadata["simulation"] == "per_clone"  # forced: auto runs 3 clones in 2 states per state
+    assert set(package.metadata["takeup_inputs"]) == {"takes_up_snap_if_eligible", "takes_up_ssi_if_eligible",
+                                                       "takes_up_medicaid_if_eligible", "takes_up_aca_if_eligible"}  # fmt: skip
 
 
 def test_export_of_one_state(exported):
