@@ -1,0 +1,124 @@
+"""The research notebooks (notebooks/) run top to bottom, render their plots, and compute what they claim.
+
+Each notebook is executed with nbclient in a fresh kernel (the interpreter running the
+tests, through a kernel spec written to a temporary directory, so nothing is registered
+globally), its working directory and outputs in a temporary directory, with
+``JAXCAL_NOTEBOOK_SMALL=1`` so that it picks its small settings. Each notebook writes
+``results.json`` to ``$JAXCAL_NOTEBOOK_OUTPUT``; the checks read it. The executed notebook
+is kept in the temporary directory for inspection (the committed ``.ipynb`` has no outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+jupytext = pytest.importorskip("jupytext")
+
+NOTEBOOKS = pathlib.Path(__file__).parents[1] / "notebooks"
+NAMES = ["01_quickstart", "02_parity", "03_tiers", "04_multi_device"]
+MIN_PLOTS = {"01_quickstart": 3, "02_parity": 3, "03_tiers": 4, "04_multi_device": 2}
+CELL_TIMEOUT = 900
+
+
+def _kernel_manager(directory: pathlib.Path):
+    """A kernel manager whose only kernel spec runs this interpreter (the project's venv)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec = directory / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "jaxcal tests", "language": "python",
+    }))  # fmt: skip
+    return KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+
+
+def execute(name: str, tmp_path: pathlib.Path, **env: str):
+    """Run notebooks/NAME.ipynb in tmp_path; return (executed notebook, results.json)."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    output = tmp_path / "output"
+    environment = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    environment |= {"JAXCAL_NOTEBOOK_SMALL": "1", "JAXCAL_NOTEBOOK_OUTPUT": str(output), **env}
+    client = nbclient.NotebookClient(
+        notebook, timeout=CELL_TIMEOUT, km=_kernel_manager(tmp_path), resources={"metadata": {"path": str(tmp_path)}}
+    )
+    try:
+        client.execute(env=environment)
+    finally:
+        nbformat.write(notebook, tmp_path / f"{name}.executed.ipynb")
+    return notebook, json.loads((output / "results.json").read_text())
+
+
+def png_outputs(notebook) -> int:
+    return sum(
+        "image/png" in output.get("data", {})
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_is_paired_and_committed_without_outputs(name):
+    """The .ipynb and its jupytext .py hold the same cells, and the .ipynb has no outputs."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    paired = jupytext.read(NOTEBOOKS / f"{name}.py")
+    assert [(c.cell_type, c.source) for c in notebook.cells] == [(c.cell_type, c.source) for c in paired.cells]
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{name}.ipynb is committed with outputs"
+    assert "JAXCAL_NOTEBOOK_SMALL" in notebook.cells[1].source
+
+
+@pytest.mark.xdist_group("demo_package")  # shares its demo build with tests/test_docs.py (same worker)
+def test_quickstart(tmp_path, tmp_path_factory):
+    # The guide's examples build the same small package (100 households, 1 clone, states 6 and 36):
+    # whichever runs first builds it, the other finds it cached.
+    demo = tmp_path_factory.getbasetemp() / "shared-demo"
+    notebook, results = execute("01_quickstart", tmp_path, JAXCAL_NOTEBOOK_DEMO_DIR=str(demo))
+    assert png_outputs(notebook) >= MIN_PLOTS["01_quickstart"]
+    assert results["median_abs_rel_error_fitted"] < results["median_abs_rel_error_initial"]
+    assert 0 < results["exported_households"] == results["records_kept"] <= results["n_records"]
+    assert results["household_weight_sum"] == pytest.approx(results["weight_sum"], rel=1e-5)
+    assert results["max_export_ratio_error"] is not None and results["max_export_ratio_error"] < 1e-3
+
+
+def test_parity(tmp_path):
+    notebook, results = execute("02_parity", tmp_path)
+    assert png_outputs(notebook) >= MIN_PLOTS["02_parity"]
+    # tests/test_parity.py's float32 bounds for layout="rows": max 1e-3, 99.9% quantile 1e-4.
+    assert results["exact_max_relative_difference"] <= 1e-3
+    assert results["exact_q999_relative_difference"] <= 1e-4
+    assert results["exact_parameters_moved"] > 0.5  # the comparison is not vacuous
+    kept = {name: v["records_kept"] for name, v in results["final_mean"].items()}
+    assert kept["jaxcal"] == pytest.approx(kept["l0-python"], rel=0.05)
+    assert results["speed_ratio"] > 0 and results["jaxcal_ms_per_epoch"] > 0
+
+
+def test_tiers(tmp_path):
+    notebook, results = execute("03_tiers", tmp_path)
+    assert png_outputs(notebook) >= MIN_PLOTS["03_tiers"]
+    frontier = results["frontier"]
+    assert len(frontier) == 6 and all(row["holdout_loss"] == row["holdout_loss"] for row in frontier)  # not NaN
+    kept = [row["records_kept"] for row in frontier]
+    assert kept[0] > kept[-1]  # the penalty prunes
+    assert results["child_records"] == results["budget"] == results["child_positive_weights"]
+    assert results["comparison"]["child"]["records_kept"] == results["budget"]
+    assert results["parent"]["best_epoch"] <= results["parent"]["stopped_epoch"]
+
+
+def test_multi_device(tmp_path):
+    notebook, results = execute("04_multi_device", tmp_path)
+    assert png_outputs(notebook) >= MIN_PLOTS["04_multi_device"]
+    assert results["n_devices"] == 8 and results["device_counts"] == [1, 2, 4, 8]
+    # tests/test_sharding.py: weights within 1e-5 of their scale.
+    assert results["max_relative_difference_same_draws"] < 1e-5
+    assert results["relative_difference_gates_off"] < 1e-5
