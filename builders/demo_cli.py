@@ -30,6 +30,7 @@ def build_demo_package(
     seed: int = DEMO_SETTINGS["seed"],
     year: int = DEMO_SETTINGS["year"],
     states: list[int] | None = None,
+    simulation: str = "auto",
     force: bool = False,
     log=lambda message: print(message, file=sys.stderr),
 ) -> pathlib.Path:
@@ -38,27 +39,29 @@ def build_demo_package(
     Writes ``households.h5``, ``targets.db`` and ``package.npz`` there. The package is reused
     when its recorded settings and targets match; ``force`` rebuilds. ``states`` (FIPS codes)
     limits households, districts and state targets to those states (for quick tests).
-    Districts are drawn in proportion to House seats (equal population per seat), not from
-    policyengine-us's state populations, which are scrambled (docs/default_targets.md).
+    Districts are drawn with equal populations (:func:`builders.geography.equal_population_districts`,
+    i.e. states in proportion to House seats), not from policyengine-us's state populations,
+    which are scrambled (docs/default_targets.md). ``simulation`` is
+    :func:`builders.unified_matrix.build_calibration_package`'s (default ``auto``: per clone
+    for the default 2 clones, exact).
     """
     import jaxcal
     from builders.demo_microdata import generate_demo_h5
     from builders.demo_targets import demo_targets, write_target_db
-    from builders.geography import districts_from_state_populations
-    from builders.synthetic_problem import DISTRICTS_PER_STATE
+    from builders.geography import equal_population_districts
     from builders.unified_matrix import build_calibration_package
 
     directory = pathlib.Path(directory)
     from importlib import metadata as installed
 
     settings = {"n_households": n_households, "n_clones": n_clones, "seed": seed, "year": year, "states": states,
+                "simulation": simulation,
                 "policyengine_us": installed.version("policyengine-us"), "jaxcal": installed.version("jaxcal")}  # fmt: skip
     targets = demo_targets(year)
     if states is not None:
         records = tuple(r for r in targets.records
                         if not any(c[0] == "state_fips" and c[2] not in states for c in r.constraints))  # fmt: skip
         targets = dataclasses.replace(targets, records=records)
-    seats = {s: n for s, n in DISTRICTS_PER_STATE.items() if states is None or s in states}
     fingerprint = hashlib.sha256(
         json.dumps([settings, [dataclasses.astuple(r) for r in targets.records]], default=str).encode()
     ).hexdigest()
@@ -75,10 +78,10 @@ def build_demo_package(
     started = time.perf_counter()
     dataset = generate_demo_h5(directory / "households.h5", n_households, seed=seed, year=year, states=states)
     db = write_target_db(targets, directory / "targets.db", overwrite=True)
-    places = districts_from_state_populations({state: float(n) for state, n in seats.items()}, seats)
     package, _ = build_calibration_package(
-        dataset, db, n_clones=n_clones, seed=seed, year=year, rerandomize_takeup=True, places=places, log=log
-    )
+        dataset, db, n_clones=n_clones, seed=seed, year=year, rerandomize_takeup=True,
+        places=equal_population_districts(states), simulation=simulation, log=log,
+    )  # fmt: skip
     metadata = dict(package.metadata) | {
         "demo_settings": settings,
         "demo_fingerprint": fingerprint,
@@ -122,8 +125,9 @@ def run_build_demo(args: argparse.Namespace) -> int:
         except ValueError:
             raise CommandError(f"--demo-states takes comma-separated FIPS codes, got {args.demo_states!r}", 2) from None
     path = build_demo_package(
-        args.demo_dir, n_households=args.demo_households, n_clones=args.demo_clones, states=states, force=args.force
-    )
+        args.demo_dir, n_households=args.demo_households, n_clones=args.demo_clones, states=states,
+        simulation=getattr(args, "simulation", "auto").replace("-", "_"), force=args.force,
+    )  # fmt: skip
     print(path)
     return 0
 

@@ -1,13 +1,15 @@
 """End to end with policyengine-us: a three-household dataset and a target database written
 here, ``jaxcal build`` on them, the matrix against values computed by hand, then ``jaxcal fit``.
 
-One test, so that only one pytest-xdist worker pays for ``import policyengine_us`` (~20-45 s).
+Marked with the ``policyengine`` xdist group (as every test importing policyengine_us), so
+that under ``-n 2 --dist loadgroup`` one worker pays for ``import policyengine_us`` (~20-45 s).
 """
 
 import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import jaxcal
 from builders.dataset import write_dataset_h5
@@ -33,6 +35,7 @@ DATASET = dict(
     state_fips=np.array([6, 6, 6]),
 )  # fmt: skip
 PERSONS_PER_HOUSEHOLD = np.array([2, 1, 3])
+pytestmark = pytest.mark.xdist_group("policyengine")
 PLACES = pd.DataFrame({"cd_geoid": [601, 602, 3601], "population": [1.0, 1.0, 2.0]})
 
 
@@ -85,6 +88,15 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     assert package.nnz == np.count_nonzero(expected)
     metadata = package.metadata
     assert metadata["n_clones"] == 2 and metadata["n_base"] == 3 and metadata["seed"] == 3
+    assert metadata["simulation"] == "per_clone"  # auto: 2 clones, 2 states
+    # Per state (policyengine-us-data's way) gives the same matrix here: nothing else drawn touches SNAP.
+    per_state = tmp_path / "per_state.npz"
+    assert main(["build", "--dataset", str(dataset), "--db-path", str(db), "--n-clones", "2", "--seed", "3",
+                 "--geography", str(places), "--package-output", str(per_state), "--simulation", "per-state"]) == 1  # fmt: skip
+    capsys.readouterr()
+    again = jaxcal.load_package(per_state)
+    assert again.metadata["simulation"] == "per_state"
+    np.testing.assert_allclose(again.matrix.toarray(), expected, rtol=1e-6)
     assert metadata["unknown_variables"] == ["no_such_variable"]
     np.testing.assert_array_equal(package.initial_weights, np.full(6, 100.0))
 

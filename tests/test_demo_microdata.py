@@ -92,6 +92,7 @@ def loaded(tmp_path_factory):
     return generate_households(40, seed=3, states=[6, 36, 56]), path, Simulation(dataset=str(path))
 
 
+@pytest.mark.xdist_group("policyengine")  # with the other policyengine_us tests: one import
 def test_policyengine_loads_what_was_written(loaded):
     arrays, _, sim = loaded
     n_persons = arrays["person_id"].size
@@ -114,6 +115,7 @@ def test_policyengine_loads_what_was_written(loaded):
     np.testing.assert_allclose(sim.calculate("person_weight", 2024).sum(), 340e6, rtol=1e-6)
 
 
+@pytest.mark.xdist_group("policyengine")  # with the other policyengine_us tests: one import
 def test_policyengine_reads_the_family_structure(loaded):
     arrays, _, sim = loaded
     n_couples = int((np.bincount(arrays["person_marital_unit_id"]) == 2).sum())
@@ -129,6 +131,7 @@ def test_policyengine_reads_the_family_structure(loaded):
     assert np.isfinite(snap).all() and (snap >= 0).all() and (snap.sum() > 0 or medicaid.any())
 
 
+@pytest.mark.xdist_group("policyengine")  # with the other policyengine_us tests: one import
 def test_check_h5_agrees_with_the_model(loaded):
     _, path, sim = loaded
     entities = {name: variable.entity.key for name, variable in sim.tax_benefit_system.variables.items()}
