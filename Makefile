@@ -28,7 +28,7 @@ demo: $(VENV)/.installed-base
 		--epochs 400 --log-freq 50
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/epoch_speed.py --sizes small mp-300k
