@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .geography import STATE_CODES
+
 _MASK64 = (1 << 64) - 1
 _MIX = 0xFF51AFD7ED558CCD
 
@@ -85,14 +87,6 @@ ELIGIBILITY_INPUTS = tuple(spec.takeup_variable for spec in TAKEUP_SPECS) + ("wo
 """The inputs policyengine-us-data sets True before computing eligible amounts (its
 ``SIMPLE_TAKEUP_VARS``): an eligible SNAP amount assumes SSI and TANF are taken up too."""
 
-STATE_CODES = {
-    1: "AL", 2: "AK", 4: "AZ", 5: "AR", 6: "CA", 8: "CO", 9: "CT", 10: "DE", 11: "DC", 12: "FL",
-    13: "GA", 15: "HI", 16: "ID", 17: "IL", 18: "IN", 19: "IA", 20: "KS", 21: "KY", 22: "LA",
-    23: "ME", 24: "MD", 25: "MA", 26: "MI", 27: "MN", 28: "MS", 29: "MO", 30: "MT", 31: "NE",
-    32: "NV", 33: "NH", 34: "NJ", 35: "NM", 36: "NY", 37: "NC", 38: "ND", 39: "OH", 40: "OK",
-    41: "OR", 42: "PA", 44: "RI", 45: "SC", 46: "SD", 47: "TN", 48: "TX", 49: "UT", 50: "VT",
-    51: "VA", 53: "WA", 54: "WV", 55: "WI", 56: "WY",
-}  # fmt: skip
 _DEFAULT_STATE_RATE = 0.8  # policyengine-us-data's rate for a state missing from a table
 
 
