@@ -21,7 +21,7 @@ import pytest
 GUIDE = pathlib.Path(__file__).parents[1] / "docs" / "guide.md"
 README = pathlib.Path(__file__).parents[1] / "README.md"
 
-pytestmark = pytest.mark.xdist_group("demo_package")  # one demo build with test_notebooks' quickstart
+pytestmark = pytest.mark.xdist_group("demo_package")  # the quickstart test's demo build, when in one worker
 
 
 NOT_RUN = "# (not run by the tests"

@@ -78,7 +78,7 @@ def test_notebook_is_paired_and_committed_without_outputs(name):
     assert "JAXCAL_NOTEBOOK_SMALL" in notebook.cells[1].source
 
 
-@pytest.mark.xdist_group("demo_package")  # shares its demo build with tests/test_docs.py (same worker)
+@pytest.mark.xdist_group("demo_package")  # shares its demo build with tests/test_docs.py when in one worker
 def test_quickstart(tmp_path, tmp_path_factory):
     # The guide's examples build the same small package (100 households, 1 clone, states 6 and 36):
     # whichever runs first builds it, the other finds it cached.
