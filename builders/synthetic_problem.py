@@ -65,6 +65,9 @@ def policyengine_shaped_problem(
     district_state = np.repeat(np.arange(n_states), [DISTRICTS_PER_STATE[s] for s in states])
     n_districts = district_state.size
     k_national, k_state, k_district = nonzeros
+    for level, k, n in (("national", k_national, n_national), ("state", k_state, per_state), ("district", k_district, per_district)):
+        if not 0 <= k <= n:
+            raise ValueError(f"a record cannot touch {k} of the {n} {level} rows: lower nonzeros or raise the rows per level")
 
     # What each base record looks like: which rows of each block it touches and its values.
     def pick(k: int, n: int) -> np.ndarray:
