@@ -38,7 +38,8 @@ def build_demo_package(
 
     Writes ``households.h5``, ``targets.db`` and ``package.npz`` there. The package is reused
     when its recorded settings and targets match; ``force`` rebuilds. ``states`` (FIPS codes)
-    limits households, districts and state targets to those states (for quick tests).
+    limits households, districts and state targets to those states (for quick tests); the
+    national targets stay US totals, which the households of a few states cannot reach.
     Districts are drawn with equal populations (:func:`builders.geography.equal_population_districts`,
     i.e. states in proportion to House seats), not from policyengine-us's state populations,
     which are scrambled (docs/default_targets.md). ``simulation`` is
@@ -108,7 +109,8 @@ def add_demo_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"base households (default {DEMO_SETTINGS['n_households']})")  # fmt: skip
     parser.add_argument("--demo-clones", type=int, default=DEMO_SETTINGS["n_clones"],
                         help=f"clones of each household (default {DEMO_SETTINGS['n_clones']})")  # fmt: skip
-    parser.add_argument("--demo-states", help="only these state FIPS codes, comma-separated (default all 50 and DC)")
+    parser.add_argument("--demo-states", help="only these state FIPS codes, comma-separated (default all 50 and DC); "
+                        "national targets stay US totals, out of reach of a few states")
     parser.add_argument("--force", action="store_true", help="rebuild the demo package even when cached")
 
 
