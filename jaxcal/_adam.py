@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,12 @@ class TorchAdamState(NamedTuple):
 
 
 def torch_adam(
-    learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    learning_rate: float = 0.15, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> optax.GradientTransformation:
     """Adam with torch's arithmetic, so that jaxcal and l0-python take the same steps.
+
+    The learning rate lives in the optimizer state (``optax.inject_hyperparams``): a fit at
+    another rate reuses the compiled program (see :func:`set_learning_rate`).
 
     ``optax.adam`` is the same algorithm, but it forms the bias corrections ``1 - b**t`` in
     float32 from ``b`` rounded to float32, where ``1 - 0.999`` keeps only four digits: its
@@ -31,6 +34,10 @@ def torch_adam(
     ``-(lr / bc1) * (mu / (sqrt(nu) / sqrt(bc2) + eps))``.
     """
 
+    return _injected_torch_adam(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+
+
+def _torch_adam(learning_rate: Any, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
     def init(params: optax.Params) -> TorchAdamState:
         def zeros() -> optax.Updates:
             return jax.tree.map(jnp.zeros_like, params)
@@ -55,3 +62,17 @@ def torch_adam(
         return jax.tree.map(step, mu, nu), TorchAdamState(count, mu, nu)
 
     return optax.GradientTransformation(init, update)
+
+
+_injected_torch_adam = optax.inject_hyperparams(_torch_adam, static_args=("b1", "b2", "eps"))
+
+
+def set_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.OptState:
+    """``opt_state`` of an ``optax.inject_hyperparams`` optimizer (such as :func:`torch_adam`)
+    with its learning rate replaced; ``ValueError`` for a state that holds none."""
+    hyperparams = getattr(opt_state, "hyperparams", None)
+    if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
+        raise ValueError("this optimizer's state holds no learning rate (build it with optax.inject_hyperparams)")
+    current = hyperparams["learning_rate"]
+    rate = jnp.asarray(learning_rate, jnp.result_type(current))
+    return opt_state._replace(hyperparams={**hyperparams, "learning_rate": rate})

@@ -42,8 +42,13 @@ def deterministic_gates(
     return _stretch(jax.nn.sigmoid(la / beta), gamma, zeta)
 
 
-def l0_penalty(log_alpha: Float[Array, " n"], beta: float, gamma: float, zeta: float) -> Float[Array, ""]:
-    """Expected number of open gates: ``sum sigmoid(la - beta * log(-gamma / zeta))``."""
+def open_probability(log_alpha: Float[Array, " n"], beta: float, gamma: float, zeta: float) -> Float[Array, " n"]:
+    """Each gate's probability of being open: ``sigmoid(la - beta * log(-gamma / zeta))``."""
     la = clamp(log_alpha, -LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
     shift = -beta * jnp.log(jnp.asarray(-gamma / zeta, la.dtype))
-    return jnp.sum(jax.nn.sigmoid(la + shift))
+    return jax.nn.sigmoid(la + shift)
+
+
+def l0_penalty(log_alpha: Float[Array, " n"], beta: float, gamma: float, zeta: float) -> Float[Array, ""]:
+    """Expected number of open gates: the sum of :func:`open_probability`."""
+    return jnp.sum(open_probability(log_alpha, beta, gamma, zeta))

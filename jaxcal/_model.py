@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._gates import deterministic_gates, l0_penalty, sample_gates
+from ._gates import deterministic_gates, open_probability, sample_gates
 
 _LOG_EPS = 1e-8
 _KEEP_PROB_EPS = 1e-6
 
 
+@final
 class CalibrationWeights(eqx.Module):
     """l0-python's ``SparseCalibrationWeights`` as an immutable module.
 
@@ -81,10 +82,13 @@ class CalibrationWeights(eqx.Module):
     def n_records(self) -> int:
         return int(self.log_weight.shape[0])
 
-    def sample_weights(self, uniform: Float[Array, " n_records"]) -> Float[Array, " n_records"]:
-        """Training weights: positive weights times gates sampled from uniform draws."""
+    def sample_weights(self, uniform: Float[Array, " n_records"] | None) -> Float[Array, " n_records"]:
+        """Training weights: positive weights times gates sampled from uniform draws (None
+        without gates)."""
         if not self.use_gates:
             return jnp.exp(self.log_weight)
+        if uniform is None:
+            raise ValueError("a model with gates needs uniform draws")
         gates = sample_gates(self.log_alpha, uniform, self.beta, self.gamma, self.zeta)
         return jnp.exp(self.log_weight) * gates
 
@@ -97,21 +101,33 @@ class CalibrationWeights(eqx.Module):
     def deterministic_gates(self) -> Float[Array, " n_records"]:
         return deterministic_gates(self.log_alpha, self.beta, self.gamma, self.zeta)
 
+    def open_probabilities(self) -> Float[Array, " n_records"]:
+        """Each record's probability of an open gate (0 without gates): the L0 penalty's terms."""
+        if not self.use_gates:
+            return jnp.zeros_like(self.log_alpha)
+        return open_probability(self.log_alpha, self.beta, self.gamma, self.zeta)
+
+    def weight_squares(self) -> Float[Array, " n_records"]:
+        """``exp(log_weight)^2``, on the ungated weights: the L2 penalty's terms."""
+        return jnp.exp(self.log_weight) ** 2
+
+    def kept(self) -> Bool[Array, " n_records"]:
+        """Records whose final weight is not zero."""
+        if not self.use_gates:
+            return jnp.ones(self.log_weight.shape, bool)
+        return self.deterministic_gates() > 0
+
     def l0_penalty(self) -> Float[Array, ""]:
         """Expected number of records kept (0 without gates)."""
-        if not self.use_gates:
-            return jnp.zeros((), self.log_alpha.dtype)
-        return l0_penalty(self.log_alpha, self.beta, self.gamma, self.zeta)
+        return jnp.sum(self.open_probabilities())
 
     def l2_penalty(self) -> Float[Array, ""]:
         """``sum exp(log_weight)^2``, on the ungated weights."""
-        return jnp.sum(jnp.exp(self.log_weight) ** 2)
+        return jnp.sum(self.weight_squares())
 
     def n_active(self) -> Int[Array, ""]:
         """Records whose final weight is not zero."""
-        if not self.use_gates:
-            return jnp.asarray(self.n_records, jnp.int32)
-        return jnp.sum(self.deterministic_gates() > 0, dtype=jnp.int32)
+        return jnp.sum(self.kept(), dtype=jnp.int32)
 
 
 def _per_record(name: str, value: Any, n_records: int) -> np.ndarray:

@@ -10,19 +10,20 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import numpy as np
+
+from ._files import atomic_write, sha256_arrays
 
 if TYPE_CHECKING:  # pandas and scipy cost a third of a second each: imported when used
     import pandas as pd
     from jax.experimental import sparse as jsparse
     from scipy import sparse
 
-    from ._matrix import Layout, TargetMatrix
+    from .._matrix import Layout, TargetMatrix
 
 FORMAT = "jaxcal-package"
 FORMAT_VERSION = 1
@@ -127,7 +128,7 @@ class CalibrationPackage(eqx.Module):
 
     def target_matrix(self, *, layout: Layout = "interleaved") -> TargetMatrix:
         """The matrix in the engine's layout."""
-        from ._matrix import TargetMatrix
+        from .._matrix import TargetMatrix
 
         return TargetMatrix.from_scipy(self.matrix, layout=layout)
 
@@ -303,48 +304,6 @@ def is_pickle(path: str | os.PathLike) -> bool:
         return True
     with open(path, "rb") as f:
         return f.read(1) == _PICKLE_MAGIC
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
-
-    A reader never sees a half-written file, and a failed write leaves no trace.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def sha256_arrays(*arrays: np.ndarray) -> str:
-    """sha256 over the arrays' dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _as_csr(matrix: Any) -> sparse.csr_array:

@@ -21,8 +21,9 @@ import numpy as np
 import optax
 from jaxtyping import PRNGKeyArray
 
-from ._model import CalibrationWeights
-from ._package import PackageError, atomic_write
+from .._model import CalibrationWeights
+from ._files import atomic_write
+from ._package import PackageError
 
 FORMAT = "jaxcal-checkpoint"
 FORMAT_VERSION = 1

@@ -179,16 +179,3 @@ def _mean_error(run_dir: pathlib.Path, config: dict[str, Any]) -> float | None:
         return float(pd.read_csv(path, usecols=["abs_rel_error"])["abs_rel_error"].mean())
     pct = config.get("mean_error_pct")
     return None if pct is None else float(pct) / 100
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars as Python numbers, NaN and infinities as null."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
