@@ -59,7 +59,7 @@ def run_build(args: argparse.Namespace) -> int:
     if args.target_config is not None and not args.target_config.is_file():
         raise CommandError(f"target config not found: {args.target_config}", 2)
 
-    import jaxcal
+    from jaxcal.io import save_package
 
     from .unified_matrix import build_calibration_package
 
@@ -79,7 +79,7 @@ def run_build(args: argparse.Namespace) -> int:
         places=places,
         simulation=args.simulation,
     )
-    path = jaxcal.save_package(package, args.package_output)
+    path = save_package(package, args.package_output)
     print(
         f"wrote {path}: {package.n_targets} targets x {package.n_records} columns, {package.nnz} nonzeros; "
         f"peak memory {report.peak_memory_mb:.0f} MB",

@@ -33,7 +33,7 @@ def write_dataset_h5(
 
     Raises ``ValueError`` when an array :data:`REQUIRED_ARRAYS` names is missing.
     """
-    from jaxcal._package import atomic_write
+    from jaxcal.io import atomic_write
 
     missing = [name for name in REQUIRED_ARRAYS if name not in variables]
     if missing:

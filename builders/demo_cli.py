@@ -46,18 +46,19 @@ def build_demo_package(
     :func:`builders.unified_matrix.build_calibration_package`'s (default ``auto``: per clone
     for the default 2 clones, exact).
     """
-    import jaxcal
+    from builders import policyengine
     from builders.demo_microdata import generate_demo_h5
     from builders.demo_targets import demo_targets, write_target_db
     from builders.geography import equal_population_districts
     from builders.unified_matrix import build_calibration_package
+    from jaxcal.io import CalibrationPackage, load_package, save_package
 
     directory = pathlib.Path(directory)
     from importlib import metadata as installed
 
     settings = {"n_households": n_households, "n_clones": n_clones, "seed": seed, "year": year, "states": states,
                 "simulation": simulation,
-                "policyengine_us": installed.version("policyengine-us"), "jaxcal": installed.version("jaxcal")}  # fmt: skip
+                "policyengine_us": policyengine.package_version(), "jaxcal": installed.version("jaxcal")}  # fmt: skip
     targets = demo_targets(year)
     if states is not None:
         records = tuple(r for r in targets.records
@@ -69,8 +70,8 @@ def build_demo_package(
     package_path = directory / "package.npz"
     if package_path.is_file() and not force:
         try:
-            cached = jaxcal.load_package(package_path)
-            dataset = pathlib.Path((cached.metadata.get("dataset") or {}).get("path", ""))
+            cached = load_package(package_path)
+            dataset = pathlib.Path(cached.metadata.get("dataset_path") or "")
             if cached.metadata.get("demo_fingerprint") == fingerprint and dataset.is_file():
                 log(f"using the cached demo package {package_path}")
                 return package_path
@@ -88,11 +89,11 @@ def build_demo_package(
         "demo_fingerprint": fingerprint,
         "demo_excluded_series": [e.series for e in targets.excluded],
     }
-    package = jaxcal.CalibrationPackage(
+    package = CalibrationPackage(
         matrix=package.matrix, targets=package.targets, target_names=package.target_names,
         initial_weights=package.initial_weights, geography=package.geography, metadata=metadata,
     )  # fmt: skip
-    jaxcal.save_package(package, package_path)
+    save_package(package, package_path)
     log(
         f"built {package_path}: {package.n_targets} targets x {package.n_records} columns in "
         f"{time.perf_counter() - started:.0f} s"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import importlib.util
 import math
 import os
 import pathlib
@@ -28,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from builders.geography import STATE_CODES
+from builders.policyengine import calibration_dir
 from builders.synthetic_problem import DISTRICTS_PER_STATE
 
 STATE_FIPS = {code: fips for fips, code in STATE_CODES.items()}
@@ -73,14 +73,6 @@ class DemoTargets:
 
 class ImplausibleSeries(ValueError):
     """A series failed a plausibility check; the message says which and how."""
-
-
-def calibration_dir() -> pathlib.Path:
-    """``policyengine_us/parameters/calibration``, found without importing the model."""
-    spec = importlib.util.find_spec("policyengine_us")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("policyengine_us is not installed")
-    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "parameters" / "calibration"
 
 
 class _Params:

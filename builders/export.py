@@ -51,10 +51,10 @@ def export_h5(
     districts: Sequence[int] | None = None,
     variable_entities: Mapping[str, str] | None = None,
 ) -> ExportSummary:
-    """Write the calibrated dataset of ``package`` (a :class:`jaxcal.CalibrationPackage`) and
+    """Write the calibrated dataset of ``package`` (a :class:`jaxcal.io.CalibrationPackage`) and
     ``weights`` (one per column) to ``output``; return what was written.
 
-    ``dataset`` defaults to the path in the package's metadata; ``states`` (FIPS codes) or
+    ``dataset`` defaults to the package's ``dataset_path``; ``states`` (FIPS codes) or
     ``districts`` (GEOIDs) keep only those places. ``variable_entities`` (variable -> entity)
     settles arrays whose length fits several entities; without it the entity is inferred
     from the length and, when that is ambiguous and matters, from policyengine_us.
@@ -63,7 +63,7 @@ def export_h5(
     """
     metadata = dict(package.metadata)
     if dataset is None:
-        dataset = (metadata.get("dataset") or {}).get("path")
+        dataset = metadata.get("dataset_path")
         if dataset is None:
             raise ValueError("the package does not name its dataset; pass dataset=")
     weights = np.asarray(weights, np.float64).ravel()
@@ -171,9 +171,9 @@ def _entities_of(arrays, structure, gathers, variable_entities) -> dict[str, str
         else:
             unsure.append(name)
     if unsure:
-        from builders.h5_check import policyengine_entities
+        from builders import policyengine
 
-        known = policyengine_entities()
+        known = policyengine.variable_entities()
         for name in unsure:
             if name not in known:
                 raise ValueError(f"cannot tell the entity of dataset array {name}: give variable_entities")
@@ -225,10 +225,10 @@ def _codes(text: str | None) -> list[int] | None:
 
 def run_export(args) -> int:
     """``jaxcal export PACKAGE WEIGHTS OUTPUT``: print what was written."""
-    import jaxcal
     from jaxcal.cli import CommandError
+    from jaxcal.io import load_package
 
-    package = jaxcal.load_package(args.package)
+    package = load_package(args.package)
     if not args.weights.is_file():
         raise CommandError(f"weights not found: {args.weights}", 2)
     weights = np.load(args.weights, allow_pickle=False)

@@ -45,7 +45,7 @@ class GeographyAssignment:
         return self.n_base * self.n_clones
 
     def as_package_geography(self) -> dict[str, np.ndarray]:
-        """The arrays :class:`jaxcal.CalibrationPackage` keeps, under its key names."""
+        """The arrays :class:`jaxcal.io.CalibrationPackage` keeps, under its key names."""
         arrays = {"state_fips": self.state_fips, "cd_geoid": self.cd_geoid}
         if self.block_geoid is not None:
             arrays["block_geoid"] = self.block_geoid

@@ -14,7 +14,8 @@ Checks, for every period the file holds (PolicyEngine's time-period layout
 
 Failures are returned as a list of one-line messages; the command prints them and exits 1.
 Reading is cheap (h5py only); ``--policyengine`` also checks each variable's entity against
-``policyengine_us``'s own definitions (slow: imports the model).
+``policyengine_us``'s own definitions (:func:`builders.policyengine.variable_entities`, slow:
+imports the model).
 """
 
 from __future__ import annotations
@@ -167,14 +168,6 @@ def _integral(values: np.ndarray) -> bool:
     return values.dtype.kind == "f" and bool(np.all(np.isfinite(values) & (values == np.round(values))))
 
 
-def policyengine_entities() -> dict[str, str]:
-    """``{variable: entity key}`` for every ``policyengine_us`` variable (imports the model: slow)."""
-    from policyengine_us import CountryTaxBenefitSystem
-
-    system = CountryTaxBenefitSystem()
-    return {name: variable.entity.key for name, variable in system.variables.items()}
-
-
 def unknown_variables(path: str | os.PathLike, variable_entities: Mapping[str, str]) -> list[str]:
     """A failure for each array in the file that is not one of ``variable_entities``."""
     try:
@@ -187,9 +180,10 @@ def unknown_variables(path: str | os.PathLike, variable_entities: Mapping[str, s
 
 def run_check_h5(args: argparse.Namespace) -> int:
     """The ``check-h5`` command: print each failure, exit 1 if any."""
+    from builders.policyengine import variable_entities
     from jaxcal.cli import CommandError
 
-    entities = policyengine_entities() if args.policyengine else None
+    entities = variable_entities() if args.policyengine else None
     any_failed = False
     for path in args.files:
         failures = check_h5(path, entities)

@@ -121,15 +121,14 @@ def policyengine_shaped_problem(
 
 
 def synthetic_package(n_records: int, **problem_settings):
-    """:func:`policyengine_shaped_problem` as a ``jaxcal.CalibrationPackage``, with a
+    """:func:`policyengine_shaped_problem` as a ``jaxcal.io.CalibrationPackage``, with a
     PolicyEngine-like targets table: row ``k`` of a block is ``person_count`` in domain
     ``age`` (``k`` = 0), ``v{k}_count`` (other even ``k``: counts) or ``v{k}_income`` (odd
     ``k``: amounts), at geography level national, state or district. District
     ``person_count``/``age`` rows make PolicyEngine's initial-weight rule apply.
     """
     import pandas as pd
-
-    import jaxcal
+    from jaxcal.io import CalibrationPackage
 
     problem = policyengine_shaped_problem(n_records, **problem_settings)
     settings = {"n_states": 51, "n_national": 300, "per_state": 50, "per_district": 30} | problem_settings
@@ -147,7 +146,7 @@ def synthetic_package(n_records: int, **problem_settings):
         }
     )
     names = [f"{level}/{geo}/{_variable(k)}" + ("[age]" if k == 0 else "") for level, geo, k in rows]
-    return jaxcal.CalibrationPackage.create(
+    return CalibrationPackage.create(
         problem.matrix,
         targets,
         names,
@@ -171,7 +170,7 @@ def main() -> None:
     import argparse
     import time
 
-    import jaxcal
+    from jaxcal.io import save_package
 
     parser = argparse.ArgumentParser(description="Write a synthetic PolicyEngine-shaped calibration package.")
     parser.add_argument("output", help="package path (.npz)")
@@ -180,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     package = synthetic_package(args.records, seed=args.seed)
-    path = jaxcal.save_package(package, args.output)
+    path = save_package(package, args.output)
     print(
         f"wrote {path}: {package.n_targets:,} targets x {package.n_records:,} records, "
         f"{package.nnz:,} nonzeros ({time.perf_counter() - start:.1f}s)"

@@ -11,8 +11,8 @@ and ``targets`` (a statistic of a stratum: ``variable, period, value, reform_id,
 - :func:`query_targets` keeps the active rows and, per (stratum, variable, reform), the
   latest period not after the dataset year, else the earliest.
 - :func:`uprate_targets` scales values to the dataset year by CPI-U (amounts) or total
-  population (``*_count`` variables); :func:`policyengine_uprating_indices` reads both
-  series from policyengine-us's parameters.
+  population (``*_count`` variables), the series a loaded model gives
+  (:meth:`builders.policyengine.PolicyEngineSimulation.uprating_indices`).
 """
 
 from __future__ import annotations
@@ -269,14 +269,6 @@ def uprate_targets(
     return targets
 
 
-def policyengine_uprating_indices(parameters: Any) -> tuple[Callable[[int], float], Callable[[int], float]]:
-    """``(cpi, population)`` by year from policyengine-us's parameters (``gov.bls.cpi.cpi_u``
-    and ``calibration.gov.census.populations.total``), as :func:`uprate_targets` takes them."""
-    cpi_u = parameters.gov.bls.cpi.cpi_u
-    total = parameters.calibration.gov.census.populations.total
-    return (lambda year: float(cpi_u(f"{year}-01-01"))), (lambda year: float(total(f"{year}-01-01")))
-
-
 def parse_constraint_value(value: str) -> int | float | bool | str:
     """A constraint's text as int, else float, else bool (``true``/``false``), else the string."""
     for parse in (int, float):
@@ -312,7 +304,6 @@ __all__ = [
     "connect",
     "describe_stratum",
     "parse_constraint_value",
-    "policyengine_uprating_indices",
     "query_targets",
     "read_targets",
     "stratum_constraints",

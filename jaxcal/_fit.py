@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._adam import torch_adam
-from ._loss import LossKind, check_loss_kind, data_loss, target_loss_weights
-from ._matrix import TargetMatrix
+from ._adam import set_learning_rate, torch_adam
+from ._defaults import PE_DEFAULTS
+from ._matrix import AbstractTargetMatrix
 from ._model import CalibrationWeights
-from ._sharding import ShardedMatrix, _Block, record_mesh, sharded_mv
+from ._objective import Objective
 
 
+@final
 class FitHistory(eqx.Module):
     """Per-epoch record, evaluated at the parameters each step started from.
 
@@ -36,9 +36,10 @@ class FitHistory(eqx.Module):
     n_active: Int[Array, " epochs"]
 
 
+@final
 class FitResult(eqx.Module):
-    """What :func:`fit` returns; continue a fit with ``fit(result.model, ...,
-    opt_state=result.opt_state, start_epoch=result.epochs)`` and the same ``key``."""
+    """What :func:`fit` returns; continue a fit with ``fit(result.model, ..., opt_state=
+    result.opt_state, start_epoch=result.epochs)`` and the same ``key``."""
 
     weights: Float[Array, " n_records"]
     """Final weights: ``exp(log_weight) * deterministic gate``."""
@@ -56,59 +57,42 @@ class FitResult(eqx.Module):
         return int(jnp.sum(self.weights > 0))
 
 
+@final
 class _Step(eqx.Module):
-    """What one epoch needs besides the parameters. Static fields fix the compiled program.
+    """One epoch: draw the gates, one gradient step on ``objective``. Static fields fix the
+    compiled program; the objective's weights and lambdas are traced.
 
     In a sharded fit, ``matrix`` is one device's block inside ``shard_map`` and the model
     holds that block's records: the draws come from the device's own stream, and the sums
     over records (penalties, ``n_active``) skip the padding and add up across devices.
     """
 
-    matrix: TargetMatrix | ShardedMatrix | _Block
+    matrix: AbstractTargetMatrix
     targets: Float[Array, " n_targets"]
-    loss_weights: Float[Array, " n_targets"]
+    objective: Objective
     draw_key: PRNGKeyArray
     optimizer: optax.GradientTransformation = eqx.field(static=True)
-    loss: LossKind = eqx.field(static=True)
-    lambda_l0: float = eqx.field(static=True)
-    lambda_l2: float = eqx.field(static=True)
 
-    def _total(self, model: CalibrationWeights, per_record: Callable[[CalibrationWeights], Array]) -> Array:
-        if isinstance(self.matrix, _Block):
-            return self.matrix.record_total(model, per_record)
-        return per_record(model)
-
-    def objective(self, model: CalibrationWeights, uniform: Array | None) -> tuple[Array, tuple]:
-        predictions = self.matrix.mv(model.sample_weights(uniform))
-        data = data_loss(predictions, self.targets, self.loss_weights, self.loss)
-        l0 = self._total(model, CalibrationWeights.l0_penalty)
-        l2 = self._total(model, CalibrationWeights.l2_penalty)
-        total = data + self.lambda_l0 * l0
-        if self.lambda_l2 > 0:
-            total = total + self.lambda_l2 * l2
-        return total, (data, l0, l2)
-
-    def __call__(self, carry: tuple, epoch_and_uniform: tuple) -> tuple[tuple, FitHistory]:
+    def __call__(
+        self, carry: tuple[CalibrationWeights, optax.OptState], epoch_and_uniform: tuple[Array, Array | None]
+    ) -> tuple[tuple[CalibrationWeights, optax.OptState], FitHistory]:
         model, opt_state = carry
         epoch, uniform = epoch_and_uniform
         if uniform is None and model.use_gates:
-            key = jax.random.fold_in(self.draw_key, epoch)
-            if isinstance(self.matrix, _Block):
-                key = self.matrix.device_key(key)
+            key = self.matrix.record_key(jax.random.fold_in(self.draw_key, epoch))
             uniform = jax.random.uniform(key, (model.n_records,), model.log_weight.dtype)
         (total, (data, l0, l2)), grads = eqx.filter_value_and_grad(self.objective, has_aux=True)(
-            model, uniform
+            model, self.matrix, self.targets, uniform
         )
-        n_active = self._total(model, CalibrationWeights.n_active)
+        n_active = self.matrix.record_sum(model.kept())
         record = FitHistory(data=data, l0=l0, l2=l2, total=total, n_active=n_active)
-        params = eqx.filter(model, eqx.is_array)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        updates, opt_state = self.optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return (eqx.apply_updates(model, updates), opt_state), record
 
 
 def _scan(
     step: _Step,
-    uniforms: Array | None,
+    uniforms: Float[Array, "chunk n_records"] | None,
     model: CalibrationWeights,
     opt_state: optax.OptState,
     epochs: Int[Array, " chunk"],
@@ -117,72 +101,50 @@ def _scan(
     return model, opt_state, history
 
 
-_run_chunk = eqx.filter_jit(_scan, donate="all-except-first")
-
-
 @eqx.filter_jit(donate="all-except-first")
-def _run_sharded_chunk(
+def _run_chunk(
     step: _Step,
-    uniforms: Array | None,
+    uniforms: Float[Array, "chunk n_records"] | None,
     model: CalibrationWeights,
     opt_state: optax.OptState,
     epochs: Int[Array, " chunk"],
 ) -> tuple[CalibrationWeights, optax.OptState, FitHistory]:
-    """``_scan`` on every device of ``step.matrix``'s mesh, over its block of records."""
-    matrix = step.matrix
-    step_specs = eqx.tree_at(lambda s: s.matrix, jax.tree.map(lambda _: PartitionSpec(), step), matrix.block_specs())
-    model_specs, opt_specs = matrix.record_specs((model, opt_state))
-    uniform_specs = None if uniforms is None else PartitionSpec(None, matrix.axis)
-
-    def local(step: _Step, *args: Any) -> tuple[CalibrationWeights, optax.OptState, FitHistory]:
-        return _scan(eqx.tree_at(lambda s: s.matrix, step, step.matrix.local()), *args)
-
-    return jax.shard_map(
-        local,
-        mesh=matrix.mesh,
-        in_specs=(step_specs, uniform_specs, model_specs, opt_specs, PartitionSpec()),
-        out_specs=(model_specs, opt_specs, PartitionSpec()),
-    )(step, uniforms, model, opt_state, epochs)
+    """A chunk of epochs as one compiled program, on every device that holds records."""
+    return step.matrix.run_blocks(_scan, step, uniforms, model, opt_state, epochs)
 
 
 @eqx.filter_jit
-def _evaluate(matrix: TargetMatrix | ShardedMatrix, model: CalibrationWeights) -> tuple[Array, Array]:
+def _evaluate(
+    matrix: AbstractTargetMatrix, model: CalibrationWeights
+) -> tuple[Float[Array, " n_records"], Float[Array, " n_targets"]]:
     weights = model.deterministic_weights()
-    if isinstance(matrix, ShardedMatrix):
-        return weights, sharded_mv(matrix, weights)
     return weights, matrix.mv(weights)
 
 
 def fit(
     model: CalibrationWeights,
-    matrix: TargetMatrix | ShardedMatrix,
+    matrix: AbstractTargetMatrix,
     targets: Any,
+    objective: Objective,
     *,
     key: PRNGKeyArray,
-    epochs: int = 100,
-    lambda_l0: float = 1e-8,
-    lambda_l2: float = 1e-12,
-    learning_rate: float = 0.15,
+    epochs: int = PE_DEFAULTS.epochs,
+    learning_rate: float | None = None,
     optimizer: optax.GradientTransformation | None = None,
-    loss: LossKind = "relative",
-    target_groups: Any = None,
-    normalize_groups: bool = True,
-    group_multipliers: dict[int, float] | None = None,
     log_weight_jitter_sd: float = 0.0,
     chunk_epochs: int | None = None,
     callback: Callable[[FitResult], bool | None] | None = None,
     opt_state: optax.OptState | None = None,
     start_epoch: int = 0,
     uniforms: Float[Array, "epochs n_records"] | None = None,
-    devices: int | str | Sequence[jax.Device] | None = None,
-    mesh: Mesh | None = None,
 ) -> FitResult:
     """Fit calibration weights so that ``matrix @ weights`` matches ``targets``.
 
-    Each epoch is one full-batch step of ``optimizer`` (default: :func:`torch_adam` at
-    ``learning_rate``) on ``data + lambda_l0 * L0 + lambda_l2 * L2``, with gates
-    sampled afresh. The defaults are policyengine-us-data's ``fit_l0_weights``; see
-    ``CalibrationWeights`` for the model's. ``lambda_l0 == 0`` switches the gates off.
+    Each epoch is one full-batch step of ``optimizer`` (default :func:`torch_adam`, at
+    ``learning_rate``: policyengine-us-data's 0.15 on a fresh fit, the state's own when
+    continuing) on ``objective``, with gates sampled afresh. ``objective.lambda_l0 == 0``
+    switches the gates off. The rate, the lambdas and the loss weights are traced: a fit
+    with other values reuses the compiled program.
 
     Randomness comes only from ``key``: the log-weight jitter (``log_weight_jitter_sd``,
     applied when ``opt_state`` is None, i.e. on a fresh fit) and the uniform draw of epoch
@@ -194,29 +156,20 @@ def fit(
     after each chunk ``callback(result_so_far)`` may log, save or return True to stop.
     Its ``model`` and ``opt_state`` are donated to the next chunk: copy what you keep.
 
-    With ``devices`` (a count, ``"all"`` or a list; see :func:`select_devices`), a ``mesh``
-    (see :func:`record_mesh`) or a :class:`ShardedMatrix`, the records are split into one
-    block per device and each step is one compiled program on all of them: parameters,
-    gradients and optimizer state stay with their device, and the devices add up their
+    With a :class:`ShardedMatrix` the records are split into one block per device and each
+    step is one compiled program on all of them: parameters, gradients and the optimizer
+    state's per-parameter arrays stay with their device, and the devices add up their
     partial ``X @ w`` (one ``psum``). Given the same ``uniforms``, or without gates, this is
     the single-device fit up to float32 summation order. The draws otherwise come from one
     stream per device (``fold_in(fold_in(key, e), device)``), so they depend on the device
-    count. Optimizer-state arrays with one entry per record are split like the weights.
-    The result is gathered onto the mesh's first device.
+    count. The result is gathered onto the mesh's first device.
     """
-    matrix = _sharded_matrix(matrix, devices, mesh)
-    targets = _check_problem(model, matrix, targets)
+    targets = _check_problem(model, matrix, targets, objective)
     if epochs < 0 or start_epoch < 0:
         raise ValueError(f"epochs and start_epoch must not be negative, got {epochs}, {start_epoch}")
-    check_loss_kind(loss)
     if log_weight_jitter_sd < 0:
         raise ValueError(f"log_weight_jitter_sd must not be negative, got {log_weight_jitter_sd}")
-    if lambda_l0 < 0 or lambda_l2 < 0:
-        raise ValueError(f"penalties must not be negative, got lambda_l0={lambda_l0}, lambda_l2={lambda_l2}")
-    if lambda_l0 > 0 and not model.use_gates:
-        raise ValueError("lambda_l0 > 0 needs a model with gates (use_gates=True)")
-    if lambda_l0 == 0 and model.use_gates:
-        model = dataclasses.replace(model, use_gates=False)
+    model = _gates_for(model, objective)
     chunk = epochs if chunk_epochs is None else chunk_epochs
     if chunk < 1 and epochs > 0:
         raise ValueError(f"chunk_epochs must be positive, got {chunk_epochs}")
@@ -224,31 +177,22 @@ def fit(
         uniforms = jnp.asarray(uniforms, model.log_weight.dtype)
         if uniforms.shape != (epochs, model.n_records):
             raise ValueError(
-                f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, "
-                f"got {uniforms.shape}"
+                f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, got {uniforms.shape}"
             )
-
-    step, model, opt_state = _prepare(
-        model, matrix, targets, key=key, optimizer=optimizer or _default_optimizer(float(learning_rate)),
-        opt_state=opt_state, log_weight_jitter_sd=log_weight_jitter_sd, loss=loss, target_groups=target_groups,
-        normalize_groups=normalize_groups, group_multipliers=group_multipliers, lambda_l0=float(lambda_l0),
-        lambda_l2=float(lambda_l2),
+    step, model, opt_state = prepare_step(
+        model, matrix, targets, objective, key=key, optimizer=optimizer, learning_rate=learning_rate,
+        opt_state=opt_state, log_weight_jitter_sd=log_weight_jitter_sd,
     )  # fmt: skip
-    run_chunk = _run_chunk
-    if isinstance(matrix, ShardedMatrix):
-        run_chunk = _run_sharded_chunk
-        model, opt_state = matrix.shard((model, opt_state))
-        step = eqx.tree_at(lambda s: (s.targets, s.loss_weights, s.draw_key), step, matrix.replicate(
-            (step.targets, step.loss_weights, step.draw_key)
-        ))
-        if uniforms is not None:
-            uniforms = matrix.shard(uniforms.T).T
+    model, opt_state, shared, uniforms = matrix.place_state(
+        (model, opt_state, (step.targets, step.objective, step.draw_key), uniforms), step.optimizer
+    )
+    step = eqx.tree_at(lambda s: (s.targets, s.objective, s.draw_key), step, shared)
     histories: list[FitHistory] = []
     done = 0
     while done < epochs:
         n = min(chunk, epochs - done)
         first = start_epoch + done
-        model, opt_state, history = run_chunk(
+        model, opt_state, history = _run_chunk(
             step,
             None if uniforms is None else uniforms[done : done + n],
             model,
@@ -257,30 +201,32 @@ def fit(
         )
         histories.append(history)
         done += n
-        if callback is not None and callback(_result(matrix, model, opt_state, histories, start_epoch + done)):
+        if callback is not None and callback(_result(step, model, opt_state, histories, start_epoch + done)):
             break
-    return _result(matrix, model, opt_state, histories, start_epoch + done)
+    return _result(step, model, opt_state, histories, start_epoch + done)
 
 
-def _prepare(
+def prepare_step(
     model: CalibrationWeights,
-    matrix: TargetMatrix | ShardedMatrix,
+    matrix: AbstractTargetMatrix,
     targets: Array,
+    objective: Objective,
     *,
     key: PRNGKeyArray,
-    optimizer: optax.GradientTransformation,
+    optimizer: optax.GradientTransformation | None,
+    learning_rate: float | None,
     opt_state: optax.OptState | None,
     log_weight_jitter_sd: float,
-    loss: LossKind,
-    target_groups: Any,
-    normalize_groups: bool,
-    group_multipliers: dict[int, float] | None,
-    lambda_l0: Any,
-    lambda_l2: float,
-    step_type: type[_Step] = _Step,
 ) -> tuple[_Step, CalibrationWeights, optax.OptState]:
-    """The step and starting state of a fit: ``key`` splits into the jitter key and the draw
-    key; a fresh fit (``opt_state`` None) jitters ``log_weight`` and starts the optimizer."""
+    """The step and starting state of a fit (shared by :func:`fit` and :func:`jaxcal.sweep`):
+    ``key`` splits into the jitter key and the draw key; a fresh fit (``opt_state`` None)
+    jitters ``log_weight`` and starts the optimizer."""
+    if learning_rate is not None and not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    if optimizer is None:
+        optimizer = _default_optimizer()
+        if opt_state is None and learning_rate is None:
+            learning_rate = PE_DEFAULTS.learning_rate
     jitter_key, draw_key = jax.random.split(key)
     # Fresh buffers: the chunks donate theirs, and the caller's model stays usable.
     model = jax.tree.map(jnp.copy, model)
@@ -291,76 +237,67 @@ def _prepare(
         opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
     else:
         opt_state = jax.tree.map(jnp.copy, opt_state)
-    loss_weights = target_loss_weights(
-        matrix.n_targets, target_groups, normalize_groups=normalize_groups,
-        group_multipliers=group_multipliers, dtype=matrix.values.dtype,
-    )  # fmt: skip
-    step = step_type(
-        matrix=matrix, targets=targets, loss_weights=jnp.asarray(loss_weights), draw_key=draw_key,
-        optimizer=optimizer, loss=loss, lambda_l0=lambda_l0, lambda_l2=lambda_l2,
-    )  # fmt: skip
+    if learning_rate is not None:
+        opt_state = set_learning_rate(opt_state, learning_rate)
+    step = _Step(matrix=matrix, targets=targets, objective=objective, draw_key=draw_key, optimizer=optimizer)
     return step, model, opt_state
 
 
 @functools.cache
-def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """One optimizer object per rate, so that repeated fits reuse the compiled program."""
-    return torch_adam(learning_rate)
+def _default_optimizer() -> optax.GradientTransformation:
+    """One optimizer object, so that every fit reuses the compiled program (the rate is state)."""
+    return torch_adam(PE_DEFAULTS.learning_rate)
 
 
-def _sharded_matrix(
-    matrix: TargetMatrix | ShardedMatrix, devices: int | str | Sequence[jax.Device] | None, mesh: Mesh | None
-) -> TargetMatrix | ShardedMatrix:
-    """The matrix split over ``devices`` or ``mesh`` when either is given."""
-    if devices is not None and mesh is not None:
-        raise ValueError("give devices or mesh, not both")
-    if devices is not None:
-        mesh = record_mesh(devices)
-    if isinstance(matrix, ShardedMatrix):
-        if mesh is not None and mesh != matrix.mesh:
-            raise ValueError("the ShardedMatrix is split over another mesh than the one given")
-        return matrix
-    if mesh is None or not isinstance(matrix, TargetMatrix):
-        return matrix
-    return ShardedMatrix.from_matrix(matrix, mesh)
+def _gates_for(model: CalibrationWeights, objective: Objective) -> CalibrationWeights:
+    """The model with its gates off when ``lambda_l0`` is 0 (no fake sparsity machinery)."""
+    lambda_l0 = float(objective.lambda_l0)
+    if lambda_l0 > 0 and not model.use_gates:
+        raise ValueError("lambda_l0 > 0 needs a model with gates (use_gates=True)")
+    if lambda_l0 == 0 and model.use_gates:
+        return dataclasses.replace(model, use_gates=False)
+    return model
 
 
 def _result(
-    matrix: TargetMatrix | ShardedMatrix,
+    step: _Step,
     model: CalibrationWeights,
     opt_state: optax.OptState,
     histories: list[FitHistory],
     epochs: int,
 ) -> FitResult:
-    weights, predictions = _evaluate(matrix, model)
+    weights, predictions = _evaluate(step.matrix, model)
     if histories:
         history = jax.tree.map(lambda *parts: jnp.concatenate(parts), *histories)
     else:
-        empty = jnp.zeros(0, jnp.float32)
+        empty = jnp.zeros(0, step.matrix.dtype)
         history = FitHistory(empty, empty, empty, empty, jnp.zeros(0, jnp.int32))
-    if isinstance(matrix, ShardedMatrix):
-        weights, model, opt_state = matrix.unshard((weights, model, opt_state))
-        predictions, history = jax.device_put((predictions, history), weights.device)
+    weights, model, opt_state, (predictions, history) = step.matrix.gather_state(
+        (weights, model, opt_state, (predictions, history)), step.optimizer
+    )
     return FitResult(
-        weights=weights,
-        predictions=predictions,
-        model=model,
-        opt_state=opt_state,
-        history=history,
-        epochs=epochs,
+        weights=weights, predictions=predictions, model=model, opt_state=opt_state, history=history, epochs=epochs
     )
 
 
-def _check_problem(model: CalibrationWeights, matrix: TargetMatrix | ShardedMatrix, targets: Any) -> Array:
-    if not isinstance(matrix, (TargetMatrix, ShardedMatrix)):
+def _check_problem(
+    model: CalibrationWeights, matrix: AbstractTargetMatrix, targets: Any, objective: Objective
+) -> Float[Array, " n_targets"]:
+    if not isinstance(matrix, AbstractTargetMatrix):
         raise ValueError(
-            f"matrix must be a jaxcal.TargetMatrix (see TargetMatrix.from_scipy / from_bcoo), "
+            f"matrix must be a jaxcal.TargetMatrix or ShardedMatrix (see TargetMatrix.from_scipy / from_bcoo), "
             f"got {type(matrix).__name__}"
         )
+    if not isinstance(objective, Objective):
+        raise ValueError(f"objective must be a jaxcal.Objective (see Objective.create), got {type(objective).__name__}")
     if model.n_records != matrix.n_records:
-        raise ValueError(
-            f"the model has {model.n_records} records but the matrix has {matrix.n_records} columns"
-        )
+        raise ValueError(f"the model has {model.n_records} records but the matrix has {matrix.n_records} columns")
+    if objective.n_targets != matrix.n_targets:
+        raise ValueError(f"the objective weighs {objective.n_targets} targets but the matrix has {matrix.n_targets} rows")
+    for name in ("lambda_l0", "lambda_l2"):
+        value = float(getattr(objective, name))
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and non-negative, got {value}")
     try:
         targets = np.asarray(targets, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -369,4 +306,4 @@ def _check_problem(model: CalibrationWeights, matrix: TargetMatrix | ShardedMatr
         raise ValueError(f"targets must have shape ({matrix.n_targets},), got {targets.shape}")
     if not np.all(np.isfinite(targets)):
         raise ValueError(f"targets must be finite: {int((~np.isfinite(targets)).sum())} are not")
-    return jnp.asarray(targets, matrix.values.dtype)
+    return jnp.asarray(targets, matrix.dtype)

@@ -1,4 +1,4 @@
-"""The calibration objective: weighted data loss plus L0 and L2 penalties (l0-python's)."""
+"""The data loss and its per-target weights, as l0-python computes them."""
 
 from __future__ import annotations
 

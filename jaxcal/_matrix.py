@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 if TYPE_CHECKING:  # jax.experimental.sparse imports scipy: a third of a second, only when used
+    import optax
     from jax.experimental import sparse as jsparse
 
 Layout = Literal["interleaved", "rows"]
@@ -20,7 +22,67 @@ Layout = Literal["interleaved", "rows"]
 _IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
 
 
-class TargetMatrix(eqx.Module):
+class AbstractTargetMatrix(eqx.Module):
+    """What a fit needs of X (targets x records), wherever its records live.
+
+    ``mv`` is ``X @ w`` and ``rmv`` is ``X.T @ r``; ``record_sum`` adds one value per record
+    over the real records and ``record_key`` gives the records' own PRNG stream, so that a
+    step written once runs on one device (:class:`TargetMatrix`) or inside ``shard_map`` on
+    one device's block (see :class:`jaxcal.ShardedMatrix`). ``place_state``, ``run_blocks``
+    and ``gather_state`` put a fit's state where the records are, run a compiled chunk there
+    and bring the state back.
+    """
+
+    shape: eqx.AbstractVar[tuple[int, int]]
+
+    @property
+    def n_targets(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_records(self) -> int:
+        return self.shape[1]
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> Any:
+        """The values' dtype, which a fit computes in."""
+
+    @abc.abstractmethod
+    def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
+        """``X @ w``."""
+
+    @abc.abstractmethod
+    def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
+        """``X.T @ r``."""
+
+    @abc.abstractmethod
+    def record_sum(self, values: Array) -> Array:
+        """``values`` (one per record) summed over the real records."""
+
+    @abc.abstractmethod
+    def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
+        """The key these records draw from, given the fit's key for the epoch."""
+
+    @abc.abstractmethod
+    def place_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        """``tree`` = ``(model, opt_state, shared, uniforms)`` placed for a fit: the model's arrays and
+        the optimizer state's per-parameter arrays by record, ``shared`` replicated, ``uniforms``
+        (epochs x records, or None) split by record."""
+
+    @abc.abstractmethod
+    def run_blocks(self, scan: Callable[..., Any], step: Any, *args: Any) -> Any:
+        """``scan(step, uniforms, model, opt_state, epochs)`` where the records are (``step.matrix``
+        is this matrix; inside, one device's block)."""
+
+    @abc.abstractmethod
+    def gather_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        """The inverse of :meth:`place_state` for ``(weights, model, opt_state, rest)``: record
+        arrays trimmed to ``n_records``, everything on one device."""
+
+
+@final
+class TargetMatrix(AbstractTargetMatrix):
     """X as int32 COO with float32 values: ``mv`` is ``X @ w``, ``rmv`` is ``X.T @ r``.
 
     Both products are one gather and one ``segment_sum`` over the nonzeros; the gradient of
@@ -43,16 +105,12 @@ class TargetMatrix(eqx.Module):
     layout: Layout = eqx.field(static=True, default="interleaved")
 
     @property
-    def n_targets(self) -> int:
-        return self.shape[0]
-
-    @property
-    def n_records(self) -> int:
-        return self.shape[1]
-
-    @property
     def nnz(self) -> int:
         return int(self.values.shape[0])
+
+    @property
+    def dtype(self) -> Any:
+        return self.values.dtype
 
     def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
         """``X @ w``."""
@@ -63,6 +121,21 @@ class TargetMatrix(eqx.Module):
         """``X.T @ r``."""
         _check_length("r", r, self.n_targets)
         return spmv(self.cols, self.rows, self.values, r, self.n_records)
+
+    def record_sum(self, values: Array) -> Array:
+        return jnp.sum(values, dtype=jnp.int32 if values.dtype == bool else values.dtype)
+
+    def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
+        return key
+
+    def place_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        return tree
+
+    def run_blocks(self, scan: Callable[..., Any], step: Any, *args: Any) -> Any:
+        return scan(step, *args)
+
+    def gather_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        return tree
 
     def row_sums(self) -> Float[Array, " n_targets"]:
         """``X @ 1``: a target whose row sums to 0 cannot be reached by any weights."""

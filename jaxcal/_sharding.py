@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._matrix import Layout, TargetMatrix, _check_length, host_coo, spmv
+from ._matrix import AbstractTargetMatrix, Layout, TargetMatrix, _check_length, host_coo, spmv
 
 AXIS = "records"
 """The mesh axis :func:`record_mesh` names; a user's mesh may name its one axis anything."""
@@ -58,7 +59,8 @@ def record_mesh(devices: int | str | Sequence[jax.Device] | None = None, platfor
     return Mesh(np.array(select_devices(devices, platform)), (AXIS,))
 
 
-class ShardedMatrix(eqx.Module):
+@final
+class ShardedMatrix(AbstractTargetMatrix):
     """X split by records (columns) into one block per device of a one-axis ``mesh``.
 
     Device ``d`` holds records ``[d * block, (d + 1) * block)`` as COO with local column ids,
@@ -67,6 +69,10 @@ class ShardedMatrix(eqx.Module):
     is a ``psum`` of the blocks' partial products. Each block keeps its records' nonzeros
     in the order of the whole matrix's ``layout``. With ``chunk``, the blocks multiply that
     many nonzeros at a time, so the products' temporaries are O(chunk), not O(nnz).
+
+    In a fit, parameters, gradients and the optimizer state's per-parameter arrays stay with
+    their device's records (found with ``optax.tree_map_params``), and each step is one
+    compiled program on every device.
     """
 
     rows: Int[Array, "devices block_nnz"]
@@ -79,12 +85,8 @@ class ShardedMatrix(eqx.Module):
     chunk: int | None = eqx.field(static=True, default=None)
 
     @property
-    def n_targets(self) -> int:
-        return self.shape[0]
-
-    @property
-    def n_records(self) -> int:
-        return self.shape[1]
+    def dtype(self) -> Any:
+        return self.values.dtype
 
     @property
     def axis(self) -> str:
@@ -101,15 +103,14 @@ class ShardedMatrix(eqx.Module):
     def local(self) -> _Block:
         """This device's block, inside ``shard_map``."""
         return _Block(
-            self.rows[0],
-            self.cols[0],
-            self.values[0],
-            self.n_targets,
-            self.block,
-            self.n_records,
-            self.axis,
-            self.layout,
-            self.chunk,
+            rows=self.rows[0],
+            cols=self.cols[0],
+            values=self.values[0],
+            shape=(self.n_targets, self.block),
+            real_records=self.n_records,
+            axis=self.axis,
+            layout=self.layout,
+            chunk=self.chunk,
         )
 
     def block_specs(self) -> ShardedMatrix:
@@ -117,55 +118,68 @@ class ShardedMatrix(eqx.Module):
         spec = PartitionSpec(self.axis)
         return eqx.tree_at(lambda m: (m.rows, m.cols, m.values), self, (spec, spec, spec))
 
-    def record_specs(self, tree: Any) -> Any:
-        """``shard_map`` partition specs of ``tree``'s arrays: by record for those whose first
-        axis has ``padded_records`` entries, replicated for the others."""
-        return jax.tree.map(self._spec, tree)
+    def shard_records(self, x: Array) -> Array:
+        """A per-record array (first axis ``n_records``) padded with zeros and split by record."""
+        padding = [(0, self.padded_records - self.n_records)] + [(0, 0)] * (x.ndim - 1)
+        return jax.device_put(jnp.pad(x, padding), NamedSharding(self.mesh, PartitionSpec(self.axis)))
 
-    def _spec(self, leaf: Any) -> PartitionSpec:
-        by_record = jnp.ndim(leaf) >= 1 and jnp.shape(leaf)[0] == self.padded_records
-        return PartitionSpec(self.axis) if by_record else PartitionSpec()
-
-    def shard(self, tree: Any) -> Any:
-        """Pad the arrays whose first axis has ``n_records`` entries with zeros to ``padded_records``
-        and split them by record over the mesh; replicate the other arrays."""
-
-        def place(leaf: Any) -> Any:
-            if not eqx.is_array(leaf):
-                return leaf
-            if leaf.ndim >= 1 and leaf.shape[0] == self.n_records:
-                padding = [(0, self.padded_records - self.n_records)] + [(0, 0)] * (leaf.ndim - 1)
-                leaf = jnp.pad(leaf, padding)
-            return jax.device_put(leaf, NamedSharding(self.mesh, self._spec(leaf)))
-
-        return jax.tree.map(place, tree)
+    def unshard_records(self, x: Array) -> Array:
+        """The inverse of :meth:`shard_records`, onto the mesh's first device."""
+        return jax.device_put(x, self.mesh.devices.flat[0])[: self.n_records]
 
     def replicate(self, tree: Any) -> Any:
         """Every array of ``tree`` copied to every device of the mesh."""
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
-    def unshard(self, tree: Any) -> Any:
-        """The inverse of :meth:`shard`, onto the mesh's first device."""
-        first = self.mesh.devices.flat[0]
-
-        def gather(leaf: Any) -> Any:
-            if not eqx.is_array(leaf):
-                return leaf
-            leaf = jax.device_put(leaf, first)
-            by_record = leaf.ndim >= 1 and leaf.shape[0] == self.padded_records
-            return leaf[: self.n_records] if by_record else leaf
-
-        return jax.tree.map(gather, tree)
-
     def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
-        """``X @ w``."""
-        _check_length("w", w, self.n_records)
-        return sharded_mv(self, self.shard(w))
+        """``X @ w``; ``w`` has ``n_records`` entries, or ``padded_records`` already split by record."""
+        if w.shape != (self.padded_records,):
+            _check_length("w", w, self.n_records)
+            w = self.shard_records(w)
+        return _sharded_mv(self, w)
 
     def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
         """``X.T @ r``."""
         _check_length("r", r, self.n_targets)
         return _sharded_rmv(self, r)[: self.n_records]
+
+    def record_sum(self, values: Array) -> Array:
+        return jnp.sum(values[: self.n_records], dtype=jnp.int32 if values.dtype == bool else values.dtype)
+
+    def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
+        return key
+
+    def place_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        model, opt_state, shared, uniforms = tree
+        model = jax.tree.map(self.shard_records, model)
+        opt_state = _map_params(optimizer, opt_state, self.shard_records, self.replicate)
+        uniforms = None if uniforms is None else self.shard_records(uniforms.T).T
+        return model, opt_state, self.replicate(shared), uniforms
+
+    def run_blocks(self, scan: Callable[..., Any], step: Any, *args: Any) -> Any:
+        uniforms, model, opt_state, epochs = args
+        by_record = PartitionSpec(self.axis)
+        step_specs = eqx.tree_at(lambda s: s.matrix, jax.tree.map(lambda _: PartitionSpec(), step), self.block_specs())
+        model_specs = jax.tree.map(lambda _: by_record, model)
+        opt_specs = _map_params(step.optimizer, opt_state, lambda _: by_record, lambda _: PartitionSpec())
+        uniform_specs = None if uniforms is None else PartitionSpec(None, self.axis)
+
+        def local(step: Any, *args: Any) -> Any:
+            return scan(eqx.tree_at(lambda s: s.matrix, step, step.matrix.local()), *args)
+
+        return jax.shard_map(
+            local,
+            mesh=self.mesh,
+            in_specs=(step_specs, uniform_specs, model_specs, opt_specs, PartitionSpec()),
+            out_specs=(model_specs, opt_specs, PartitionSpec()),
+        )(step, *args)
+
+    def gather_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        weights, model, opt_state, rest = tree
+        first = self.mesh.devices.flat[0]
+        weights, model = jax.tree.map(self.unshard_records, (weights, model))
+        opt_state = _map_params(optimizer, opt_state, self.unshard_records, lambda x: jax.device_put(x, first))
+        return weights, model, opt_state, jax.device_put(rest, first)
 
     @classmethod
     def from_matrix(cls, matrix: TargetMatrix, mesh: Mesh, *, chunk: int | None | str = "auto") -> ShardedMatrix:
@@ -246,20 +260,25 @@ class ShardedMatrix(eqx.Module):
         return cls(**arrays, shape=shape, block=block, mesh=mesh, layout=layout, chunk=chunk)
 
 
-class _Block(eqx.Module):
-    """One device's block inside ``shard_map``: ``mv`` sums the blocks' partial products."""
+@final
+class _Block(AbstractTargetMatrix):
+    """One device's block inside ``shard_map``: ``mv`` sums the blocks' partial products, and
+    ``record_sum`` skips the padding records and adds up across devices."""
 
     rows: Int[Array, " block_nnz"]
     cols: Int[Array, " block_nnz"]
     values: Float[Array, " block_nnz"]
-    n_targets: int = eqx.field(static=True)
-    n_records: int = eqx.field(static=True)
-    """Records in this block, padding included."""
+    shape: tuple[int, int] = eqx.field(static=True)
+    """Targets, and records in this block (padding included)."""
     real_records: int = eqx.field(static=True)
     """Records in the whole matrix."""
     axis: str = eqx.field(static=True)
     layout: Layout = eqx.field(static=True)
     chunk: int | None = eqx.field(static=True)
+
+    @property
+    def dtype(self) -> Any:
+        return self.values.dtype
 
     def mv(self, w: Float[Array, " block"]) -> Float[Array, " n_targets"]:
         partial = spmv(
@@ -270,22 +289,39 @@ class _Block(eqx.Module):
     def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " block"]:
         return spmv(self.cols, self.rows, self.values, r, self.n_records, chunk=self.chunk)
 
-    def device_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
+    def record_sum(self, values: Array) -> Array:
+        first = jax.lax.axis_index(self.axis) * self.n_records
+        real = jnp.arange(self.n_records) + first < self.real_records
+        dtype = jnp.int32 if values.dtype == bool else values.dtype
+        return jax.lax.psum(jnp.sum(jnp.where(real, values, 0), dtype=dtype), self.axis)
+
+    def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
         """This device's own stream of ``key``."""
         return jax.random.fold_in(key, jax.lax.axis_index(self.axis))
 
-    def record_total(self, model: Any, per_record: Callable[[Any], Array]) -> Array:
-        """``per_record(model)`` summed over the real records of all blocks: ``per_record`` maps
-        a model of the block's records to a sum over them, and is applied record by record."""
-        singles = jax.tree.map(lambda a: a[:, None], model)
-        values = jax.vmap(per_record)(singles)
-        first = jax.lax.axis_index(self.axis) * self.n_records
-        real = jnp.arange(self.n_records) + first < self.real_records
-        return jax.lax.psum(jnp.sum(jnp.where(real, values, 0), dtype=values.dtype), self.axis)
+    # Inside shard_map the state is already this device's: nothing to place or gather.
+    def place_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        return tree
+
+    def run_blocks(self, scan: Callable[..., Any], step: Any, *args: Any) -> Any:
+        return scan(step, *args)
+
+    def gather_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
+        return tree
+
+
+def _map_params(
+    optimizer: optax.GradientTransformation | None, opt_state: Any, params: Callable[[Any], Any], others: Callable[[Any], Any]
+) -> Any:
+    """``params`` on the optimizer state's per-parameter arrays (those that mirror the model, as
+    ``optax.tree_map_params`` finds them), ``others`` on the rest (counts, learning rates)."""
+    if optimizer is None:
+        raise ValueError("placing an optimizer state by record needs its optimizer")
+    return optax.tree_map_params(optimizer, params, opt_state, transform_non_params=others)
 
 
 @eqx.filter_jit
-def sharded_mv(matrix: ShardedMatrix, w: Float[Array, " padded"]) -> Float[Array, " n_targets"]:
+def _sharded_mv(matrix: ShardedMatrix, w: Float[Array, " padded"]) -> Float[Array, " n_targets"]:
     spec = PartitionSpec(matrix.axis)
     return jax.shard_map(
         lambda m, w: m.local().mv(w), mesh=matrix.mesh, in_specs=(matrix.block_specs(), spec), out_specs=PartitionSpec()

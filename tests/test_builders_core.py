@@ -25,7 +25,9 @@ from builders.target_db import (
     uprate_targets,
 )
 from builders.target_values import household_values, person_mask, satisfies
-from builders.unified_matrix import StateValues, assemble_matrix, plan_target_rows, target_name
+from builders.assembly import assemble_matrix
+from builders.simulation import StateValues, choose_simulation
+from builders.target_rows import plan_target_rows, target_name
 from jaxcal.cli import main
 
 # ---------------------------------------------------------------- target database
@@ -430,8 +432,6 @@ def test_matrix_per_clone_takes_each_clone_row():
 
 
 def test_choose_simulation():
-    from builders.unified_matrix import choose_simulation
-
     assert choose_simulation("auto", 2, 51) == "per_clone"
     assert choose_simulation("auto", 2, 2) == "per_clone"
     assert choose_simulation("auto", 3, 2) == "per_state"

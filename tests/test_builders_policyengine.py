@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import jaxcal
 from builders.dataset import write_dataset_h5
 from builders.takeup import TAKEUP_BY_VARIABLE, seeded_rng
 from builders.target_db import TargetDatabaseWriter
 from jaxcal.cli import main
+from jaxcal.io import load_package
 
 YEAR = 2024
 # hh 0 (id 11): an earner of 30 and a child of 5, one tax unit.
@@ -62,7 +62,7 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     assert "no_such_variable" in err and "simulate:" in err
     assert "national/no_such_variable" in out
 
-    package = jaxcal.load_package(output)
+    package = load_package(output)
     targets = package.targets
     assert list(package.target_names) == [
         "national/adjusted_gross_income/[age<30]", "national/no_such_variable", "national/person_count",
@@ -87,14 +87,16 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     np.testing.assert_allclose(package.matrix.toarray(), expected, rtol=1e-6)
     assert package.nnz == np.count_nonzero(expected)
     metadata = package.metadata
-    assert metadata["n_clones"] == 2 and metadata["n_base"] == 3 and metadata["seed"] == 3
+    assert metadata["n_clones"] == 2 and metadata["n_base_records"] == 3 and metadata["seed"] == 3
+    assert metadata["dataset_path"] == str(dataset.resolve()) and metadata["db_path"] == str(db.resolve())
+    assert len(metadata["dataset_sha256"]) == 64 and metadata["target_config_path"] is None
     assert metadata["simulation"] == "per_clone"  # auto: 2 clones, 2 states
     # Per state (policyengine-us-data's way) gives the same matrix here: nothing else drawn touches SNAP.
     per_state = tmp_path / "per_state.npz"
     assert main(["build", "--dataset", str(dataset), "--db-path", str(db), "--n-clones", "2", "--seed", "3",
                  "--geography", str(places), "--package-output", str(per_state), "--simulation", "per-state"]) == 1  # fmt: skip
     capsys.readouterr()
-    again = jaxcal.load_package(per_state)
+    again = load_package(per_state)
     assert again.metadata["simulation"] == "per_state"
     np.testing.assert_allclose(again.matrix.toarray(), expected, rtol=1e-6)
     assert metadata["unknown_variables"] == ["no_such_variable"]

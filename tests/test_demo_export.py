@@ -46,10 +46,10 @@ def _records():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    import jaxcal
     from builders.geography import districts_from_state_populations
     from builders.target_db import read_targets
     from builders.unified_matrix import build_calibration_package
+    from jaxcal.io import save_package
     from policyengine_us import Microsimulation
 
     directory = tmp_path_factory.mktemp("xw")
@@ -58,7 +58,7 @@ def exported(tmp_path_factory):
     places = districts_from_state_populations({s: float(n) for s, n in STATES.items()}, STATES)
     package, _ = build_calibration_package(dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone",
                                            log=lambda m: None)  # fmt: skip
-    jaxcal.save_package(package, directory / "package.npz")
+    save_package(package, directory / "package.npz")
     rng = np.random.default_rng(0)
     weights = np.where(rng.random(package.n_records) < 0.3, 0.0, rng.uniform(50, 150, package.n_records))
     np.save(directory / "weights.npy", weights)
@@ -162,12 +162,12 @@ def test_export_of_one_state(exported):
 
 
 def test_demo_build_is_cached(tmp_path, exported, capsys):  # after the module's build: policyengine_us is imported
-    import jaxcal
     from builders.demo_cli import add_demo_build_arguments, build_demo_package, run_build_demo
     from jaxcal.cli import CommandError
+    from jaxcal.io import load_package
 
     path = build_demo_package(tmp_path, n_households=20, n_clones=2, states=[11], log=lambda m: None)
-    package = jaxcal.load_package(path)
+    package = load_package(path)
     assert package.n_records == 40 and set(package.geography["cd_geoid"]) == {1101}
     national = [r for r in demo_targets(YEAR).records if r.geo_level == "national"]
     assert package.n_targets == len(national) + 3  # DC's Medicaid and ACA enrollment, ACA spending

@@ -13,11 +13,11 @@ import yaml
 from builders.demo_targets import (
     STATE_FIPS,
     ImplausibleSeries,
-    calibration_dir,
     check_state_series,
     demo_targets,
     write_target_db,
 )
+from builders.policyengine import calibration_dir
 from builders.synthetic_problem import DISTRICTS_PER_STATE
 
 ROOT = calibration_dir()

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ._diagnostics import weight_health
-from ._package import atomic_write, sha256_file
+from ..io import atomic_write, json_safe, sha256_file
+from ..workflow import weight_health
 
 SCHEMA_VERSION = 1
 RUN_CONFIG = "unified_run_config.json"

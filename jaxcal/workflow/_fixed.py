@@ -9,18 +9,19 @@ fixed records back with their weights.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from ._package import CalibrationPackage, atomic_write
+from ..io import CalibrationPackage, atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
+@final
 class Residualization(eqx.Module):
     """The free records' problem and how each target was residualized."""
 

@@ -8,9 +8,8 @@ loss measures how well the weights reproduce quantities the fit never saw.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
 import jax
@@ -18,15 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from ._fit import FitResult, fit
-from ._loss import LossKind, data_loss, target_loss_weights
-from ._matrix import TargetMatrix
-from ._model import CalibrationWeights
+from .._defaults import PE_DEFAULTS
+from .._fit import FitResult, fit
+from .._matrix import TargetMatrix
+from .._model import CalibrationWeights
+from .._objective import Objective
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ._package import CalibrationPackage
+    from ..io import CalibrationPackage
 
 FAMILY_COLUMNS = ("geo_level", "variable", "domain_variable")
 LOG_COLUMNS = (
@@ -41,6 +41,7 @@ LOG_COLUMNS = (
 """One row per evaluation; see :class:`HoldoutFit`."""
 
 
+@final
 class HoldoutSplit(eqx.Module):
     """Which targets a fit trains on and which it holds out, by whole families."""
 
@@ -131,6 +132,7 @@ def _default_strata(targets: pd.DataFrame) -> np.ndarray:
     return targets["geo_level"].astype(str).to_numpy() + "/" + measure
 
 
+@final
 class HoldoutFit(eqx.Module):
     """What :func:`fit_with_holdout` returns.
 
@@ -173,92 +175,38 @@ class HoldoutFit(eqx.Module):
             **self.split.to_dict(),
         }
 
-    def write_log(self, directory: str | os.PathLike, stem: str = "holdout_log") -> dict[str, str]:
-        """Write ``stem.json``, ``stem.csv`` and ``stem.png`` (the two curves) atomically."""
-        import json
-        import pathlib
 
-        from ._package import atomic_write
-
-        directory = pathlib.Path(directory)
-        paths = {kind: directory / f"{stem}.{kind}" for kind in ("json", "csv", "png")}
-        records = {"summary": self.summary(), "log": self.log.to_dict(orient="records")}
-        atomic_write(paths["json"], lambda f: f.write(json.dumps(records, indent=2)), mode="w")
-        atomic_write(paths["csv"], lambda f: self.log.to_csv(f, index=False), mode="w")
-        atomic_write(paths["png"], lambda f: self.plot().savefig(f, format="png", dpi=100))
-        return {kind: str(path) for kind, path in paths.items()}
-
-    def plot(self) -> Any:
-        """A matplotlib ``Figure`` of the train and held-out loss per epoch, best epoch marked."""
-        from matplotlib.figure import Figure
-
-        figure = Figure(figsize=(7, 4), layout="constrained")
-        axes = figure.add_subplot()
-        axes.plot(self.log["epoch"], self.log["train_loss"], label="train targets")
-        axes.plot(self.log["epoch"], self.log["holdout_loss"], label="held-out targets")
-        axes.axvline(self.best_epoch, color="grey", linestyle=":", label=f"best epoch {self.best_epoch}")
-        axes.set_yscale("log")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel("data loss")
-        axes.set_title(f"stopped at epoch {self.stopped_epoch}: {self.stop_reason}")
-        axes.legend()
-        return figure
-
-
+@final
 class _Evaluator(eqx.Module):
     matrix: TargetMatrix
     targets: Float[Array, " n_targets"]
-    full_weights: Float[Array, " n_targets"]
-    train_weights: Float[Array, " n_targets"]
-    holdout_weights: Float[Array, " n_targets"]
-    loss: LossKind = eqx.field(static=True)
+    objectives: tuple[Objective, Objective, Objective]
+    """All, train and held-out targets' data losses, each on every prediction."""
 
     @eqx.filter_jit
     def __call__(self, weights: Float[Array, " n_records"]) -> tuple[Array, ...]:
         predictions = self.matrix.mv(weights)
-        losses = (
-            data_loss(predictions, self.targets, w, self.loss)
-            for w in (self.full_weights, self.train_weights, self.holdout_weights)
-        )
+        losses = (objective.data_loss(predictions, self.targets) for objective in self.objectives)
         return (*losses, jnp.sum(weights), jnp.sum(weights > 0))
 
 
 def loss_evaluator(
-    package: CalibrationPackage,
-    split: HoldoutSplit | None,
-    *,
-    loss: LossKind = "relative",
-    target_groups: Any = None,
-    normalize_groups: bool = True,
-    group_multipliers: dict[int, float] | None = None,
+    package: CalibrationPackage, split: HoldoutSplit | None, objective: Objective | None = None
 ) -> Callable[[Array], tuple[Array, ...]]:
     """``evaluate(weights) -> (full_loss, train_loss, holdout_loss, weight_sum, positive_count)``,
-    one compiled function; each loss weighs its own targets' groups as :func:`jaxcal.fit`
-    would. Without ``split`` every target is a train target and the held-out loss is 0."""
-    if target_groups is not None:
-        target_groups = np.asarray(target_groups)
-        if target_groups.shape != (package.n_targets,):
-            raise ValueError(f"target_groups must have one entry per target ({package.n_targets})")
+    one compiled function; each loss weighs its own targets as a fit of only them would
+    (:meth:`Objective.select`; default objective: every target weighs 1, relative loss).
+    Without ``split`` every target is a train target and the held-out loss is 0."""
+    objective = objective if objective is not None else Objective.create(package.n_targets)
+    if objective.n_targets != package.n_targets:
+        raise ValueError(f"the objective weighs {objective.n_targets} targets but the package has {package.n_targets}")
     holdout = np.zeros(package.n_targets, bool) if split is None else split.holdout
-
-    def loss_weights(rows: np.ndarray) -> np.ndarray:
-        full = np.zeros(package.n_targets, np.float32)
-        if rows.any():
-            full[rows] = target_loss_weights(
-                int(rows.sum()),
-                None if target_groups is None else target_groups[rows],
-                normalize_groups=normalize_groups,
-                group_multipliers=_multipliers_within(group_multipliers, target_groups, rows),
-            )
-        return full
-
     return _Evaluator(
         matrix=package.target_matrix(),
         targets=jnp.asarray(package.target_values, jnp.float32),
-        full_weights=jnp.asarray(loss_weights(np.ones(package.n_targets, bool))),
-        train_weights=jnp.asarray(loss_weights(~holdout)),
-        holdout_weights=jnp.asarray(loss_weights(holdout)),
-        loss=loss,
+        objectives=tuple(
+            objective.select(rows, keep_length=True) for rows in (np.ones(package.n_targets, bool), ~holdout, holdout)
+        ),
     )
 
 
@@ -266,16 +214,13 @@ def fit_with_holdout(
     model: CalibrationWeights,
     package: CalibrationPackage,
     split: HoldoutSplit,
+    objective: Objective,
     *,
     key: Array,
-    epochs: int = 100,
+    epochs: int = PE_DEFAULTS.epochs,
     eval_every: int = 1,
     patience: int | None = None,
     min_delta: float = 0.0,
-    loss: LossKind = "relative",
-    target_groups: Any = None,
-    normalize_groups: bool = True,
-    group_multipliers: dict[int, float] | None = None,
     callback: Callable[[FitResult, dict[str, float]], bool | None] | None = None,
     **fit_kwargs: Any,
 ) -> HoldoutFit:
@@ -284,10 +229,10 @@ def fit_with_holdout(
     Every ``eval_every`` epochs the losses are logged (see :class:`HoldoutFit`). With
     ``patience``, the fit stops once ``patience`` epochs have passed since the last
     evaluation that lowered the best held-out loss by more than ``min_delta``; the result is
-    that evaluation's fit. ``target_groups`` (one per target of ``package``) and the other
-    loss settings apply as in :func:`jaxcal.fit`, restricted to the train targets;
-    ``fit_kwargs`` (penalties, optimizer, ``opt_state``, ``start_epoch``, ...) go to it
-    unchanged. ``callback(result, log_row)`` (the fit so far on the train targets, and the
+    that evaluation's fit. ``objective`` is for every target of ``package``; the fit uses
+    its train targets' part (:meth:`Objective.select`); ``fit_kwargs`` (optimizer, rate,
+    ``opt_state``, ``start_epoch``, ...) go to :func:`jaxcal.fit` unchanged.
+    ``callback(result, log_row)`` (the fit so far on the train targets, and the
     evaluation just logged) may return True to stop; copy what it keeps of ``result``.
     """
     import pandas as pd
@@ -302,12 +247,8 @@ def fit_with_holdout(
         raise ValueError(f"the split covers {split.holdout.size} targets but the package has {package.n_targets}")
     if not split.train.any() or not split.holdout.any():
         raise ValueError("the split needs at least one train and one held-out target")
-    evaluator = loss_evaluator(
-        package, split, loss=loss, target_groups=target_groups,
-        normalize_groups=normalize_groups, group_multipliers=group_multipliers,
-    )  # fmt: skip
+    evaluator = loss_evaluator(package, split, objective)
     train = split.train
-    groups = None if target_groups is None else np.asarray(target_groups)
     rows: list[dict[str, float]] = []
     state: dict[str, Any] = {"best": math.inf, "result": None, "reason": "epochs_exhausted"}
 
@@ -338,12 +279,9 @@ def fit_with_holdout(
         model,
         package.select_targets(train).target_matrix(),
         package.target_values[train],
+        objective.select(train),
         key=key,
         epochs=epochs,
-        loss=loss,
-        target_groups=None if groups is None else groups[train],
-        normalize_groups=normalize_groups,
-        group_multipliers=_multipliers_within(group_multipliers, groups, train),
         chunk_epochs=eval_every,
         callback=watch,
         **fit_kwargs,
@@ -360,13 +298,3 @@ def fit_with_holdout(
         patience=patience,
         min_delta=float(min_delta),
     )
-
-
-def _multipliers_within(
-    multipliers: dict[int, float] | None, groups: np.ndarray | None, rows: np.ndarray
-) -> dict[int, float] | None:
-    """The multipliers of the groups that still have targets among ``rows``."""
-    if multipliers is None or groups is None:
-        return multipliers
-    present = set(np.unique(groups[rows]).tolist())
-    return {g: m for g, m in multipliers.items() if g in present} or None

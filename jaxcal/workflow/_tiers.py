@@ -10,26 +10,24 @@ then is refitted with gates off.
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
-from ._diagnostics import error_summary, relative_errors, target_diagnostics, weight_health
-from ._fit import FitResult, fit
-from ._gatereport import RUN_CONFIG, json_safe
+from .._defaults import PE_DEFAULTS
+from .._fit import FitResult, fit
+from .._model import CalibrationWeights
+from .._objective import Objective
+from .._sweep import sweep
+from ..io import CalibrationPackage
 from ._holdout import HoldoutFit, HoldoutSplit, fit_with_holdout, loss_evaluator
-from ._loss import LossKind
-from ._model import CalibrationWeights
-from ._package import CalibrationPackage, atomic_write, save_package, sha256_file
-from ._sweep import sweep
+from ._metrics import error_summary, relative_errors, weight_health
 
 if TYPE_CHECKING:
     from jaxtyping import PRNGKeyArray
@@ -72,6 +70,7 @@ def select_tier(
     return np.flatnonzero(chosen)
 
 
+@final
 class TierFit(eqx.Module):
     """A child package and its refitted weights, compared with the parent."""
 
@@ -92,15 +91,16 @@ def refit_subset(
     *,
     key: PRNGKeyArray,
     split: HoldoutSplit | None = None,
+    objective: Objective | None = None,
     epochs: int = 200,
-    learning_rate: float = 0.15,
-    loss: LossKind = "relative",
+    learning_rate: float = PE_DEFAULTS.learning_rate,
     patience: int | None = None,
     min_delta: float = 0.0,
     start_weights: Any = None,
 ) -> TierFit:
-    """Refit the records ``selected`` with gates off, on the train targets of ``split``
-    (with early stopping when ``patience`` is given) or on all targets. The fit starts from
+    """Refit the records ``selected`` with gates off (``objective``'s ``lambda_l0`` set to 0;
+    default: relative loss, every target weighs 1), on the train targets of ``split`` (with
+    early stopping when ``patience`` is given) or on all targets. The fit starts from
     ``start_weights`` (one per selected record), by default their parent weights scaled
     to the parent's total."""
     _check_early_stopping(split, patience)
@@ -114,15 +114,17 @@ def refit_subset(
         start_weights = start * parent_weights.sum() / start.sum()
     start = np.asarray(start_weights, np.float64)
     model = CalibrationWeights.init(child.n_records, key=key, init_weights=start, use_gates=False)
-    settings = dict(key=key, epochs=epochs, lambda_l0=0.0, learning_rate=learning_rate, loss=loss)
+    objective = _objective(package, objective)
+    no_gates = eqx.tree_at(lambda o: o.lambda_l0, objective, jnp.zeros_like(objective.lambda_l0))
+    settings = dict(key=key, epochs=epochs, learning_rate=learning_rate)
     if split is None:
-        refit = fit(model, child.target_matrix(), child.target_values, **settings)
+        refit = fit(model, child.target_matrix(), child.target_values, no_gates, **settings)
     else:
-        refit = fit_with_holdout(model, child, split, patience=patience, min_delta=min_delta, **settings)
+        refit = fit_with_holdout(model, child, split, no_gates, patience=patience, min_delta=min_delta, **settings)
     weights = np.asarray(refit.weights, np.float64)
     comparison = {
-        "parent": assess(package, parent_weights, split, loss=loss),
-        "child": assess(child, weights, split, loss=loss),
+        "parent": assess(package, parent_weights, split, objective),
+        "child": assess(child, weights, split, objective),
     }
     return TierFit(child=child, selected=selected, weights=weights, refit=refit, comparison=comparison)
 
@@ -132,10 +134,21 @@ def _check_early_stopping(split: HoldoutSplit | None, patience: int | None) -> N
         raise ValueError("early stopping needs held-out targets (a split)")
 
 
-def assess(package: CalibrationPackage, weights: Any, split: HoldoutSplit | None, *, loss: LossKind = "relative") -> dict[str, Any]:
+def _objective(package: CalibrationPackage, objective: Objective | None) -> Objective:
+    if objective is None:
+        return Objective.create(package.n_targets)
+    if objective.n_targets != package.n_targets:
+        raise ValueError(f"the objective weighs {objective.n_targets} targets but the package has {package.n_targets}")
+    return objective
+
+
+def assess(
+    package: CalibrationPackage, weights: Any, split: HoldoutSplit | None, objective: Objective | None = None
+) -> dict[str, Any]:
     """Losses, error summary and weight health of ``weights`` on ``package``'s targets."""
     weights = np.asarray(weights, np.float64)
-    full, train, holdout, _, _ = loss_evaluator(package, split, loss=loss)(np.asarray(weights, np.float32))
+    evaluate = loss_evaluator(package, split, objective)
+    full, train, holdout, _, _ = evaluate(np.asarray(weights, np.float32))
     estimates = package.matrix.astype(np.float64) @ weights
     health = weight_health(weights)
     return {
@@ -149,6 +162,7 @@ def assess(package: CalibrationPackage, weights: Any, split: HoldoutSplit | None
     }
 
 
+@final
 class TierDerivation(eqx.Module):
     """What :func:`derive_tier` returns: the selection, the search behind it and the refit."""
 
@@ -171,18 +185,21 @@ def derive_tier(
     key: PRNGKeyArray,
     state_floor: int = 0,
     split: HoldoutSplit | None = None,
+    objective: Objective | None = None,
     lambda_l0: Sequence[float] = DEFAULT_LAMBDA_L0,
     search_epochs: int = 300,
     search_rounds: int = 3,
     refit_epochs: int = 200,
-    beta: float = 0.35,
-    init_keep_prob: float = 0.999,
-    learning_rate: float = 0.15,
-    loss: LossKind = "relative",
+    beta: float = PE_DEFAULTS.beta,
+    init_keep_prob: float = PE_DEFAULTS.init_keep_prob,
+    learning_rate: float = PE_DEFAULTS.learning_rate,
     patience: int | None = None,
     min_delta: float = 0.0,
 ) -> TierDerivation:
-    """A child of exactly ``budget`` records from the parent's ``parent_weights`` (see the module)."""
+    """A child of exactly ``budget`` records from the parent's ``parent_weights`` (see the module).
+
+    ``objective`` (for every target of ``package``; default: relative loss, every target
+    weighs 1) is what both the search, at each ``lambda_l0``, and the refit minimise."""
     started = time.perf_counter()
     parent_weights = np.asarray(parent_weights, np.float64)
     if parent_weights.shape != (package.n_records,) or not np.all(np.isfinite(parent_weights) & (parent_weights >= 0)):
@@ -193,6 +210,8 @@ def derive_tier(
     search_key, refit_key = jax.random.split(key)
     train = np.ones(package.n_targets, bool) if split is None else split.train
     fit_package = package.select_targets(train)
+    objective = _objective(package, objective)
+    search_objective = objective.select(train)
     model = CalibrationWeights.init(
         package.n_records, key=search_key, init_weights=parent_weights, init_keep_prob=init_keep_prob, beta=beta
     )
@@ -201,8 +220,8 @@ def derive_tier(
     grid = np.asarray(lambda_l0, np.float64)
     for _ in range(search_rounds):
         path = sweep(
-            model, matrix, targets, grid,
-            key=search_key, epochs=search_epochs, learning_rate=learning_rate, loss=loss,
+            model, matrix, targets, search_objective, grid, key=search_key, epochs=search_epochs,
+            learning_rate=learning_rate,
         )  # fmt: skip
         kept = path.n_active
         search += [{"lambda_l0": float(lam), "records_kept": int(k)} for lam, k in zip(grid, kept, strict=True)]
@@ -224,8 +243,8 @@ def derive_tier(
     start = np.asarray(search_weights, np.float64)[selected]
     start = np.where(start > 0, start, parent_weights[selected])  # floor records the search dropped
     tier = refit_subset(
-        package, parent_weights, selected, key=refit_key, split=split, epochs=refit_epochs,
-        learning_rate=learning_rate, loss=loss, patience=patience, min_delta=min_delta, start_weights=start,
+        package, parent_weights, selected, key=refit_key, split=split, objective=objective, epochs=refit_epochs,
+        learning_rate=learning_rate, patience=patience, min_delta=min_delta, start_weights=start,
     )  # fmt: skip
     return TierDerivation(
         tier=tier,
@@ -236,64 +255,3 @@ def derive_tier(
         scores=scores,
         elapsed_seconds=time.perf_counter() - started,
     )
-
-
-def write_tier_run(
-    derivation: TierDerivation,
-    directory: str | os.PathLike,
-    *,
-    product: str | None = None,
-    inputs: dict[str, str] | None = None,
-) -> pathlib.Path:
-    """Write a run directory ``jaxcal gates`` reads: ``calibration_weights.npy`` (the child's),
-    ``child_columns.npy`` (their parent columns), ``child_package.npz``,
-    ``unified_diagnostics.csv``, ``tier_report.json``, the held-out log when there was a
-    split, and ``unified_run_config.json`` with every artifact's sha256. Returns the config path."""
-    directory = pathlib.Path(directory)
-    tier = derivation.tier
-    weights = tier.weights.astype(np.float32)
-    atomic_write(directory / "calibration_weights.npy", lambda f: np.save(f, weights))
-    atomic_write(directory / "child_columns.npy", lambda f: np.save(f, tier.selected.astype(np.int64)))
-    save_package(tier.child, directory / "child_package.npz")
-    diagnostics = target_diagnostics(tier.child, weights)
-    atomic_write(directory / "unified_diagnostics.csv", lambda f: diagnostics.to_csv(f, index=False), mode="w")
-    report = {
-        "budget": derivation.budget,
-        "state_floor": derivation.state_floor,
-        "lambda_l0": derivation.lambda_l0,
-        "search": derivation.search,
-        **tier.comparison,
-    }
-    atomic_write(directory / "tier_report.json", lambda f: f.write(json.dumps(json_safe(report), indent=2)), mode="w")
-    artifacts = ["calibration_weights.npy", "child_columns.npy", "child_package.npz", "unified_diagnostics.csv", "tier_report.json"]
-    holdout = None
-    if isinstance(tier.refit, HoldoutFit):
-        artifacts += [pathlib.Path(p).name for p in tier.refit.write_log(directory).values()]
-        holdout = tier.refit.summary()
-    child = tier.comparison["child"]
-    config = {
-        "command": "derive",
-        "product": product,
-        "inputs": inputs or {},
-        "n_targets": tier.child.n_targets,
-        "n_records": tier.child.n_records,
-        "weight_sum": float(weights.sum(dtype=np.float64)),
-        "weight_nonzero": int((weights > 0).sum()),
-        "mean_error_pct": child["mean_error_pct"],
-        "elapsed_seconds": derivation.elapsed_seconds,
-        "weight_health": weight_health(weights),
-        "tier": {k: report[k] for k in ("budget", "state_floor", "lambda_l0")},
-        "holdout": holdout,
-        "weights_file": "calibration_weights.npy",
-        "artifacts": {name: sha256_file(directory / name) for name in artifacts},
-        "versions": _versions(),
-    }
-    path = directory / RUN_CONFIG
-    atomic_write(path, lambda f: f.write(json.dumps(json_safe(config), indent=2, allow_nan=False)), mode="w")
-    return path
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    return {name: metadata.version(name) for name in ("jaxcal", "jax", "equinox", "optax")}

@@ -1,0 +1,159 @@
+"""Assembly: the simulation stage's values (:class:`builders.simulation.StateValues`) as the
+nonzeros of the targets x columns matrix (:func:`assemble_matrix`) and as a BCOO (:func:`to_bcoo`).
+
+Per (variable, constraints) group, household values per clone or per state are gathered into
+columns by each column's clone or state (per clone when take-up draws enter) and scattered to
+the rows of the column's nation, state and district; nonzeros only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .dataset import EntityStructure
+from .geography import GeographyAssignment
+from .simulation import StateValues
+from .takeup import TAKEUP_BY_VARIABLE, takes_up
+from .target_db import Constraint
+from .target_rows import TargetRows
+from .target_values import household_values, person_mask
+
+if TYPE_CHECKING:
+    from jax.experimental import sparse as jsparse
+
+
+def assemble_matrix(
+    rows: TargetRows,
+    geography: GeographyAssignment,
+    structure: EntityStructure,
+    values: StateValues,
+    rerandomize_takeup: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzeros ``(row, column, value)`` of the targets x columns matrix.
+
+    Rows of one (variable, constraints) group share their per-household values; a district
+    row takes the columns placed in that district, a state row its state's, a national row
+    all. Draws enter (per clone) only for groups touching a variable in ``values.eligible``.
+    A column takes the values of its state's row or, with ``values.per_clone``, its clone's.
+    """
+    n_base = structure.n_households
+    if geography.n_base != n_base:
+        raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
+    if values.per_clone:
+        n_rows = next(iter(values.amounts.values() or values.person_values.values()), np.empty((geography.n_clones, 0))).shape[0]
+        if n_rows != geography.n_clones:
+            raise ValueError(f"the values hold {n_rows} clones, the geography {geography.n_clones}")
+        state_row = np.arange(geography.n_columns) // n_base
+    else:
+        if not np.isin(geography.state_fips, values.states).all():
+            raise ValueError("a column lies in a state without PolicyEngine values")
+        state_row = np.searchsorted(values.states, geography.state_fips)
+    columns_of = _columns_by_place(geography)
+    assembler = _GroupValues(structure, values, geography, state_row, rerandomize_takeup)
+    groups: dict[tuple[str, tuple[Constraint, ...]], list[int]] = {}
+    for i, (variable, constraints) in enumerate(zip(rows.table["variable"], rows.constraints)):
+        groups.setdefault((variable, constraints), []).append(i)
+    parts_rows, parts_cols, parts_values = [], [], []
+    levels, places = rows.table["geo_level"].tolist(), rows.table["geographic_id"].tolist()
+    for (variable, constraints), group_rows in groups.items():
+        if variable not in values.entities or any(c.variable not in values.entities for c in constraints):
+            continue
+        column_values = assembler.column_values(variable, constraints)
+        for i in group_rows:
+            level, place = levels[i], places[i]
+            columns = columns_of[level].get(place if level == "national" else int(place), np.empty(0, np.int64))
+            row_values = column_values[columns]
+            nonzero = row_values != 0
+            parts_rows.append(np.full(int(nonzero.sum()), i, np.int32))
+            parts_cols.append(columns[nonzero].astype(np.int32))
+            parts_values.append(row_values[nonzero].astype(np.float32))
+    if not parts_rows:
+        return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32)
+    return np.concatenate(parts_rows), np.concatenate(parts_cols), np.concatenate(parts_values)
+
+
+class _GroupValues:
+    """Per-column values of a (variable, constraints) group; caches take-up decisions per clone."""
+
+    def __init__(self, structure: EntityStructure, values: StateValues, geography: GeographyAssignment,
+                 state_row: np.ndarray, rerandomize_takeup: bool) -> None:  # fmt: skip
+        self.structure, self.values, self.geography, self.state_row = structure, values, geography, state_row
+        self.drawn = set(values.eligible) if rerandomize_takeup else set()
+        self._takes_up: dict[tuple[str, int], np.ndarray] = {}
+
+    def column_values(self, variable: str, constraints: tuple[Constraint, ...]) -> np.ndarray:
+        n_base, n_clones = self.geography.n_base, self.geography.n_clones
+        if self.drawn & ({variable} | {c.variable for c in constraints}):
+            blocks = [
+                self._household_values(variable, constraints, self.state_row[c * n_base : (c + 1) * n_base], c)
+                for c in range(n_clones)
+            ]
+            return np.concatenate(blocks)
+        n_rows = n_clones if self.values.per_clone else self.values.states.size
+        per_state = np.stack(
+            [self._household_values(variable, constraints, np.full(n_base, k), None) for k in range(n_rows)]
+        )
+        return per_state[self.state_row, np.tile(np.arange(n_base), n_clones)]
+
+    def _household_values(self, variable: str, constraints: tuple[Constraint, ...], household_state: np.ndarray,
+                          clone: int | None) -> np.ndarray:  # fmt: skip
+        s = self.structure
+        person_state = household_state[s.person_household]
+        persons = np.arange(s.n_persons)
+        person_values = {}
+        for constraint in constraints:
+            name = constraint.variable
+            if clone is not None and name in self.drawn:
+                entity = self.values.entities[name]
+                person_values[name] = self._after_takeup(name, household_state, clone)[s.person_entity[entity]].astype(np.float32)
+            else:
+                person_values[name] = self.values.person_values[name][person_state, persons]
+        qualifying = person_mask(person_values, constraints, s.n_persons)
+        entity = self.values.entities[variable]
+        if variable.endswith("_count"):
+            amounts = None
+        elif clone is not None and variable in self.drawn:
+            amounts = self._after_takeup(variable, household_state, clone)
+        else:
+            entity_state = household_state[s.entity_household[entity]]
+            amounts = self.values.amounts[variable][entity_state, np.arange(entity_state.size)]
+        return household_values(qualifying, s.person_entity[entity], s.entity_household[entity], s.n_households, amounts)
+
+    def _after_takeup(self, variable: str, household_state: np.ndarray, clone: int) -> np.ndarray:
+        entity_household = self.structure.entity_household[self.values.entities[variable]]
+        key = (variable, clone)
+        if key not in self._takes_up:
+            n_base = self.geography.n_base
+            states = self.geography.state_fips[clone * n_base : (clone + 1) * n_base]
+            spec = TAKEUP_BY_VARIABLE[variable]
+            self._takes_up[key] = takes_up(spec, self.structure.household_ids, entity_household, clone, states)
+        rows = household_state[entity_household], np.arange(entity_household.size)
+        eligible = self.values.eligible[variable][rows]
+        if variable in self.values.declined:
+            return np.where(self._takes_up[key], eligible, self.values.declined[variable][rows])
+        return eligible * self._takes_up[key]
+
+
+def to_bcoo(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> jsparse.BCOO:
+    """The nonzeros as a ``jax.experimental.sparse.BCOO`` (int32 indices, float32 values)."""
+    from jax.experimental import sparse as jsparse
+
+    indices = np.stack([rows, columns], axis=1).astype(np.int32)
+    return jsparse.BCOO((np.asarray(values, np.float32), indices), shape=shape)
+
+
+def _columns_by_place(geography: GeographyAssignment) -> dict[str, dict[Any, np.ndarray]]:
+    """Column indices of the nation (key ``US``), of each state and of each district."""
+
+    def split(place: np.ndarray) -> dict[int, np.ndarray]:
+        order = np.argsort(place, kind="stable")
+        keys, starts = np.unique(place[order], return_index=True)
+        return dict(zip(keys.tolist(), np.split(order, starts[1:])))
+
+    return {
+        "national": {"US": np.arange(geography.n_columns)},
+        "state": split(geography.state_fips),
+        "district": split(geography.cd_geoid),
+    }

@@ -1,0 +1,110 @@
+"""The one module of builders that touches ``policyengine_us``: everything the builders need
+from the model goes through here.
+
+- :func:`load_simulation`: a simulation on a dataset, behind :class:`Simulation`, the narrow
+  interface the simulation stage (:mod:`builders.simulation`) runs on (tests pass a fake);
+- :func:`variable_entities`: every model variable's entity, without a dataset;
+- :func:`package_version`, for provenance;
+- :func:`calibration_dir`: where the model keeps its calibration parameters (found without
+  importing it).
+
+``policyengine_us`` is imported inside the functions that need the model (20-45 s), so
+importing this module, or any builder, stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Simulation(Protocol):
+    """A model run on a base dataset, as the simulation stage uses it."""
+
+    variable_entities: Mapping[str, str]
+    """The entity key (``person``, ``tax_unit``, ``household`` ...) of every variable the model knows."""
+
+    def calculate(self, variable: str, year: int, map_to: str | None = None) -> np.ndarray:
+        """``variable``'s values at its entity (or mapped to the ``map_to`` entity), enums as their names."""
+
+    def set_input(self, variable: str, year: int, values: np.ndarray) -> None:
+        """Replace an input's values for ``year``."""
+
+    def drop_computed(self) -> None:
+        """Forget every computed value, so the next calculation sees the inputs as they are now."""
+
+    def pays_only_takers(self, variable: str, takeup_input: str) -> bool:
+        """Whether the model pays ``variable`` only when ``takeup_input`` is True (with it False, 0)."""
+
+
+class PolicyEngineSimulation:
+    """:class:`Simulation` over a ``policyengine_us.Simulation``, plus the model's uprating indices."""
+
+    def __init__(self, simulation: Any) -> None:
+        self._simulation = simulation
+        self._variables = simulation.tax_benefit_system.variables
+        self.variable_entities = _entities(self._variables)
+
+    def calculate(self, variable: str, year: int, map_to: str | None = None) -> np.ndarray:
+        result = self._simulation.calculate(variable, year, map_to=map_to)
+        return np.asarray(result.decode_to_str() if hasattr(result, "decode_to_str") else result)
+
+    def set_input(self, variable: str, year: int, values: np.ndarray) -> None:
+        self._simulation.set_input(variable, year, values)
+
+    def drop_computed(self) -> None:
+        self._simulation.branches.clear()
+        self._simulation.drop_computed_arrays()
+
+    def pays_only_takers(self, variable: str, takeup_input: str) -> bool:
+        """Its ``defined_for`` is the take-up input (``snap``, ``ssi``), or it adds up nothing but
+        that input (``medicaid_enrolled`` = eligible and takes up)."""
+        definition = self._variables[variable]
+        defined_for = getattr(definition.defined_for, "name", definition.defined_for)
+        return defined_for == takeup_input or list(definition.adds or ()) == [takeup_input]
+
+    def uprating_indices(self) -> tuple[Callable[[int], float], Callable[[int], float]]:
+        """``(cpi, population)`` by year (``gov.bls.cpi.cpi_u`` and ``calibration.gov.census.populations.total``),
+        as :func:`builders.target_db.uprate_targets` takes them."""
+        parameters = self._simulation.tax_benefit_system.parameters
+        cpi_u = parameters.gov.bls.cpi.cpi_u
+        total = parameters.calibration.gov.census.populations.total
+        return (lambda year: float(cpi_u(f"{year}-01-01"))), (lambda year: float(total(f"{year}-01-01")))
+
+
+def load_simulation(dataset: str | os.PathLike) -> PolicyEngineSimulation:
+    """A ``policyengine_us.Simulation`` on the H5 ``dataset`` (imports the model: slow)."""
+    import policyengine_us
+
+    return PolicyEngineSimulation(policyengine_us.Simulation(dataset=str(dataset)))
+
+
+def variable_entities() -> dict[str, str]:
+    """``{variable: entity key}`` for every ``policyengine_us`` variable (imports the model: slow)."""
+    import policyengine_us
+
+    return _entities(policyengine_us.CountryTaxBenefitSystem().variables)
+
+
+def package_version() -> str:
+    """The installed ``policyengine-us`` version."""
+    from importlib import metadata
+
+    return metadata.version("policyengine-us")
+
+
+def calibration_dir() -> pathlib.Path:
+    """``policyengine_us/parameters/calibration``, found without importing the model."""
+    spec = importlib.util.find_spec("policyengine_us")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("policyengine_us is not installed")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "parameters" / "calibration"
+
+
+def _entities(variables: Mapping[str, Any]) -> dict[str, str]:
+    return {name: variable.entity.key for name, variable in variables.items()}

@@ -1,0 +1,224 @@
+"""The simulation stage: the model's values of every target and constraint variable for the
+clones' households, in one of two modes (:func:`choose_simulation` picks one).
+
+- per clone (:func:`compute_clone_values`, exact): one run per clone, with the clone's
+  geography and take-up draws set, target amounts and constraint variables as the model
+  computes them;
+- per state (:func:`compute_state_values`, policyengine-us-data's approximation): one run
+  per state a clone lands in, giving the amounts and, for take-up-affected variables, the
+  amounts with every take-up input True (take-up is drawn on those at assembly).
+
+Both reuse one :class:`builders.policyengine.Simulation` on the base dataset (the only way
+they reach the model), restore the dataset's inputs when done, and return
+:class:`StateValues` for :func:`builders.assembly.assemble_matrix`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .dataset import EntityStructure
+from .geography import GeographyAssignment
+from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, TakeupSpec, takes_up
+
+if TYPE_CHECKING:
+    from .policyengine import Simulation
+
+SIMULATION_MODES = ("auto", "per_clone", "per_state")
+"""How the build runs PolicyEngine (:func:`choose_simulation`)."""
+
+
+@dataclasses.dataclass
+class StateValues:
+    """PolicyEngine's results for all base households placed, in turn, in each of ``states``
+    (per-state mode), or for each clone's households with the clone's geography and take-up
+    draws (per-clone mode, ``per_clone`` True: row ``c`` is clone ``c``, ``eligible`` empty).
+
+    Every array has one row per state (``states`` order) or clone and one column per entity."""
+
+    states: np.ndarray
+    amounts: dict[str, np.ndarray]
+    """Target amounts at the variable's entity, with the dataset's own take-up (per state) or
+    the clone's drawn take-up (per clone)."""
+    person_values: dict[str, np.ndarray]
+    """Constraint variables per person (numbers as float32, as policyengine-us-data compares them)."""
+    eligible: dict[str, np.ndarray]
+    """Take-up-affected variables with every take-up input True, at the variable's entity."""
+    entities: dict[str, str]
+    """The entity of every requested variable PolicyEngine knows."""
+    declined: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Take-up-affected variables whose model can pay without take-up (``aca_ptc``: filers get
+    the credit anyway), with their own take-up input False and the others True; a drawn
+    non-taker gets this instead of 0."""
+    per_clone: bool = False
+
+
+def choose_simulation(mode: str, n_clones: int, n_states: int) -> str:
+    """``per_clone`` or ``per_state`` for ``mode`` (``auto``, ``per_clone`` or ``per_state``):
+    ``auto`` runs per clone (exact) when there are no more clones than states the clones land
+    in, since that is then also the fewer simulations, and per state otherwise
+    (policyengine-us-data's approximation: take-up drawn on eligible amounts)."""
+    mode = mode.replace("-", "_")
+    if mode not in SIMULATION_MODES:
+        raise ValueError(f"simulation must be one of {', '.join(SIMULATION_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "per_clone" if n_clones <= n_states else "per_state"
+    return mode
+
+
+def known_entities(simulation: Simulation, variables: Collection[str]) -> dict[str, str]:
+    """The entity of each of ``variables`` the model knows."""
+    return {v: simulation.variable_entities[v] for v in variables if v in simulation.variable_entities}
+
+
+def compute_state_values(
+    simulation: Simulation,
+    year: int,
+    states: Sequence[int],
+    amount_variables: Sequence[str],
+    constraint_variables: Sequence[str],
+    takeup_variables: Sequence[str] = (),
+    log: Callable[[str], None] = lambda message: None,
+) -> StateValues:
+    """Run ``simulation`` (on the base dataset) once per state.
+
+    For each state: ``state_fips`` is set for every household and the computed arrays are
+    dropped; amounts are calculated at their entity, constraint variables mapped to persons;
+    then, for ``takeup_variables`` (keys of :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every
+    input of :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts
+    calculated again (policyengine-us-data's eligible amounts). For a variable that the model
+    does not gate on its take-up input (:meth:`~builders.policyengine.Simulation.pays_only_takers`
+    is False, e.g. ``aca_ptc``), the amounts with that input False (the others True) are
+    calculated as well (:attr:`StateValues.declined`), so a drawn non-taker gets what the model
+    pays it, not 0. The dataset's own inputs are restored before the next state.
+    """
+    entities = known_entities(simulation, set(amount_variables) | set(constraint_variables) | set(takeup_variables))
+    amount_variables = [v for v in amount_variables if v in entities]
+    constraint_variables = [v for v in constraint_variables if v in entities]
+    specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables if v in entities]
+    n_households = len(simulation.calculate("household_id", year))
+    forced = [name for name in ELIGIBILITY_INPUTS if name in simulation.variable_entities] if specs else []
+    dataset_takeup = {name: simulation.calculate(name, year) for name in forced}
+    amounts: dict[str, list] = {v: [] for v in amount_variables}
+    person_values: dict[str, list] = {v: [] for v in constraint_variables}
+    eligible: dict[str, list] = {s.variable: [] for s in specs}
+    ungated = [s for s in specs
+               if s.takeup_variable in dataset_takeup and not simulation.pays_only_takers(s.variable, s.takeup_variable)]  # fmt: skip
+    declined: dict[str, list] = {s.variable: [] for s in ungated}
+    for i, state in enumerate(states):
+        started = time.perf_counter()
+        simulation.set_input("state_fips", year, np.full(n_households, state, np.int32))
+        for name, values in dataset_takeup.items():
+            simulation.set_input(name, year, values)
+        simulation.drop_computed()
+        for variable in amount_variables:
+            amounts[variable].append(_numbers(simulation.calculate(variable, year), np.float64))
+        for variable in constraint_variables:
+            person_values[variable].append(_numbers(simulation.calculate(variable, year, map_to="person"), np.float32))
+        if specs:
+            for name, values in dataset_takeup.items():
+                simulation.set_input(name, year, np.ones(values.shape, bool))
+            simulation.drop_computed()
+            for spec in specs:
+                eligible[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
+            for spec in ungated:
+                simulation.set_input(spec.takeup_variable, year, np.zeros(dataset_takeup[spec.takeup_variable].shape, bool))
+                simulation.drop_computed()
+                declined[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
+                simulation.set_input(spec.takeup_variable, year, np.ones(dataset_takeup[spec.takeup_variable].shape, bool))
+        log(f"  state {state} ({i + 1}/{len(states)}): {time.perf_counter() - started:.1f} s")
+    for name, values in dataset_takeup.items():
+        simulation.set_input(name, year, values)
+    simulation.drop_computed()
+    return StateValues(
+        states=np.asarray(states),
+        amounts={v: np.stack(a) for v, a in amounts.items()},
+        person_values={v: np.stack(a) for v, a in person_values.items()},
+        eligible={v: np.stack(a) for v, a in eligible.items()},
+        entities=entities,
+        declined={v: np.stack(a) for v, a in declined.items()},
+    )
+
+
+def compute_clone_values(
+    simulation: Simulation,
+    year: int,
+    geography: GeographyAssignment,
+    structure: EntityStructure,
+    amount_variables: Sequence[str],
+    constraint_variables: Sequence[str],
+    takeup_variables: Sequence[str] = (),
+    log: Callable[[str], None] = lambda message: None,
+) -> StateValues:
+    """Run ``simulation`` (on the base dataset) once per clone: every household in its clone's
+    state and district (``block_geoid`` too when the geography has blocks), the take-up inputs
+    of ``takeup_variables`` set to the clone's draws (:func:`builders.takeup.takes_up`, the
+    salts :func:`builders.export.export_h5` uses), then amounts and constraint variables
+    calculated as they are. This is what the exported dataset computes, so ``X @ w`` equals
+    the weighted sums on the export exactly.
+    """
+    entities = known_entities(simulation, set(amount_variables) | set(constraint_variables))
+    amount_variables = [v for v in amount_variables if v in entities]
+    constraint_variables = [v for v in constraint_variables if v in entities]
+    specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables
+             if TAKEUP_BY_VARIABLE[v].takeup_variable in simulation.variable_entities]  # fmt: skip
+    n_base = structure.n_households
+    if geography.n_base != n_base:
+        raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
+    dataset_inputs = {name: simulation.calculate(name, year) for name in _clone_inputs(simulation, geography, specs)}
+    amounts: dict[str, list] = {v: [] for v in amount_variables}
+    person_values: dict[str, list] = {v: [] for v in constraint_variables}
+    for clone in range(geography.n_clones):
+        started = time.perf_counter()
+        columns = slice(clone * n_base, (clone + 1) * n_base)
+        for name, values in _clone_geography(geography, columns).items():
+            if name in dataset_inputs:
+                simulation.set_input(name, year, values)
+        for spec in specs:
+            entity_household = structure.entity_household[spec.entity]
+            drawn = takes_up(spec, structure.household_ids, entity_household, clone, geography.state_fips[columns])
+            simulation.set_input(spec.takeup_variable, year, drawn)
+        simulation.drop_computed()
+        for variable in amount_variables:
+            amounts[variable].append(_numbers(simulation.calculate(variable, year), np.float64))
+        for variable in constraint_variables:
+            person_values[variable].append(_numbers(simulation.calculate(variable, year, map_to="person"), np.float32))
+        log(f"  clone {clone + 1}/{geography.n_clones}: {time.perf_counter() - started:.1f} s")
+    for name, values in dataset_inputs.items():
+        simulation.set_input(name, year, values)
+    simulation.drop_computed()
+    return StateValues(
+        states=np.unique(geography.state_fips),
+        amounts={v: np.stack(a) for v, a in amounts.items()},
+        person_values={v: np.stack(a) for v, a in person_values.items()},
+        eligible={},
+        entities=entities,
+        per_clone=True,
+    )
+
+
+def _clone_geography(geography: GeographyAssignment, columns: slice) -> dict[str, np.ndarray]:
+    """The place inputs of a clone's households (what the export sets)."""
+    places = {
+        "state_fips": geography.state_fips[columns].astype(np.int32),
+        "congressional_district_geoid": geography.cd_geoid[columns].astype(np.int32),
+    }
+    if geography.block_geoid is not None:
+        places["block_geoid"] = np.asarray(geography.block_geoid[columns]).astype(str)
+    return places
+
+
+def _clone_inputs(simulation: Simulation, geography: GeographyAssignment, specs: Sequence[TakeupSpec]) -> list[str]:
+    """The inputs a per-clone run sets (and restores afterwards)."""
+    names = list(_clone_geography(geography, slice(0, 1))) + [s.takeup_variable for s in specs]
+    return [name for name in names if name in simulation.variable_entities]
+
+
+def _numbers(values: np.ndarray, dtype: type) -> np.ndarray:
+    """A model result as ``dtype`` numbers, or as strings for enums and text."""
+    return values.astype(str) if values.dtype.kind in "OUS" else values.astype(dtype)

@@ -1,0 +1,23 @@
+"""The Microplex workflow over the engine: held-out target families with early stopping,
+parent-to-child tiers, fixed records, and the sparsity frontier. Depends on the core and io."""
+
+from ._fixed import Residualization as Residualization
+from ._fixed import residualize as residualize
+from ._frontier import sweep_grid as sweep_grid
+from ._holdout import FAMILY_COLUMNS as FAMILY_COLUMNS
+from ._holdout import LOG_COLUMNS as LOG_COLUMNS
+from ._holdout import HoldoutFit as HoldoutFit
+from ._holdout import HoldoutSplit as HoldoutSplit
+from ._holdout import fit_with_holdout as fit_with_holdout
+from ._holdout import holdout_split as holdout_split
+from ._holdout import loss_evaluator as loss_evaluator
+from ._metrics import error_summary as error_summary
+from ._metrics import relative_errors as relative_errors
+from ._metrics import weight_health as weight_health
+from ._tiers import DEFAULT_LAMBDA_L0 as DEFAULT_LAMBDA_L0
+from ._tiers import TierDerivation as TierDerivation
+from ._tiers import TierFit as TierFit
+from ._tiers import assess as assess
+from ._tiers import derive_tier as derive_tier
+from ._tiers import refit_subset as refit_subset
+from ._tiers import select_tier as select_tier
