@@ -114,7 +114,7 @@ def _compiled_memory(fit_module: object, run: Callable[[], None]) -> str:
     import jax
 
     seen = []
-    names = ("_run_chunk", "_run_sharded_chunk")
+    names = ("_run_chunk",)
     originals = {name: getattr(fit_module, name) for name in names}
 
     def spy(name: str) -> Callable[..., object]:

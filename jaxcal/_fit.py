@@ -292,12 +292,6 @@ def _check_problem(
         raise ValueError(f"objective must be a jaxcal.Objective (see Objective.create), got {type(objective).__name__}")
     if model.n_records != matrix.n_records:
         raise ValueError(f"the model has {model.n_records} records but the matrix has {matrix.n_records} columns")
-    if objective.n_targets != matrix.n_targets:
-        raise ValueError(f"the objective weighs {objective.n_targets} targets but the matrix has {matrix.n_targets} rows")
-    for name in ("lambda_l0", "lambda_l2"):
-        value = float(getattr(objective, name))
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be finite and non-negative, got {value}")
     try:
         targets = np.asarray(targets, dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -306,4 +300,15 @@ def _check_problem(
         raise ValueError(f"targets must have shape ({matrix.n_targets},), got {targets.shape}")
     if not np.all(np.isfinite(targets)):
         raise ValueError(f"targets must be finite: {int((~np.isfinite(targets)).sum())} are not")
+    if objective.n_targets != matrix.n_targets:
+        raise ValueError(f"the objective weighs {objective.n_targets} targets but the matrix has {matrix.n_targets} rows")
+    if objective.loss_weights.dtype != matrix.dtype:
+        raise ValueError(
+            f"the objective computes in {objective.loss_weights.dtype} but the matrix in {matrix.dtype}: "
+            f"create it with Objective.create(..., dtype={matrix.dtype})"
+        )
+    for name in ("lambda_l0", "lambda_l2"):
+        value = float(getattr(objective, name))
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and non-negative, got {value}")
     return jnp.asarray(targets, matrix.dtype)

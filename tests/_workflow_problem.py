@@ -29,7 +29,7 @@ def small_package(n_records=400, *, n_states=2, n_national=20, per_state=8, per_
         }
     )
     names = [f"{level}/{geo}/{var}" for (level, geo, _), var in zip(rows, targets["variable"], strict=True)]
-    package = jaxcal.CalibrationPackage.create(
+    package = jaxcal.io.CalibrationPackage.create(
         problem.matrix, targets, names, geography={"state_fips": problem.state_fips}
     )
     return package, problem

@@ -9,6 +9,8 @@ import pytest
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
 
+from _fitting import fit
+
 
 @pytest.fixture(scope="module")
 def problem():
@@ -29,7 +31,7 @@ def _model(n, **kwargs):
 
 def _fit(model, matrix, targets, **kwargs):
     settings = dict(key=jax.random.key(0), epochs=40, lambda_l0=1e-3, log_weight_jitter_sd=0.05) | kwargs
-    return jaxcal.fit(model, matrix, targets, **settings)
+    return fit(model, matrix, targets, **settings)
 
 
 def _sigmoid(x):
@@ -170,7 +172,7 @@ def test_torch_adam_tracks_optax_adam(problem, matrix):
         (dict(matrix=np.eye(3)), "matrix must be a jaxcal.TargetMatrix"),
         (dict(epochs=-1), "must not be negative"),
         (dict(loss="l1"), "loss must be 'relative' or 'mse'"),
-        (dict(lambda_l0=-1.0), "penalties must not be negative"),
+        (dict(lambda_l0=-1.0), "lambda_l0 must be finite and non-negative"),
         (dict(model=_model(600, use_gates=False)), r"lambda_l0 > 0 needs a model with gates"),
         (dict(uniforms=np.zeros((3, 600))), r"uniforms must have shape \(epochs, n_records\)"),
         (dict(chunk_epochs=0), "chunk_epochs must be positive"),

@@ -8,7 +8,9 @@ from _workflow_problem import small_package
 from scipy import sparse
 
 import jaxcal
-from jaxcal._fixed import residualize
+import jaxcal.io
+from jaxcal.workflow import residualize
+from _fitting import fit
 
 
 def _tiny():
@@ -17,7 +19,7 @@ def _tiny():
         {"variable": ["a", "b", "c"], "geo_level": "national", "geographic_id": "US",
          "domain_variable": None, "value": [10.0, 5.0, 4.0]}
     )  # fmt: skip
-    return jaxcal.CalibrationPackage.create(matrix, targets, ["a", "b", "c"])
+    return jaxcal.io.CalibrationPackage.create(matrix, targets, ["a", "b", "c"])
 
 
 def test_residuals_and_clamps_by_hand():
@@ -60,7 +62,7 @@ def test_fit_around_a_spine_reproduces_the_original_targets():
     assert not result.report["clamped"].any()
     free = result.package
     model = jaxcal.CalibrationWeights.init(free.n_records, key=jax.random.key(0), init_weights=100.0, use_gates=False)
-    fitted = jaxcal.fit(model, free.target_matrix(), free.target_values, key=jax.random.key(1), epochs=40, lambda_l0=0.0)
+    fitted = fit(model, free.target_matrix(), free.target_values, key=jax.random.key(1), epochs=40, lambda_l0=0.0)
     weights = result.combine(fitted.weights)
     np.testing.assert_array_equal(weights[spine], problem.true_weights[spine].astype(np.float64))
     X = package.matrix.astype(np.float64)

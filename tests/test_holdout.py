@@ -9,7 +9,10 @@ import pytest
 from _workflow_problem import small_package
 
 import jaxcal
-from jaxcal._holdout import LOG_COLUMNS, fit_with_holdout, holdout_split
+import jaxcal.io
+from jaxcal.runs import write_holdout_log
+from jaxcal.workflow import LOG_COLUMNS, holdout_split
+from _fitting import fit, fit_with_holdout
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def test_fit_sees_train_targets_only_and_logs_numpy_losses(package):
         weights[result.epochs] = np.asarray(result.weights, np.float64)
         objective[result.epochs] = float(result.history.total[-1])
 
-    jaxcal.fit(
+    fit(
         _model(package.n_records), train.target_matrix(), train.target_values,
         target_groups=groups[split.train], chunk_epochs=4, callback=keep, **settings,
     )  # fmt: skip
@@ -110,7 +113,7 @@ def _overfitting_package(package, split):
 
 
 def eqx_replace_values(package, values):
-    return jaxcal.CalibrationPackage.create(
+    return jaxcal.io.CalibrationPackage.create(
         package.matrix, package.targets.assign(value=values), package.target_names,
         geography=package.geography,
     )  # fmt: skip
@@ -125,7 +128,7 @@ def test_early_stopping_picks_the_epoch_a_replay_computes(package):
     # Replay: every epoch's weights from a plain fit, the held-out loss in numpy, the rule by hand.
     weights = {}
     train = package.select_targets(split.train)
-    jaxcal.fit(
+    fit(
         _model(package.n_records, 30.0, use_gates=False), train.target_matrix(), train.target_values,
         epochs=epochs, chunk_epochs=1, callback=lambda r: weights.update({r.epochs: np.asarray(r.weights)}),
         **settings,
@@ -164,7 +167,7 @@ def test_log_files_and_callback_stop(package, tmp_path):
         lambda_l0=0.0, callback=lambda result, row: seen.append((result.epochs, row["epoch"])) or row["epoch"] >= 6,
     )  # fmt: skip
     assert seen == [(2, 2), (4, 4), (6, 6)] and watched.stop_reason == "callback" and watched.stopped_epoch == 6
-    paths = watched.write_log(tmp_path)
+    paths = write_holdout_log(watched, tmp_path)
     record = json.loads(open(paths["json"]).read())
     assert record["summary"]["stop_reason"] == "callback" and [r["epoch"] for r in record["log"]] == [2, 4, 6]
     assert record["summary"]["held_out_families"] == list(split.held_out_families)

@@ -32,6 +32,7 @@ import pytest
 
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
+from _fitting import fit
 
 torch = pytest.importorskip("torch")
 l0_calibration = pytest.importorskip("l0.calibration")
@@ -146,7 +147,7 @@ def _jax_run(problem, case: Case, start, uniforms, layout="rows"):
     def record(result):
         steps.append((np.asarray(result.model.log_weight), np.asarray(result.model.log_alpha)))
 
-    jaxcal.fit(
+    fit(
         model, matrix, problem.targets, key=jax.random.key(0),
         epochs=STEPS, lambda_l0=case.lambda_l0, lambda_l2=case.lambda_l2, learning_rate=0.15, loss=case.loss,
         target_groups=_groups(problem, case), normalize_groups=case.normalize_groups,
@@ -251,7 +252,7 @@ def test_statistical_parity(stat_problem):
 
         init_key, fit_key = jax.random.split(jax.random.key(seed))
         ours = jaxcal.CalibrationWeights.init(n, key=init_key, **STAT_MODEL)
-        result = jaxcal.fit(
+        result = fit(
             ours, matrix, stat_problem.targets, key=fit_key, epochs=STAT_EPOCHS, log_weight_jitter_sd=0.05,
             lambda_l0=STAT_SETTINGS["lambda_l0"], lambda_l2=STAT_SETTINGS["lambda_l2"],
             learning_rate=STAT_SETTINGS["lr"],

@@ -18,6 +18,7 @@ import pytest
 
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
+from _fitting import fit
 
 N_RECORDS = 601  # divisible by neither 4 nor 8
 EPOCHS = 50
@@ -75,12 +76,12 @@ def _worker(devices: int, out: str) -> None:
     mesh = jaxcal.record_mesh(devices)
     saved = {}
     for name, kwargs in _cases(problem).items():
-        for arg, value in _arrays(jaxcal.fit(model, matrix, problem.targets, mesh=mesh, **kwargs)).items():
+        for arg, value in _arrays(fit(model, matrix, problem.targets, mesh=mesh, **kwargs)).items():
             saved[f"{name}/{arg}"] = value
     # The chunked kernels (8 nonzeros at a time) under the same fit.
     chunked = jaxcal.ShardedMatrix.from_matrix(matrix, mesh, chunk=8)
     assert chunked.chunk == 8
-    result = jaxcal.fit(model, chunked, problem.targets, **_cases(problem)["gates"])
+    result = fit(model, chunked, problem.targets, **_cases(problem)["gates"])
     saved["chunked/weights"] = np.asarray(result.weights)
     w = np.random.default_rng(2).uniform(size=N_RECORDS).astype(np.float32)
     saved["chunked/mv"] = np.asarray(chunked.mv(w))
@@ -89,18 +90,18 @@ def _worker(devices: int, out: str) -> None:
     # Draws from the key: one stream per device; deterministic; resumable.
     kwargs = dict(key=jax.random.key(3), lambda_l0=1e-2, log_weight_jitter_sd=0.05, chunk_epochs=15)
     compiled = []
-    run_chunk = _fit._run_sharded_chunk
+    run_chunk = _fit._run_chunk
 
     def spy(*args):
         compiled.append(run_chunk.lower(*args).compile().compiled.as_text())
         return run_chunk(*args)
 
-    _fit._run_sharded_chunk = spy
-    straight = jaxcal.fit(model, matrix, problem.targets, epochs=30, devices=devices, **kwargs)
-    _fit._run_sharded_chunk = run_chunk
-    again = jaxcal.fit(model, matrix, problem.targets, epochs=30, devices=devices, **kwargs)
-    first = jaxcal.fit(model, matrix, problem.targets, epochs=15, devices=devices, **kwargs)
-    rest = jaxcal.fit(
+    _fit._run_chunk = spy
+    straight = fit(model, matrix, problem.targets, epochs=30, devices=devices, **kwargs)
+    _fit._run_chunk = run_chunk
+    again = fit(model, matrix, problem.targets, epochs=30, devices=devices, **kwargs)
+    first = fit(model, matrix, problem.targets, epochs=15, devices=devices, **kwargs)
+    rest = fit(
         first.model, matrix, problem.targets, epochs=15, devices=devices,
         opt_state=first.opt_state, start_epoch=first.epochs, **kwargs,
     )  # fmt: skip
@@ -129,7 +130,7 @@ def matrix(problem):
 def references(problem, matrix):
     model = _model()
     return {
-        name: _arrays(jaxcal.fit(model, matrix, problem.targets, **kwargs))
+        name: _arrays(fit(model, matrix, problem.targets, **kwargs))
         for name, kwargs in _cases(problem).items()
     }
 
@@ -202,7 +203,7 @@ def test_sharded_fit_matches_the_single_device_fit(devices, problem, matrix, ref
             for e in range(30)
         ]
     )
-    by_hand = jaxcal.fit(
+    by_hand = fit(
         model, matrix, problem.targets, key=jax.random.key(3), epochs=30, lambda_l0=1e-2,
         log_weight_jitter_sd=0.05, uniforms=draws,
     )  # fmt: skip
@@ -224,7 +225,7 @@ def test_one_device_mesh_matches_the_plain_fit(problem, matrix, references):
     """In this process: a mesh of one device, chunked, through ``devices=1``."""
     kwargs = _cases(problem)["gates"]
     seen = []
-    result = jaxcal.fit(
+    result = fit(
         _model(), matrix, problem.targets, devices=1, chunk_epochs=25,
         callback=lambda r: seen.append((r.epochs, r.weights.shape, r.history.total.shape)), **kwargs,
     )  # fmt: skip
@@ -233,7 +234,7 @@ def test_one_device_mesh_matches_the_plain_fit(problem, matrix, references):
     assert result.weights.shape == (N_RECORDS,) and result.model.n_records == N_RECORDS
     chunked = jaxcal.ShardedMatrix.from_matrix(matrix, jaxcal.record_mesh(1), chunk=16)
     assert chunked.rows.shape[1] % 16 == 0 and chunked.rows.shape[1] >= matrix.nnz
-    result = jaxcal.fit(_model(), chunked, problem.targets, **kwargs)
+    result = fit(_model(), chunked, problem.targets, **kwargs)
     _close(result.weights, references["gates"]["weights"], 1e-5)
 
 
@@ -311,9 +312,7 @@ def test_select_devices_rejects(call, match):
         call()
 
 
-def test_fit_rejects_devices_and_mesh_together(problem, matrix):
-    with pytest.raises(ValueError, match="give devices or mesh, not both"):
-        jaxcal.fit(_model(), matrix, problem.targets, key=jax.random.key(0), devices=1, mesh=jaxcal.record_mesh(1))
+def test_sharded_matrix_rejects_a_bad_chunk(matrix):
     with pytest.raises(ValueError, match="chunk must be a positive integer"):
         jaxcal.ShardedMatrix.from_matrix(matrix, jaxcal.record_mesh(1), chunk=0)
 

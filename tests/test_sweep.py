@@ -7,8 +7,11 @@ import pytest
 from _workflow_problem import small_package
 
 import jaxcal
-from jaxcal._holdout import holdout_split
-from jaxcal._sweep import sweep, sweep_grid, write_frontier
+import jaxcal.io
+from jaxcal.workflow import holdout_split
+from jaxcal.runs import write_frontier
+from jaxcal.workflow import sweep_grid
+from _fitting import fit, sweep
 
 LAMBDAS = [1e-3, 3e-2, 3e-1]
 
@@ -28,7 +31,7 @@ def test_each_member_is_the_plain_fit(package):
     result = sweep(_model(package.n_records), matrix, targets, LAMBDAS, **settings)
     assert result.weights.shape == (3, package.n_records) and result.history.total.shape == (3, 30)
     for i, lam in enumerate(LAMBDAS):
-        plain = jaxcal.fit(_model(package.n_records), matrix, targets, lambda_l0=lam, **settings)
+        plain = fit(_model(package.n_records), matrix, targets, lambda_l0=lam, **settings)
         np.testing.assert_allclose(result.weights[i], plain.weights, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(result.history.total[i], plain.history.total, rtol=1e-4)
         assert result.n_active[i] == plain.n_active
@@ -63,7 +66,7 @@ def test_sweep_command(package, tmp_path):
 
     from jaxcal.cli import main
 
-    jaxcal.save_package(package, tmp_path / "p.npz")
+    jaxcal.io.save_package(package, tmp_path / "p.npz")
     out = tmp_path / "sweep"
     args = ["sweep", "--package", str(tmp_path / "p.npz"), "--lambda-l0", *map(str, LAMBDAS), "--epochs", "20",
             "--holdout-fraction", "0.2", "--output", str(out)]  # fmt: skip

@@ -8,8 +8,10 @@ import pytest
 from _workflow_problem import small_package
 
 import jaxcal
-from jaxcal._tiers import derive_tier, refit_subset, select_tier
+import jaxcal.io
+from jaxcal.workflow import derive_tier, refit_subset, select_tier
 from jaxcal.cli import main
+from _fitting import fit
 
 BUDGET = 60
 SEARCH = dict(lambda_l0=list(np.geomspace(1e-2, 1.0, 5)), search_epochs=150, search_rounds=2, refit_epochs=100)
@@ -19,7 +21,7 @@ SEARCH = dict(lambda_l0=list(np.geomspace(1e-2, 1.0, 5)), search_epochs=150, sea
 def parent():
     package = small_package()[0]
     model = jaxcal.CalibrationWeights.init(package.n_records, key=jax.random.key(0), init_weights=100.0, use_gates=False)
-    fitted = jaxcal.fit(model, package.target_matrix(), package.target_values, key=jax.random.key(1), epochs=60, lambda_l0=0.0)
+    fitted = fit(model, package.target_matrix(), package.target_values, key=jax.random.key(1), epochs=60, lambda_l0=0.0)
     return package, np.asarray(fitted.weights, np.float64)
 
 
@@ -64,7 +66,7 @@ def test_derived_child_keeps_exactly_k_and_beats_random_subsets(parent):
 
 def test_derive_command_writes_a_run_that_passes_gates(parent, tmp_path):
     package, weights = parent
-    jaxcal.save_package(package, tmp_path / "parent.npz")
+    jaxcal.io.save_package(package, tmp_path / "parent.npz")
     np.save(tmp_path / "parent_weights.npy", weights.astype(np.float32))
     run = tmp_path / "mp-60"
     args = ["derive", "--package", str(tmp_path / "parent.npz"), "--parent-weights", str(tmp_path / "parent_weights.npy"),
@@ -83,7 +85,7 @@ def test_derive_command_writes_a_run_that_passes_gates(parent, tmp_path):
     assert config["weight_health"]["count_positive"] == BUDGET
     report = json.loads((run / "tier_report.json").read_text())
     assert report["child"]["records_kept"] == BUDGET and report["parent"]["holdout_loss"] is not None
-    child = jaxcal.load_package(run / "child_package.npz")
+    child = jaxcal.io.load_package(run / "child_package.npz")
     assert child.n_records == BUDGET and np.array_equal(child.geography["state_fips"], states)
     assert main(["gates", str(run), "--max-holdout-loss", "1e9"]) == 0
     gates = json.loads((run / "artifact_gates.json").read_text())
