@@ -26,14 +26,15 @@ class FitHistory(eqx.Module):
     """Per-epoch record, evaluated at the parameters each step started from.
 
     ``l0`` and ``l2`` are the unscaled penalties; ``total`` is the objective the step
-    minimised; ``n_active`` counts records with a nonzero deterministic weight.
+    minimised; ``n_active`` counts records with a nonzero deterministic weight. One entry
+    per epoch (a scalar inside the step that makes one, a leading fit axis in a sweep).
     """
 
-    data: Float[Array, " epochs"]
-    l0: Float[Array, " epochs"]
-    l2: Float[Array, " epochs"]
-    total: Float[Array, " epochs"]
-    n_active: Int[Array, " epochs"]
+    data: Float[Array, "*epochs"]
+    l0: Float[Array, "*epochs"]
+    l2: Float[Array, "*epochs"]
+    total: Float[Array, "*epochs"]
+    n_active: Int[Array, "*epochs"]
 
 
 @final
@@ -136,7 +137,7 @@ def fit(
     callback: Callable[[FitResult], bool | None] | None = None,
     opt_state: optax.OptState | None = None,
     start_epoch: int = 0,
-    uniforms: Float[Array, "epochs n_records"] | None = None,
+    uniforms: Float[Array | np.ndarray, "epochs n_records"] | None = None,
 ) -> FitResult:
     """Fit calibration weights so that ``matrix @ weights`` matches ``targets``.
 

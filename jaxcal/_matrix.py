@@ -243,7 +243,7 @@ def spmv(
 def _chunked_spmv(
     n_out: int, sorted_out: bool, chunk: int, out_index: Array, in_index: Array, values: Array, x: Array
 ) -> Array:
-    def add_chunk(y: Array, start: Array) -> tuple[Array, None]:
+    def add_chunk(y: Array, start: Array | int) -> tuple[Array, None]:
         out_part, in_part, value_part = (
             jax.lax.dynamic_slice_in_dim(a, start, chunk) for a in (out_index, in_index, values)
         )

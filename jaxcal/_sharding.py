@@ -131,15 +131,17 @@ class ShardedMatrix(AbstractTargetMatrix):
         """Every array of ``tree`` copied to every device of the mesh."""
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
-    def mv(self, w: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
+    def mv(self, w: Float[Array | np.ndarray, " n_records"]) -> Float[Array, " n_targets"]:
         """``X @ w``; ``w`` has ``n_records`` entries, or ``padded_records`` already split by record."""
+        w = jnp.asarray(w)
         if w.shape != (self.padded_records,):
             _check_length("w", w, self.n_records)
             w = self.shard_records(w)
         return _sharded_mv(self, w)
 
-    def rmv(self, r: Float[Array, " n_targets"]) -> Float[Array, " n_records"]:
+    def rmv(self, r: Float[Array | np.ndarray, " n_targets"]) -> Float[Array, " n_records"]:
         """``X.T @ r``."""
+        r = jnp.asarray(r)
         _check_length("r", r, self.n_targets)
         return _sharded_rmv(self, r)[: self.n_records]
 
@@ -293,7 +295,7 @@ class _Block(AbstractTargetMatrix):
         first = jax.lax.axis_index(self.axis) * self.n_records
         real = jnp.arange(self.n_records) + first < self.real_records
         dtype = jnp.int32 if values.dtype == bool else values.dtype
-        return jax.lax.psum(jnp.sum(jnp.where(real, values, 0), dtype=dtype), self.axis)
+        return jax.lax.psum(jnp.sum(jnp.where(real, values, jnp.zeros_like(values)), dtype=dtype), self.axis)
 
     def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
         """This device's own stream of ``key``."""

@@ -58,7 +58,7 @@ def sweep(
     matrix: TargetMatrix,
     targets: Any,
     objective: Objective,
-    lambda_l0: Sequence[float],
+    lambda_l0: Sequence[float] | np.ndarray,
     *,
     key: PRNGKeyArray,
     epochs: int = PE_DEFAULTS.epochs,

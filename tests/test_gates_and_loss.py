@@ -286,7 +286,7 @@ def test_data_loss(kind, expected):
     assert_close(loss, expected)
 
 
-def test_data_loss_rejects_unknown_kind():
+def test_data_loss_rejects_unknown_kind(ill_typed_input):
     with pytest.raises(ValueError, match="loss must be 'relative' or 'mse'"):
         data_loss(jnp.array(PREDICTIONS), jnp.array(TARGETS), jnp.array(LOSS_WEIGHTS), "relatve")
 

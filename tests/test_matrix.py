@@ -263,7 +263,7 @@ VALID = dict(
         (dict(layout="columns"), "layout must be"),
     ],
 )
-def test_from_coo_rejects(change, match):
+def test_from_coo_rejects(change, match, ill_typed_input):
     with pytest.raises(ValueError, match=match):
         TargetMatrix.from_coo(**{**VALID, **change})
 
