@@ -42,7 +42,8 @@ def assemble_matrix(
     if geography.n_base != n_base:
         raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
     if values.per_clone:
-        n_rows = next(iter(values.amounts.values() or values.person_values.values()), np.empty((geography.n_clones, 0))).shape[0]
+        arrays = values.amounts.values() or values.person_values.values()
+        n_rows = next(iter(arrays), np.empty((geography.n_clones, 0))).shape[0]
         if n_rows != geography.n_clones:
             raise ValueError(f"the values hold {n_rows} clones, the geography {geography.n_clones}")
         state_row = np.arange(geography.n_columns) // n_base
@@ -107,7 +108,8 @@ class _GroupValues:
             name = constraint.variable
             if clone is not None and name in self.drawn:
                 entity = self.values.entities[name]
-                person_values[name] = self._after_takeup(name, household_state, clone)[s.person_entity[entity]].astype(np.float32)
+                after_takeup = self._after_takeup(name, household_state, clone)
+                person_values[name] = after_takeup[s.person_entity[entity]].astype(np.float32)
             else:
                 person_values[name] = self.values.person_values[name][person_state, persons]
         qualifying = person_mask(person_values, constraints, s.n_persons)
@@ -119,7 +121,8 @@ class _GroupValues:
         else:
             entity_state = household_state[s.entity_household[entity]]
             amounts = self.values.amounts[variable][entity_state, np.arange(entity_state.size)]
-        return household_values(qualifying, s.person_entity[entity], s.entity_household[entity], s.n_households, amounts)
+        members, households = s.person_entity[entity], s.entity_household[entity]
+        return household_values(qualifying, members, households, s.n_households, amounts)
 
     def _after_takeup(self, variable: str, household_state: np.ndarray, clone: int) -> np.ndarray:
         entity_household = self.structure.entity_household[self.values.entities[variable]]

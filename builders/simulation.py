@@ -107,8 +107,8 @@ def compute_state_values(
     amounts: dict[str, list] = {v: [] for v in amount_variables}
     person_values: dict[str, list] = {v: [] for v in constraint_variables}
     eligible: dict[str, list] = {s.variable: [] for s in specs}
-    ungated = [s for s in specs
-               if s.takeup_variable in dataset_takeup and not simulation.pays_only_takers(s.variable, s.takeup_variable)]  # fmt: skip
+    ungated = [s for s in specs if s.takeup_variable in dataset_takeup
+               and not simulation.pays_only_takers(s.variable, s.takeup_variable)]  # fmt: skip
     declined: dict[str, list] = {s.variable: [] for s in ungated}
     for i, state in enumerate(states):
         started = time.perf_counter()
@@ -127,10 +127,11 @@ def compute_state_values(
             for spec in specs:
                 eligible[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
             for spec in ungated:
-                simulation.set_input(spec.takeup_variable, year, np.zeros(dataset_takeup[spec.takeup_variable].shape, bool))
+                shape = dataset_takeup[spec.takeup_variable].shape
+                simulation.set_input(spec.takeup_variable, year, np.zeros(shape, bool))
                 simulation.drop_computed()
                 declined[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
-                simulation.set_input(spec.takeup_variable, year, np.ones(dataset_takeup[spec.takeup_variable].shape, bool))
+                simulation.set_input(spec.takeup_variable, year, np.ones(shape, bool))
         log(f"  state {state} ({i + 1}/{len(states)}): {time.perf_counter() - started:.1f} s")
     for name, values in dataset_takeup.items():
         simulation.set_input(name, year, values)

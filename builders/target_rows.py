@@ -59,7 +59,8 @@ def plan_target_rows(targets: pd.DataFrame, constraints_by_stratum: Mapping[int,
     constraints = tuple(
         tuple(c for c in row if c.variable not in PLACE_VARIABLES) for row in table["_constraints"]
     )
-    return TargetRows(table=table.drop(columns=["_constraints", "_level"]).reset_index(drop=True), constraints=constraints)
+    table = table.drop(columns=["_constraints", "_level"]).reset_index(drop=True)
+    return TargetRows(table=table, constraints=constraints)
 
 
 def configured_rows(rows: TargetRows, config: dict) -> TargetRows:

@@ -135,7 +135,8 @@ def build_calibration_package(
             (set(amount_variables) | set(constraint_variables) | count_variables) - values.entities.keys()
         )
         if report.unknown_variables:
-            log(f"  warning: PolicyEngine-US does not know {', '.join(report.unknown_variables)}: their rows stay empty")
+            unknown = ", ".join(report.unknown_variables)
+            log(f"  warning: PolicyEngine-US does not know {unknown}: their rows stay empty")
     with clock("assemble"):
         matrix = to_bcoo(*assemble_matrix(rows, geography, structure, values, rerandomize_takeup),
                          shape=(len(rows.table), geography.n_columns))  # fmt: skip
@@ -144,14 +145,15 @@ def build_calibration_package(
                                                geography=geography.as_package_geography())  # fmt: skip
         initial_weights = policyengine_initial_weights(unweighted)
     report.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    metadata = _provenance(dataset, db_path, target_config, year, n_clones, seed, structure, rerandomize_takeup, report)
+    metadata |= {"simulation": mode, "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables]}
     package = CalibrationPackage(
         matrix=unweighted.matrix,
         targets=unweighted.targets,
         target_names=unweighted.target_names,
         initial_weights=initial_weights,
         geography=unweighted.geography,
-        metadata=_provenance(dataset, db_path, target_config, year, n_clones, seed, structure, rerandomize_takeup, report)
-        | {"simulation": mode, "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables]},
+        metadata=metadata,
     )
     return package, report
 

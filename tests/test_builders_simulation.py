@@ -1,0 +1,299 @@
+"""The simulation stage and assembly through it, on a fake model written here (no policyengine_us):
+per-state and per-clone runs against values computed by hand, the matrix they assemble into,
+the adapter over a stand-in for policyengine-core, and that only the adapter reaches the model."""
+
+import ast
+import pathlib
+import pkgutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import builders
+from builders.assembly import assemble_matrix, to_bcoo
+from builders.dataset import EntityStructure
+from builders.geography import GeographyAssignment
+from builders.simulation import compute_clone_values, compute_state_values, known_entities
+from builders.takeup import TAKEUP_BY_VARIABLE, seeded_rng
+from builders.target_db import Constraint
+from builders.target_rows import plan_target_rows
+
+YEAR = 2024
+# hh0 (id 142): persons 0 (30) and 1 (5), tax unit 0, SPM unit 0. hh1 (id 114): person 2 (70), tax unit 1, SPM unit 1.
+STRUCTURE = EntityStructure(
+    household_ids=np.array([142, 114]),
+    person_household=np.array([0, 0, 1]),
+    person_entity={"person": np.arange(3), "household": np.array([0, 0, 1]), "tax_unit": np.array([0, 0, 1]),
+                   "spm_unit": np.array([0, 0, 1])},  # fmt: skip
+    entity_household={"person": np.array([0, 0, 1]), "household": np.array([0, 1]), "tax_unit": np.array([0, 1]),
+                      "spm_unit": np.array([0, 1])},  # fmt: skip
+)
+# columns: (clone 0, hh0) in CA-1, (0, hh1) in NY-1, (1, hh0) in NY-2, (1, hh1) in CA-2
+GEOGRAPHY = GeographyAssignment(state_fips=np.array([6, 36, 36, 6]), cd_geoid=np.array([601, 3601, 3602, 602]),
+                                block_geoid=None, n_base=2, n_clones=2)  # fmt: skip
+DATASET_INPUTS = {
+    "household_id": np.array([142, 114]), "state_fips": np.array([6, 6]),
+    "congressional_district_geoid": np.array([601, 601]),
+    "age": np.array([30, 5, 70]), "filing_status": np.array(["HEAD_OF_HOUSEHOLD", "SINGLE"]),
+    "takes_up_snap_if_eligible": np.array([True, False]), "takes_up_aca_if_eligible": np.array([True, False]),
+}  # fmt: skip
+
+
+class FakeSimulation:
+    """:class:`builders.policyengine.Simulation` over a model small enough to compute by hand.
+
+    ``snap`` (SPM units): 200 and 50 in CA, half as much again in NY, only to takers.
+    ``aca_ptc`` (tax unit 0 only): 40 to a taker, 10 to a non-taker (the model pays without
+    take-up), twice that in NY. Like PolicyEngine, a formula's result is kept until
+    :meth:`drop_computed`, so a stage that forgets to drop reads stale values.
+    """
+
+    variable_entities = {name: entity for entity, names in {
+        "person": ["age", "person_count"],
+        "tax_unit": ["filing_status", "aca_ptc", "takes_up_aca_if_eligible", "tax_unit_count"],
+        "spm_unit": ["snap", "takes_up_snap_if_eligible"],
+        "household": ["household_id", "state_fips", "congressional_district_geoid", "household_count"],
+    }.items() for name in names}  # fmt: skip
+
+    def __init__(self) -> None:
+        self.inputs = {name: values.copy() for name, values in DATASET_INPUTS.items()}
+        self.computed: dict[str, np.ndarray] = {}
+
+    def calculate(self, variable, year, map_to=None):
+        assert year == YEAR
+        if variable in self.inputs:
+            values = self.inputs[variable]
+        else:
+            if variable not in self.computed:
+                self.computed[variable] = self._formula(variable)
+            values = self.computed[variable]
+        if map_to is None:
+            return values
+        assert map_to == "person"
+        return values[STRUCTURE.person_entity[self.variable_entities[variable]]]
+
+    def _formula(self, variable):
+        ny = self.inputs["state_fips"] == 36  # per household; SPM and tax unit i belong to household i
+        if variable == "snap":
+            return np.array([200.0, 50.0]) * np.where(ny, 1.5, 1.0) * self.inputs["takes_up_snap_if_eligible"]
+        if variable == "aca_ptc":
+            return np.where(self.inputs["takes_up_aca_if_eligible"], 40.0, 10.0) * [1.0, 0.0] * np.where(ny, 2.0, 1.0)
+        raise KeyError(variable)
+
+    def set_input(self, variable, year, values):
+        assert year == YEAR and np.shape(values) == self.inputs[variable].shape
+        self.inputs[variable] = np.asarray(values).copy()
+
+    def drop_computed(self):
+        self.computed.clear()
+
+    def pays_only_takers(self, variable, takeup_input):
+        return variable == "snap" and takeup_input == "takes_up_snap_if_eligible"
+
+
+AMOUNTS, CONSTRAINTS, TAKEUP = ["aca_ptc", "no_such_variable", "snap"], ["filing_status", "snap"], ["aca_ptc", "snap"]
+
+
+def _rows(specs):
+    """Target rows from (variable, geo_level, geographic_id, constraints)."""
+    table = pd.DataFrame({"variable": [s[0] for s in specs], "geo_level": [s[1] for s in specs],
+                          "geographic_id": [s[2] for s in specs], "stratum_id": range(len(specs)),
+                          "reform_id": 0, "target_id": range(len(specs))})  # fmt: skip
+    return plan_target_rows(table, {i: [Constraint(*c) for c in s[3]] for i, s in enumerate(specs)})
+
+
+ROWS = _rows([
+    ("snap", "national", "US", []),
+    ("aca_ptc", "state", "36", [("state_fips", "==", "36")]),
+    ("household_count", "national", "US", [("snap", ">", "0")]),
+    ("tax_unit_count", "district", "602",
+     [("congressional_district_geoid", "==", "602"), ("filing_status", "==", "SINGLE")]),
+    ("no_such_variable", "national", "US", []),
+])  # fmt: skip
+
+
+def _takes_up(variable, household_id, clone):
+    spec = TAKEUP_BY_VARIABLE[variable]
+    return seeded_rng(spec.takeup_variable, f"{household_id}:{clone}").random() < spec.rate
+
+
+def test_the_draws_the_expected_matrices_rest_on():
+    draws = {(v, h, c): _takes_up(v, h, c) for v in ("snap", "aca_ptc") for h in (142, 114) for c in (0, 1)}
+    # snap .273 .974 .864 .059 against 0.82; aca_ptc: hh 142 in clone 1 draws .839 against 0.672
+    assert [draws["snap", h, c] for h, c in ((142, 0), (142, 1), (114, 0), (114, 1))] == [True, False, False, True]
+    assert draws["aca_ptc", 142, 0] and not draws["aca_ptc", 142, 1]
+
+
+def test_per_state_values_by_hand():
+    simulation = FakeSimulation()
+    log = []
+    values = compute_state_values(simulation, YEAR, [6, 36], AMOUNTS, CONSTRAINTS, TAKEUP, log.append)
+    assert values.entities == {"aca_ptc": "tax_unit", "snap": "spm_unit", "filing_status": "tax_unit"}
+    np.testing.assert_array_equal(values.states, [6, 36])
+    # the dataset's take-up: SPM unit 0 and tax unit 0 take up, the others do not
+    np.testing.assert_array_equal(values.amounts["snap"], [[200, 0], [300, 0]])
+    np.testing.assert_array_equal(values.amounts["aca_ptc"], [[40, 0], [80, 0]])
+    # every take-up input True; aca_ptc with its own False (the model pays non-takers), snap not (it does not)
+    np.testing.assert_array_equal(values.eligible["snap"], [[200, 50], [300, 75]])
+    np.testing.assert_array_equal(values.eligible["aca_ptc"], [[40, 0], [80, 0]])
+    assert list(values.declined) == ["aca_ptc"]
+    np.testing.assert_array_equal(values.declined["aca_ptc"], [[10, 0], [20, 0]])
+    # constraint variables per person: numbers as float32, enums as their names
+    assert values.person_values["snap"].dtype == np.float32
+    np.testing.assert_array_equal(values.person_values["snap"], [[200, 200, 0], [300, 300, 0]])
+    np.testing.assert_array_equal(values.person_values["filing_status"], [["HEAD_OF_HOUSEHOLD"] * 2 + ["SINGLE"]] * 2)
+    assert values.amounts["snap"].dtype == np.float64 and not values.per_clone
+    assert [line.split(":")[0] for line in log] == ["  state 6 (1/2)", "  state 36 (2/2)"]
+    # the dataset's take-up is back, nothing stale is left
+    for name in ("takes_up_snap_if_eligible", "takes_up_aca_if_eligible"):
+        np.testing.assert_array_equal(simulation.inputs[name], DATASET_INPUTS[name])
+    assert simulation.computed == {}
+
+
+def test_per_clone_values_by_hand():
+    simulation = FakeSimulation()
+    values = compute_clone_values(simulation, YEAR, GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, TAKEUP)
+    assert values.per_clone and values.eligible == {} and values.declined == {}
+    np.testing.assert_array_equal(values.states, [6, 36])
+    # clone 0: hh0 in CA draws snap and ACA; hh1 in NY declines snap.
+    # clone 1: hh0 in NY declines both (ACA: 10, twice in NY); hh1 in CA takes up snap.
+    np.testing.assert_array_equal(values.amounts["snap"], [[200, 0], [0, 50]])
+    np.testing.assert_array_equal(values.amounts["aca_ptc"], [[40, 0], [20, 0]])
+    np.testing.assert_array_equal(values.person_values["snap"], [[200, 200, 0], [0, 0, 50]])
+    # the dataset's places and take-up are back
+    for name, original in DATASET_INPUTS.items():
+        np.testing.assert_array_equal(simulation.inputs[name], original)
+    assert simulation.computed == {}
+    with pytest.raises(ValueError, match="3 base records, the dataset 2 households"):
+        wrong = GeographyAssignment(np.full(3, 6), np.full(3, 601), None, n_base=3, n_clones=1)
+        compute_clone_values(simulation, YEAR, wrong, STRUCTURE, AMOUNTS, CONSTRAINTS, TAKEUP)
+
+
+# Rows: national household_count/[snap>0], no_such_variable, snap; state 36 aca_ptc; district 602 tax_unit_count.
+DRAWN = [
+    [1, 0, 0, 1],  # SPM units with snap after the draws: hh0 in clone 0, hh1 in clone 1
+    [0, 0, 0, 0],  # a variable the model does not know: an empty row
+    [200, 0, 0, 50],  # CA hh0 takes up 200; NY hh1 and NY hh0 decline; CA hh1 takes up 50
+    [0, 0, 20, 0],  # NY columns: hh1 has no credit, hh0 (clone 1) declines: what the model pays it, 10 x 2
+    [0, 0, 0, 1],  # district 602: clone 1 of hh1, a single filer
+]
+DATASET_TAKEUP = [
+    [1, 0, 1, 0],  # SPM unit 0 takes up, wherever it lies
+    [0, 0, 0, 0],
+    [200, 0, 300, 0],
+    [0, 0, 80, 0],  # tax unit 0 takes up: 40 x 2 in NY
+    [0, 0, 0, 1],
+]
+
+
+@pytest.mark.parametrize("mode", ["per_state", "per_clone"])
+@pytest.mark.parametrize("rerandomize", [True, False])
+def test_matrix_by_hand_through_both_modes(mode, rerandomize):
+    assert ROWS.table["target_name"].tolist() == [
+        "national/household_count/[snap>0]", "national/no_such_variable", "national/snap", "state_36/aca_ptc",
+        "cd_602/tax_unit_count/[filing_status==SINGLE]",
+    ]  # fmt: skip
+    simulation = FakeSimulation()
+    takeup = TAKEUP if rerandomize else []
+    if mode == "per_state":
+        values = compute_state_values(simulation, YEAR, [6, 36], AMOUNTS, CONSTRAINTS, takeup)
+    else:
+        values = compute_clone_values(simulation, YEAR, GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, takeup)
+    values.entities.update(known_entities(simulation, ["household_count", "tax_unit_count", "no_such_count"]))
+    r, c, v = assemble_matrix(ROWS, GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=rerandomize)
+    assert (v != 0).all() and r.dtype == c.dtype == np.int32 and v.dtype == np.float32
+    dense = np.zeros((len(ROWS.table), GEOGRAPHY.n_columns))
+    np.add.at(dense, (r, c), v)
+    np.testing.assert_array_equal(dense, DRAWN if rerandomize else DATASET_TAKEUP)
+    np.testing.assert_array_equal(np.asarray(to_bcoo(r, c, v, dense.shape).todense()), dense)
+
+
+def test_policyengine_adapter_over_a_core_like_simulation():
+    """:class:`builders.policyengine.PolicyEngineSimulation` on a stand-in with policyengine-core's attributes."""
+    from builders.policyengine import PolicyEngineSimulation
+
+    def variable(entity, defined_for=None, adds=None):
+        return SimpleNamespace(entity=SimpleNamespace(key=entity), defined_for=defined_for, adds=adds)
+
+    class Status:  # an EnumArray: codes that decode to names
+        def decode_to_str(self):
+            return np.array(["SINGLE", "JOINT"], object)
+
+    series = {"2022-01-01": 281.148, "2024-01-01": 309.794}.__getitem__
+    population = SimpleNamespace(total=lambda date: 3e8 + int(date[:4]))
+    parameters = SimpleNamespace(gov=SimpleNamespace(bls=SimpleNamespace(cpi=SimpleNamespace(cpi_u=series))),
+                                 calibration=SimpleNamespace(gov=SimpleNamespace(census=SimpleNamespace(
+                                     populations=population))))  # fmt: skip
+    variables = {
+        "snap": variable("spm_unit", defined_for=SimpleNamespace(name="takes_up_snap_if_eligible")),
+        "ssi": variable("person", defined_for="takes_up_ssi_if_eligible"),
+        "medicaid_enrolled": variable("person", adds=["takes_up_medicaid_if_eligible"]),
+        "aca_ptc": variable("tax_unit", defined_for=SimpleNamespace(name="is_aca_ptc_eligible")),
+        "filing_status": variable("tax_unit"),
+    }
+
+    class CoreSimulation:  # the parts of policyengine_core's Simulation the adapter uses
+        tax_benefit_system = SimpleNamespace(variables=variables, parameters=parameters)
+
+        def __init__(self):
+            self.branches, self.calls = {"no_snap": object()}, []
+
+        def calculate(self, name, period, map_to=None):
+            self.calls.append((name, period, map_to))
+            return Status() if name == "filing_status" else [1.5, 2.5]
+
+        def set_input(self, *args):
+            self.calls.append(("set_input", *args))
+
+        def drop_computed_arrays(self):
+            self.calls.append("dropped")
+
+    core = CoreSimulation()
+    simulation = PolicyEngineSimulation(core)
+    assert simulation.variable_entities == {"snap": "spm_unit", "ssi": "person", "medicaid_enrolled": "person",
+                                            "aca_ptc": "tax_unit", "filing_status": "tax_unit"}  # fmt: skip
+    assert simulation.calculate("filing_status", YEAR).tolist() == ["SINGLE", "JOINT"]
+    result = simulation.calculate("snap", YEAR, map_to="person")
+    assert isinstance(result, np.ndarray) and result.tolist() == [1.5, 2.5]
+    simulation.set_input("state_fips", YEAR, [6])
+    simulation.drop_computed()
+    assert core.calls == [("filing_status", YEAR, None), ("snap", YEAR, "person"),
+                          ("set_input", "state_fips", YEAR, [6]), "dropped"]  # fmt: skip
+    assert core.branches == {}
+    assert [simulation.pays_only_takers(v, TAKEUP_BY_VARIABLE[v].takeup_variable)
+            for v in ("snap", "ssi", "medicaid_enrolled", "aca_ptc")] == [True, True, True, False]  # fmt: skip
+    cpi, population = simulation.uprating_indices()
+    assert cpi(2024) / cpi(2022) == pytest.approx(309.794 / 281.148) and population(2024) == 3e8 + 2024
+
+
+def test_only_the_adapter_names_policyengine_us():
+    def reaches_the_model(node):
+        if isinstance(node, ast.Import):
+            return any(alias.name.split(".")[0] == "policyengine_us" for alias in node.names)
+        if isinstance(node, ast.ImportFrom):
+            return (node.module or "").split(".")[0] == "policyengine_us"
+        return isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value == "policyengine_us"
+                                                  for a in node.args)  # fmt: skip
+
+    modules = pathlib.Path(builders.__file__).parent.glob("*.py")
+    touching = {m.name for m in modules if any(map(reaches_the_model, ast.walk(ast.parse(m.read_text()))))}
+    assert touching == {"policyengine.py"}
+
+
+def test_importing_builders_does_not_import_policyengine_us():
+    names = sorted(m.name for m in pkgutil.iter_modules(builders.__path__))
+    assert {"policyengine", "simulation", "assembly", "target_rows", "unified_matrix"} <= set(names)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module('builders.' + name)\n"
+        "    if 'policyengine_us' in sys.modules:\n"
+        "        sys.exit('importing builders.' + name + ' imported policyengine_us')\n"
+    )
+    root = pathlib.Path(builders.__file__).parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
