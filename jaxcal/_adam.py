@@ -45,12 +45,13 @@ def _torch_adam(learning_rate: Any, b1: float, b2: float, eps: float) -> optax.G
         return TorchAdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
 
     def update(
-        grads: optax.Updates, state: TorchAdamState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, TorchAdamState]:
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
         del params
+        assert isinstance(state, TorchAdamState)
         count = state.count + 1
-        mu = jax.tree.map(lambda m, g: m + (1 - b1) * (g - m), state.mu, grads)
-        nu = jax.tree.map(lambda v, g: v * b2 + (1 - b2) * g * g, state.nu, grads)
+        mu = jax.tree.map(lambda m, g: m + (1 - b1) * (g - m), state.mu, updates)
+        nu = jax.tree.map(lambda v, g: v * b2 + (1 - b2) * g * g, state.nu, updates)
 
         def step(m: Array, v: Array) -> Array:
             t = count.astype(m.dtype)
@@ -75,4 +76,4 @@ def set_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.
         raise ValueError("this optimizer's state holds no learning rate (build it with optax.inject_hyperparams)")
     current = hyperparams["learning_rate"]
     rate = jnp.asarray(learning_rate, jnp.result_type(current))
-    return opt_state._replace(hyperparams={**hyperparams, "learning_rate": rate})
+    return getattr(opt_state, "_replace")(hyperparams={**hyperparams, "learning_rate": rate})

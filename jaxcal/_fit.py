@@ -30,11 +30,11 @@ class FitHistory(eqx.Module):
     per epoch (a scalar inside the step that makes one, a leading fit axis in a sweep).
     """
 
-    data: Float[Array, "*epochs"]
-    l0: Float[Array, "*epochs"]
-    l2: Float[Array, "*epochs"]
-    total: Float[Array, "*epochs"]
-    n_active: Int[Array, "*epochs"]
+    data: Float[Array, " *epochs"]
+    l0: Float[Array, " *epochs"]
+    l2: Float[Array, " *epochs"]
+    total: Float[Array, " *epochs"]
+    n_active: Int[Array, " *epochs"]
 
 
 @final
@@ -93,7 +93,7 @@ class _Step(eqx.Module):
 
 def _scan(
     step: _Step,
-    uniforms: Float[Array, "chunk n_records"] | None,
+    uniforms: Float[Array, " chunk n_records"] | None,
     model: CalibrationWeights,
     opt_state: optax.OptState,
     epochs: Int[Array, " chunk"],
@@ -105,7 +105,7 @@ def _scan(
 @eqx.filter_jit(donate="all-except-first")
 def _run_chunk(
     step: _Step,
-    uniforms: Float[Array, "chunk n_records"] | None,
+    uniforms: Float[Array, " chunk n_records"] | None,
     model: CalibrationWeights,
     opt_state: optax.OptState,
     epochs: Int[Array, " chunk"],
@@ -137,7 +137,7 @@ def fit(
     callback: Callable[[FitResult], bool | None] | None = None,
     opt_state: optax.OptState | None = None,
     start_epoch: int = 0,
-    uniforms: Float[Array | np.ndarray, "epochs n_records"] | None = None,
+    uniforms: Float[Array | np.ndarray, " epochs n_records"] | None = None,
 ) -> FitResult:
     """Fit calibration weights so that ``matrix @ weights`` matches ``targets``.
 
@@ -174,18 +174,15 @@ def fit(
     chunk = epochs if chunk_epochs is None else chunk_epochs
     if chunk < 1 and epochs > 0:
         raise ValueError(f"chunk_epochs must be positive, got {chunk_epochs}")
-    if uniforms is not None:
-        uniforms = jnp.asarray(uniforms, model.log_weight.dtype)
-        if uniforms.shape != (epochs, model.n_records):
-            raise ValueError(
-                f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, got {uniforms.shape}"
-            )
-    step, model, opt_state = prepare_step(
+    draws = None if uniforms is None else jnp.asarray(uniforms, model.log_weight.dtype)
+    if draws is not None and draws.shape != (epochs, model.n_records):
+        raise ValueError(f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, got {draws.shape}")
+    step, model, state = prepare_step(
         model, matrix, targets, objective, key=key, optimizer=optimizer, learning_rate=learning_rate,
         opt_state=opt_state, log_weight_jitter_sd=log_weight_jitter_sd,
     )  # fmt: skip
-    model, opt_state, shared, uniforms = matrix.place_state(
-        (model, opt_state, (step.targets, step.objective, step.draw_key), uniforms), step.optimizer
+    model, state, shared, draws = matrix.place_state(
+        (model, state, (step.targets, step.objective, step.draw_key), draws), step.optimizer
     )
     step = eqx.tree_at(lambda s: (s.targets, s.objective, s.draw_key), step, shared)
     histories: list[FitHistory] = []
@@ -193,18 +190,18 @@ def fit(
     while done < epochs:
         n = min(chunk, epochs - done)
         first = start_epoch + done
-        model, opt_state, history = _run_chunk(
+        model, state, history = _run_chunk(
             step,
-            None if uniforms is None else uniforms[done : done + n],
+            None if draws is None else draws[done : done + n],
             model,
-            opt_state,
+            state,
             jnp.arange(first, first + n, dtype=jnp.int32),
         )
         histories.append(history)
         done += n
-        if callback is not None and callback(_result(step, model, opt_state, histories, start_epoch + done)):
+        if callback is not None and callback(_result(step, model, state, histories, start_epoch + done)):
             break
-    return _result(step, model, opt_state, histories, start_epoch + done)
+    return _result(step, model, state, histories, start_epoch + done)
 
 
 def prepare_step(
@@ -235,13 +232,13 @@ def prepare_step(
         if log_weight_jitter_sd > 0:
             noise = jax.random.normal(jitter_key, model.log_weight.shape, model.log_weight.dtype)
             model = eqx.tree_at(lambda m: m.log_weight, model, model.log_weight + noise * log_weight_jitter_sd)
-        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+        state = optimizer.init(eqx.filter(model, eqx.is_array))
     else:
-        opt_state = jax.tree.map(jnp.copy, opt_state)
+        state = jax.tree.map(jnp.copy, opt_state)
     if learning_rate is not None:
-        opt_state = set_learning_rate(opt_state, learning_rate)
+        state = set_learning_rate(state, learning_rate)
     step = _Step(matrix=matrix, targets=targets, objective=objective, draw_key=draw_key, optimizer=optimizer)
-    return step, model, opt_state
+    return step, model, state
 
 
 @functools.cache

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # jax.experimental.sparse imports scipy: a third of a second,
 
 Layout = Literal["interleaved", "rows"]
 
-_IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+_IN_BOUNDS = "promise_in_bounds"
 
 
 class AbstractTargetMatrix(eqx.Module):
@@ -210,7 +210,7 @@ class TargetMatrix(AbstractTargetMatrix):
             indices[real, 0],
             indices[real, 1],
             np.asarray(matrix.data)[real],
-            matrix.shape,
+            (n_targets, n_records),
             layout=layout,
         )
 

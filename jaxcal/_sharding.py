@@ -26,8 +26,8 @@ DEFAULT_CHUNK = 2**22
 
 
 def select_devices(
-    devices: int | str | Sequence[jax.Device] | None = None, platform: str = "auto"
-) -> list[jax.Device]:
+    devices: int | str | Sequence[Any] | None = None, platform: str = "auto"
+) -> list[Any]:
     """The devices to fit on: ``None`` or ``"all"`` for all of ``platform``'s, ``N`` for the first N,
     or the given devices. ``platform`` is ``"cpu"``, ``"gpu"``, ``"tpu"`` or ``"auto"`` (JAX's
     default backend: a TPU or GPU when there is one, else the CPU)."""
@@ -54,7 +54,7 @@ def select_devices(
     return available[:devices]
 
 
-def record_mesh(devices: int | str | Sequence[jax.Device] | None = None, platform: str = "auto") -> Mesh:
+def record_mesh(devices: int | str | Sequence[Any] | None = None, platform: str = "auto") -> Mesh:
     """A one-axis mesh (axis ``"records"``) over :func:`select_devices`'s devices."""
     return Mesh(np.array(select_devices(devices, platform)), (AXIS,))
 
@@ -75,9 +75,9 @@ class ShardedMatrix(AbstractTargetMatrix):
     compiled program on every device.
     """
 
-    rows: Int[Array, "devices block_nnz"]
-    cols: Int[Array, "devices block_nnz"]
-    values: Float[Array, "devices block_nnz"]
+    rows: Int[Array, " devices block_nnz"]
+    cols: Int[Array, " devices block_nnz"]
+    values: Float[Array, " devices block_nnz"]
     shape: tuple[int, int] = eqx.field(static=True)
     block: int = eqx.field(static=True)
     mesh: Mesh = eqx.field(static=True)
@@ -241,7 +241,7 @@ class ShardedMatrix(AbstractTargetMatrix):
         sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
         pieces: dict[str, list[jax.Array]] = {"rows": [], "cols": [], "values": []}
         for device, index in sharding.addressable_devices_indices_map((n_devices, length)).items():
-            d = index[0].start or 0
+            d = index[0].start or 0  # pyright: ignore[reportOptionalSubscript]
             mine = np.flatnonzero((cols >= d * block) & (cols < (d + 1) * block))
             pad = np.arange(length - mine.size, dtype=np.int32)
             # Padding adds zeros, spread over rows and records (no chain of additions into one

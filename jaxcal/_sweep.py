@@ -24,7 +24,7 @@ class SweepResult(eqx.Module):
     """One fit per ``lambda_l0`` (leading axis), all with the same ``beta``, key and start."""
 
     lambda_l0: Float[Array, " n_fits"]
-    weights: Float[Array, "n_fits n_records"]
+    weights: Float[Array, " n_fits n_records"]
     models: CalibrationWeights
     """The final parameters, each array with a leading ``n_fits`` axis."""
     history: FitHistory
@@ -44,7 +44,7 @@ def _run_sweep(
     model: CalibrationWeights,
     opt_state: optax.OptState,
     epochs: Int[Array, " epochs"],
-) -> tuple[CalibrationWeights, Float[Array, "n_fits n_records"], FitHistory]:
+) -> tuple[CalibrationWeights, Float[Array, " n_fits n_records"], FitHistory]:
     def one(lambda_l0: Float[Array, ""]) -> tuple[CalibrationWeights, Array, FitHistory]:
         member = eqx.tree_at(lambda s: s.objective.lambda_l0, step, lambda_l0)
         (model_out, _), history = jax.lax.scan(lambda c, x: member(c, x), (model, opt_state), (epochs, None))

@@ -191,3 +191,15 @@ def test_fit_rejects_non_finite_targets(problem, matrix):
     targets[3] = np.inf
     with pytest.raises(ValueError, match="targets must be finite: 1 are not"):
         _fit(_model(600), matrix, targets)
+
+
+def test_new_lambdas_and_rates_reuse_the_compiled_program(problem, matrix):
+    """The lambdas, loss weights and learning rate are traced: other values compile nothing new."""
+    from jaxcal._fit import _run_chunk
+
+    model = _model(matrix.n_records)
+    first = _fit(model, matrix, problem.targets, epochs=5, lambda_l0=1e-3, learning_rate=0.15)
+    compiled = _run_chunk._cached._cache_size()
+    other = _fit(model, matrix, problem.targets, epochs=5, lambda_l0=3e-2, lambda_l2=1e-6, learning_rate=0.05)
+    assert _run_chunk._cached._cache_size() == compiled
+    assert not np.array_equal(first.weights, other.weights)
