@@ -63,9 +63,11 @@ PEAK_BANDWIDTH = {
     "TPU v6 lite": 1.64e12,
 }
 
-# policyengine-us-data's settings.
+# policyengine-us-data's settings (jaxcal.PE_DEFAULTS; the `local` preset's lambda_l0), written
+# out so that this module does not import jaxcal (and JAX) before _environment has run.
 MODEL = dict(init_weights=100.0, init_keep_prob=0.999, beta=0.35)
 FIT = dict(lambda_l0=1e-8, lambda_l2=1e-12)
+"""The objective's penalties (``jaxcal.Objective.create(..., **FIT)``) and l0-python's fit arguments."""
 LEARNING_RATE = 0.15
 TIMED_CALLS = 3
 """jaxcal and scipy report the fastest of this many timed calls: the least disturbed one."""
@@ -110,28 +112,25 @@ def _environment(platform: str, xla_flags: str) -> None:
 
 
 def _compiled_memory(fit_module: object, run: Callable[[], None]) -> str:
-    """``run()`` once, noting the memory XLA plans for the epoch program it compiles."""
+    """``run()`` once, noting the memory XLA plans for the epoch program it compiles.
+
+    ``fit_module._run_chunk`` is the one compiled chunk function of every fit, plain or
+    sharded (the matrix decides where its blocks run); a spy lowers its first call."""
     import jax
 
     seen = []
-    names = ("_run_chunk",)
-    originals = {name: getattr(fit_module, name) for name in names}
+    original = fit_module._run_chunk
 
-    def spy(name: str) -> Callable[..., object]:
-        def call(*args: object) -> object:
-            if not seen:
-                seen.append(originals[name].lower(*args).compile().compiled.memory_analysis())
-            return originals[name](*args)
+    def spy(*args: object) -> object:
+        if not seen:
+            seen.append(original.lower(*args).compile().compiled.memory_analysis())
+        return original(*args)
 
-        return call
-
-    for name in names:
-        setattr(fit_module, name, spy(name))
+    fit_module._run_chunk = spy
     try:
         run()
     finally:
-        for name in names:
-            setattr(fit_module, name, originals[name])
+        fit_module._run_chunk = original
     plan = seen[0]
     note = (
         f"compiled: arguments {plan.argument_size_in_bytes / 2**30:.2f} GiB + "
@@ -175,12 +174,12 @@ def jaxcal_epoch(
         matrix = jaxcal.ShardedMatrix.from_scipy(problem.matrix, mesh, layout=layout, chunk=chunk)
     init_key, fit_key = jax.random.split(jax.random.key(0))
     model = jaxcal.CalibrationWeights.init(matrix.n_records, key=init_key, **MODEL)
+    objective = jaxcal.Objective.create(matrix.n_targets, loss="relative", **FIT)
 
     def run() -> None:
         result = jaxcal.fit(
-            model, matrix, problem.targets, key=fit_key, epochs=epochs,
-            learning_rate=LEARNING_RATE, loss="relative", **FIT,
-        )  # fmt: skip
+            model, matrix, problem.targets, objective, key=fit_key, epochs=epochs, learning_rate=LEARNING_RATE
+        )
         jax.block_until_ready(result)
 
     memory = _compiled_memory(_fit, run)  # Also the warm-up.

@@ -1,6 +1,7 @@
 """Fit a PolicyEngine-shaped synthetic problem (100,000 records, ~16,000 targets) and print the result.
 
-Run with `make demo`, or `python examples/quick_fit.py [--records N] [--epochs E]`.
+Run with `.venv/bin/python examples/quick_fit.py [--records N] [--epochs E] [--lambda-l0 L]`
+(`make demo` or `make test` creates .venv).
 """
 
 import argparse
@@ -30,10 +31,13 @@ def main() -> None:
     )
 
     init_key, fit_key = jax.random.split(jax.random.key(args.seed))
-    # policyengine-us-data's settings: beta 0.35, keep probability 0.999, log-weight jitter 0.05.
+    # policyengine-us-data's settings (jaxcal.PE_DEFAULTS): beta 0.35, keep probability 0.999,
+    # log-weight jitter 0.05, lambda_l2 1e-12, learning rate 0.15 (fit's default).
+    defaults = jaxcal.PE_DEFAULTS
     model = jaxcal.CalibrationWeights.init(
-        matrix.n_records, key=init_key, init_weights=100.0, init_keep_prob=0.999, beta=0.35
+        matrix.n_records, key=init_key, init_weights=100.0, init_keep_prob=defaults.init_keep_prob, beta=defaults.beta
     )
+    objective = jaxcal.Objective.create(matrix.n_targets, loss="relative", lambda_l0=args.lambda_l0)
 
     def report(result: jaxcal.FitResult) -> None:
         error = relative_errors(result.predictions, problem.targets)
@@ -47,10 +51,10 @@ def main() -> None:
         model,
         matrix,
         problem.targets,
+        objective,
         key=fit_key,
         epochs=args.epochs,
-        lambda_l0=args.lambda_l0,
-        log_weight_jitter_sd=0.05,
+        log_weight_jitter_sd=defaults.log_weight_jitter_sd,
         chunk_epochs=max(1, args.epochs // 5),
         callback=report,
     )

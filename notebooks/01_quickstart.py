@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 import jaxcal
+import jaxcal.io
 from builders.demo_cli import build_demo_package
 
 # %% [markdown]
@@ -57,33 +58,43 @@ from builders.demo_cli import build_demo_package
 
 # %%
 package_path = build_demo_package(DEMO_DIR, **BUILD, log=print)
-package = jaxcal.load_package(package_path)
+package = jaxcal.io.load_package(package_path)
 print(f"{package.n_targets} targets x {package.n_records} columns, {package.nnz:,} nonzeros")
 package.targets.groupby(["geo_level", "variable"]).size().rename("targets").to_frame()
 
 # %% [markdown]
-# A package is one `.npz`: the sparse matrix `X` (targets x columns), the targets table,
-# per-column geography and provenance metadata. `jaxcal info` prints the same summary on
-# the command line.
+# A package is one `.npz` (`jaxcal.io.load_package`, `save_package`): the sparse matrix `X`
+# (targets x columns), the targets table, per-column geography and metadata, with the
+# provenance as flat keys (`dataset_sha256`, `db_sha256`, `n_base_records`, ...).
+# `jaxcal info` prints the same summary on the command line.
 
 # %%
-{k: package.metadata[k] for k in ("n_clones", "seed", "year") if k in package.metadata}
+keys = ("n_clones", "seed", "year", "n_base_records", "dataset_path", "dataset_sha256", "db_path", "db_sha256")
+{k: package.metadata[k] for k in keys if k in package.metadata}
 
 # %% [markdown]
 # ## 2. Fit
 #
-# policyengine-us-data's defaults: beta 0.35, keep probability 0.999, log-weight jitter
-# 0.05, `lambda_l0` 1e-8 (the `local` preset), lr 0.15. Starting weights are
-# PolicyEngine's rule (`policyengine_initial_weights`). `jaxcal fit --package-path ...`
-# does the same from the shell and writes the diagnostics files.
+# policyengine-us-data's defaults (`jaxcal.PE_DEFAULTS`): beta 0.35, keep probability
+# 0.999, log-weight jitter 0.05, `lambda_l0` 1e-8 (the `local` preset,
+# `jaxcal.PE_PRESETS["local"]`), `lambda_l2` 1e-12, lr 0.15. The penalties and the loss are
+# the `Objective`; starting weights are PolicyEngine's rule
+# (`jaxcal.io.policyengine_initial_weights`). `jaxcal fit --package-path ...` does the same
+# from the shell and writes the diagnostics files.
 
 # %%
+defaults = jaxcal.PE_DEFAULTS
 init_key, fit_key = jax.random.split(jax.random.key(42))
-initial = jaxcal.policyengine_initial_weights(package)
-model = jaxcal.CalibrationWeights.init(package.n_records, key=init_key, init_weights=initial, init_keep_prob=0.999, beta=0.35)
+initial = jaxcal.io.policyengine_initial_weights(package)
+model = jaxcal.CalibrationWeights.init(
+    package.n_records, key=init_key, init_weights=initial, init_keep_prob=defaults.init_keep_prob, beta=defaults.beta
+)  # fmt: skip
+objective = jaxcal.Objective.create(
+    package.n_targets, loss="relative", lambda_l0=jaxcal.PE_PRESETS["local"], lambda_l2=defaults.lambda_l2
+)  # fmt: skip
 result = jaxcal.fit(
-    model, package.target_matrix(), package.target_values, key=fit_key, epochs=EPOCHS,
-    lambda_l0=1e-8, lambda_l2=1e-12, learning_rate=0.15, log_weight_jitter_sd=0.05,
+    model, package.target_matrix(), package.target_values, objective, key=fit_key, epochs=EPOCHS,
+    learning_rate=defaults.learning_rate, log_weight_jitter_sd=defaults.log_weight_jitter_sd,
 )  # fmt: skip
 weights = np.asarray(result.weights, np.float64)
 np.save(OUT / "calibration_weights.npy", weights)

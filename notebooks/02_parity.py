@@ -15,8 +15,8 @@
 # # Parity with l0-python
 #
 # jaxcal reimplements l0-python's `SparseCalibrationWeights` (the fitter behind
-# PolicyEngine-US's calibration; semantics in DESIGN §3). Here the same problem is fitted
-# by both:
+# PolicyEngine-US's calibration; the semantics are summarised in `docs/guide.md`,
+# "Concepts"). Here the same problem is fitted by both:
 #
 # 1. **Exact draws**: both start from the same parameters and see the same uniform gate
 #    draws (we record torch's and inject them with `uniforms=`); the parameters are
@@ -110,11 +110,11 @@ start, uniforms, torch_steps = torch_fit(
 )  # fmt: skip
 
 jax_steps = []
+exact_objective = jaxcal.Objective.create(X.shape[0], loss="relative", lambda_l0=EXACT["lambda_l0"], lambda_l2=EXACT["lambda_l2"])
 jaxcal.fit(
     jaxcal.CalibrationWeights(jax.numpy.asarray(start[0]), jax.numpy.asarray(start[1]), beta=EXACT["beta"]),
-    jaxcal.TargetMatrix.from_scipy(X, layout="rows"), targets, key=jax.random.key(0),
-    epochs=EXACT_STEPS, lambda_l0=EXACT["lambda_l0"], lambda_l2=EXACT["lambda_l2"], learning_rate=EXACT["lr"],
-    uniforms=np.stack(uniforms), chunk_epochs=1,
+    jaxcal.TargetMatrix.from_scipy(X, layout="rows"), targets, exact_objective, key=jax.random.key(0),
+    epochs=EXACT_STEPS, learning_rate=EXACT["lr"], uniforms=np.stack(uniforms), chunk_epochs=1,
     callback=lambda r: jax_steps.append((np.asarray(r.model.log_weight), np.asarray(r.model.log_alpha))),
 )  # fmt: skip
 
@@ -138,7 +138,7 @@ print(f"{EXACT_STEPS} steps: max relative difference {exact_max:.2e}, 99.9% quan
 
 # %%
 def data_loss(log_weight, log_alpha, beta):
-    """Data loss of the deterministic weights, in float64 (DESIGN §3)."""
+    """Data loss of the deterministic weights, in float64 (l0-python's gates and relative loss)."""
     la = np.clip(log_alpha.astype(np.float64), -20, 20)
     gates = np.clip(1 / (1 + np.exp(-la / beta)) * 1.2 - 0.1, 0, 1)
     w = np.exp(log_weight.astype(np.float64)) * gates
@@ -171,8 +171,9 @@ plt.show()
 
 # %%
 STAT = dict(beta=0.65, init_weights=100.0, init_keep_prob=0.9)
-STAT_FIT = dict(lambda_l0=1e-2, lambda_l2=0.0, lr=0.05)
+STAT_FIT = dict(lambda_l0=1e-2, lambda_l2=0.0, lr=0.05)  # l0-python's fit arguments
 matrix = jaxcal.TargetMatrix.from_scipy(X)
+objective = jaxcal.Objective.create(matrix.n_targets, lambda_l0=STAT_FIT["lambda_l0"], lambda_l2=STAT_FIT["lambda_l2"])
 trajectories = {"l0-python": [], "jaxcal": []}
 for seed in range(SEEDS):
     torch.manual_seed(seed)
@@ -183,9 +184,9 @@ for seed in range(SEEDS):
     ours = jaxcal.CalibrationWeights.init(n, key=init_key, **STAT)
     points = []
     jaxcal.fit(
-        ours, matrix, targets, key=fit_key, epochs=EPOCHS, log_weight_jitter_sd=0.0,
-        lambda_l0=STAT_FIT["lambda_l0"], lambda_l2=STAT_FIT["lambda_l2"], learning_rate=STAT_FIT["lr"],
-        chunk_epochs=EVERY, callback=lambda r: points.append(data_loss(np.asarray(r.model.log_weight), np.asarray(r.model.log_alpha), STAT["beta"])),
+        ours, matrix, targets, objective, key=fit_key, epochs=EPOCHS, log_weight_jitter_sd=0.0,
+        learning_rate=STAT_FIT["lr"], chunk_epochs=EVERY,
+        callback=lambda r: points.append(data_loss(np.asarray(r.model.log_weight), np.asarray(r.model.log_alpha), STAT["beta"])),
     )  # fmt: skip
     trajectories["jaxcal"].append(points)
 
@@ -214,11 +215,11 @@ for name, (loss, kept) in final.items():
 # ratio is modest; it grows with the problem (see `benchmarks/RESULTS.md`).
 
 # %%
-model_args = dict(key=jax.random.key(0), epochs=SPEED_EPOCHS, lambda_l0=STAT_FIT["lambda_l0"], lambda_l2=0.0, learning_rate=STAT_FIT["lr"])
+model_args = dict(key=jax.random.key(0), epochs=SPEED_EPOCHS, learning_rate=STAT_FIT["lr"])
 ours = jaxcal.CalibrationWeights.init(n, key=jax.random.key(1), **STAT)
-jax.block_until_ready(jaxcal.fit(ours, matrix, targets, **model_args).weights)  # compile
+jax.block_until_ready(jaxcal.fit(ours, matrix, targets, objective, **model_args).weights)  # compile
 started = time.perf_counter()
-jax.block_until_ready(jaxcal.fit(ours, matrix, targets, **model_args).weights)
+jax.block_until_ready(jaxcal.fit(ours, matrix, targets, objective, **model_args).weights)
 jax_ms = (time.perf_counter() - started) / SPEED_EPOCHS * 1e3
 
 reference = SparseCalibrationWeights(n, seed=0, **STAT)

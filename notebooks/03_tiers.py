@@ -50,6 +50,9 @@ import numpy as np
 import pandas as pd
 
 import jaxcal
+import jaxcal.io
+import jaxcal.runs
+import jaxcal.workflow
 from builders.synthetic_problem import synthetic_package
 
 package = synthetic_package(N_RECORDS, seed=0, **SETTINGS)
@@ -59,36 +62,45 @@ print(f"{package.n_targets} targets x {package.n_records} records; levels:",
 # %% [markdown]
 # ## 1. A parent fit with held-out families and early stopping
 #
-# `holdout_split` holds out whole families (`geo_level x variable x domain`), stratified
-# by geography level and measure. The fit sees only the train targets; every
-# `eval_every` epochs the held-out loss is logged, and the fit stops `patience` epochs
-# after its last improvement, keeping the best epoch's weights.
+# `jaxcal.workflow.holdout_split` holds out whole families (`geo_level x variable x
+# domain`), stratified by geography level and measure. `fit_with_holdout` takes the
+# objective of *all* the targets and fits its train part (`objective.select(split.train)`);
+# every `eval_every` epochs the held-out loss is logged, and the fit stops `patience`
+# epochs after its last improvement, keeping the best epoch's weights.
+# `jaxcal.runs.holdout_figure` draws the two curves (`write_holdout_log` writes them with
+# the log).
 
 # %%
-split = jaxcal.holdout_split(package.targets, fraction=0.2, seed=0)
+split = jaxcal.workflow.holdout_split(package.targets, fraction=0.2, seed=0)
 print(f"held out {int((~split.train).sum())} of {package.n_targets} targets")
 key = jax.random.key(0)
 init_key, fit_key, sweep_key, tier_key = jax.random.split(key, 4)
 parent_model = jaxcal.CalibrationWeights.init(
-    package.n_records, key=init_key, init_weights=jaxcal.policyengine_initial_weights(package),
+    package.n_records, key=init_key, init_weights=jaxcal.io.policyengine_initial_weights(package),
     init_keep_prob=0.999, beta=0.35,
 )  # fmt: skip
-parent = jaxcal.fit_with_holdout(
-    parent_model, package, split, key=fit_key, epochs=PARENT_EPOCHS, eval_every=10,
-    patience=PARENT_EPOCHS // 5, lambda_l0=1e-8, log_weight_jitter_sd=0.05,
+parent_objective = jaxcal.Objective.create(package.n_targets, lambda_l0=1e-8, lambda_l2=1e-12)
+parent = jaxcal.workflow.fit_with_holdout(
+    parent_model, package, split, parent_objective, key=fit_key, epochs=PARENT_EPOCHS, eval_every=10,
+    patience=PARENT_EPOCHS // 5, log_weight_jitter_sd=0.05,
 )  # fmt: skip
 print(parent.summary() | {"holdout_families": "..."})
-parent.plot()
+jaxcal.runs.holdout_figure(parent)
 
 # %% [markdown]
 # ## 2. The sparsity frontier: a vmapped `lambda_l0` sweep
 #
-# `sweep_grid` fits every `lambda_l0` at once (`jax.vmap` over the penalty inside one
-# compiled scan; same key, so the fits differ only by the penalty), on the train targets,
-# and reports each fit's records kept and train / held-out / full loss.
+# `jaxcal.workflow.sweep_grid` fits every `lambda_l0` at once (`jaxcal.sweep`: `jax.vmap`
+# over the objective's traced `lambda_l0` inside one compiled scan; same key, so the fits
+# differ only by the penalty), on the train targets, and reports each fit's records kept
+# and train / held-out / full loss. (`jaxcal.runs.write_frontier` writes the table and a
+# figure, as `jaxcal sweep` does.)
 
 # %%
-frontier, sweeps = jaxcal.sweep_grid(package, LAMBDAS, [0.35], key=sweep_key, split=split, epochs=SWEEP_EPOCHS)
+objective = jaxcal.Objective.create(package.n_targets)  # relative loss, every target weighs 1
+frontier, sweeps = jaxcal.workflow.sweep_grid(
+    package, LAMBDAS, [0.35], key=sweep_key, split=split, objective=objective, epochs=SWEEP_EPOCHS
+)  # fmt: skip
 frontier
 
 # %%
@@ -109,15 +121,16 @@ plt.show()
 # %% [markdown]
 # ## 3. A child tier of exactly K records
 #
-# `derive_tier` searches a budget-constrained L0 path from the parent's weights (a
-# vmapped sweep, refined around the budget), ranks records by gate logit, keeps exactly
-# `BUDGET` (with a per-state floor), and refits them with gates off, on the train
-# targets, with early stopping on the held-out ones.
+# `jaxcal.workflow.derive_tier` searches a budget-constrained L0 path from the parent's
+# weights (a vmapped sweep, refined around the budget), ranks records by gate logit, keeps
+# exactly `BUDGET` (with a per-state floor), and refits them with gates off (the
+# objective's `lambda_l0` set to 0), on the train targets, with early stopping on the
+# held-out ones.
 
 # %%
 parent_weights = np.asarray(parent.weights, np.float64)
-derivation = jaxcal.derive_tier(
-    package, parent_weights, BUDGET, key=tier_key, state_floor=10, split=split,
+derivation = jaxcal.workflow.derive_tier(
+    package, parent_weights, BUDGET, key=tier_key, state_floor=10, split=split, objective=objective,
     search_epochs=SEARCH_EPOCHS, refit_epochs=REFIT_EPOCHS, patience=REFIT_EPOCHS // 4,
 )  # fmt: skip
 tier = derivation.tier
@@ -153,7 +166,7 @@ plt.show()
 # The child's refit logged its own held-out curve (early stopping on the held-out families):
 
 # %%
-tier.refit.plot()
+jaxcal.runs.holdout_figure(tier.refit)
 
 # %%
 summary = {

@@ -14,9 +14,12 @@
 # %% [markdown]
 # # Multi-device fits: fake CPU devices here, the same code on a TPU
 #
-# `jaxcal.fit` can split the records (columns of `X`) over several devices: each device
-# holds a block of columns with its share of the weights, gradients and Adam state, and a
-# step adds up the devices' partial `X @ w` in one all-reduce of `n_targets` floats.
+# `jaxcal.fit` can split the records (columns of `X`) over several devices: give it a
+# `jaxcal.ShardedMatrix` (`ShardedMatrix.from_scipy(csr, mesh)`, or
+# `ShardedMatrix.from_matrix(target_matrix, mesh)`, over `jaxcal.record_mesh(n)`) in place
+# of a `TargetMatrix`; every other argument stays the same. Each device holds a block of
+# columns with its share of the weights, gradients and Adam state, and a step adds up the
+# devices' partial `X @ w` in one all-reduce of `n_targets` floats.
 #
 # Locally, XLA can pretend the CPU is 8 devices. That must be set **before JAX is
 # imported**, which is why the first code cell sets `XLA_FLAGS` (restart the kernel if JAX
@@ -65,14 +68,22 @@ print(jax.default_backend(), len(devices), "devices:", devices)
 # ## A problem, and the device counts to compare
 #
 # A PolicyEngine-shaped synthetic problem (national, state and district targets; each
-# record touches a few rows of each level). We fit it on 1 device and on 2, 4 and 8
-# (as many as there are).
+# record touches a few rows of each level). We fit it on 1 device (a `TargetMatrix`) and
+# on 2, 4 and 8 (as many as there are; a `ShardedMatrix` over the first n devices, each
+# block sent straight to its device).
 
 # %%
 problem = policyengine_shaped_problem(N_RECORDS, n_base=min(N_RECORDS, 10_000), n_states=10 if SMALL else 51, seed=0)
 print(f"{problem.matrix.shape[0]} targets x {problem.matrix.shape[1]} records, {problem.matrix.nnz:,} nonzeros")
 counts = [n for n in (1, 2, 4, 8) if n <= len(devices)]
 print("device counts:", counts)
+
+matrix = jaxcal.TargetMatrix.from_scipy(problem.matrix)
+matrices = {1: matrix} | {
+    n: jaxcal.ShardedMatrix.from_scipy(problem.matrix, jaxcal.record_mesh(devices[:n])) for n in counts if n > 1
+}  # fmt: skip
+for n, m in matrices.items():
+    print(f"{n} device{'s' if n > 1 else ''}: {type(m).__name__}" + (f", {m.block} records a block" if n > 1 else ""))
 
 # %% [markdown]
 # ## Sharded vs single device, with the same gate draws
@@ -86,17 +97,11 @@ init_key, fit_key = jax.random.split(jax.random.key(0))
 model = jaxcal.CalibrationWeights.init(
     problem.matrix.shape[1], key=init_key, init_weights=100.0, init_keep_prob=0.999, beta=0.35
 )
+objective = jaxcal.Objective.create(matrix.n_targets, lambda_l0=1e-6, lambda_l2=1e-12)
 uniforms = np.random.default_rng(0).uniform(size=(EPOCHS, problem.matrix.shape[1])).astype(np.float32)
-settings = dict(epochs=EPOCHS, lambda_l0=1e-6, lambda_l2=1e-12, learning_rate=0.15, uniforms=uniforms)
+settings = dict(epochs=EPOCHS, learning_rate=0.15, uniforms=uniforms)
 
-matrix = jaxcal.TargetMatrix.from_scipy(problem.matrix)
-results = {}
-for n in counts:
-    if n == 1:
-        results[n] = jaxcal.fit(model, matrix, problem.targets, key=fit_key, **settings)
-    else:
-        sharded = jaxcal.ShardedMatrix.from_scipy(problem.matrix, jaxcal.record_mesh(devices[:n]))
-        results[n] = jaxcal.fit(model, sharded, problem.targets, key=fit_key, **settings)
+results = {n: jaxcal.fit(model, m, problem.targets, objective, key=fit_key, **settings) for n, m in matrices.items()}
 
 single = np.asarray(results[1].weights, np.float64)
 scale = np.abs(single).max()
@@ -120,20 +125,22 @@ plt.show()
 #
 # Without `uniforms=`, each device draws its own stream (`fold_in(fold_in(key, epoch),
 # device)`), so 1 and 8 devices give different (equally valid) fits, each reproducible
-# bitwise from run to run. With `lambda_l0=0` (gates off) there are no draws and the
-# device count only changes the summation order.
+# bitwise from run to run. With an objective whose `lambda_l0` is 0 (gates off) there are
+# no draws and the device count only changes the summation order. Here the sharded matrix
+# is made from the single-device one with `ShardedMatrix.from_matrix`.
 
 # %%
-no_gates = dict(epochs=EPOCHS, lambda_l0=0.0, learning_rate=0.15)
-plain_single = jaxcal.fit(model, matrix, problem.targets, key=fit_key, **no_gates)
-plain_sharded = jaxcal.fit(model, matrix, problem.targets, key=fit_key, devices=most, **no_gates)
+no_gates = jaxcal.Objective.create(matrix.n_targets, lambda_l0=0.0)
+plain_single = jaxcal.fit(model, matrix, problem.targets, no_gates, key=fit_key, epochs=EPOCHS, learning_rate=0.15)
+spread = jaxcal.ShardedMatrix.from_matrix(matrix, jaxcal.record_mesh(devices[:most]))
+plain_sharded = jaxcal.fit(model, spread, problem.targets, no_gates, key=fit_key, epochs=EPOCHS, learning_rate=0.15)
 gates_off_difference = float(
     np.abs(np.asarray(plain_sharded.weights, np.float64) - np.asarray(plain_single.weights)).max()
     / np.abs(np.asarray(plain_single.weights)).max()
 )
 print(f"gates off, {most} devices vs 1: relative difference {gates_off_difference:.2e}")
 
-keyed = {n: jaxcal.fit(model, matrix, problem.targets, key=fit_key, devices=n, epochs=EPOCHS, lambda_l0=1e-6) for n in (1, most)}
+keyed = {n: jaxcal.fit(model, matrices[n], problem.targets, objective, key=fit_key, epochs=EPOCHS) for n in (1, most)}
 print({n: r.n_active for n, r in keyed.items()}, "records kept with draws from the key")
 
 # %% [markdown]
@@ -145,9 +152,8 @@ print({n: r.n_active for n, r in keyed.items()}, "records kept with draws from t
 
 # %%
 timing = {}
-for n in counts:
-    target = matrix if n == 1 else jaxcal.ShardedMatrix.from_scipy(problem.matrix, jaxcal.record_mesh(devices[:n]))
-    run = lambda: jaxcal.fit(model, target, problem.targets, key=fit_key, epochs=TIMING_EPOCHS, lambda_l0=1e-6)
+for n, target in matrices.items():
+    run = lambda: jaxcal.fit(model, target, problem.targets, objective, key=fit_key, epochs=TIMING_EPOCHS)
     jax.block_until_ready(run().weights)  # compile
     start = time.perf_counter()
     jax.block_until_ready(run().weights)
