@@ -80,7 +80,9 @@ def write_targets(path: pathlib.Path, states: list[int]) -> None:
             for number in range(1, DISTRICTS_PER_STATE[state] + 1):
                 district = place + [("congressional_district_geoid", "==", state * 100 + number)]
                 for low, high in AGE_BANDS:
-                    db.add_target("person_count", YEAR, 1e5, constraints=district + [("age", ">=", low), ("age", "<", high)])
+                    db.add_target(
+                        "person_count", YEAR, 1e5, constraints=district + [("age", ">=", low), ("age", "<", high)]
+                    )
                 db.add_target("adjusted_gross_income", YEAR, 1e9, constraints=district)
                 db.add_target("household_count", YEAR, 1e5, constraints=district)
 
@@ -96,7 +98,9 @@ def main() -> None:
         tmp = pathlib.Path(tmp)
         dataset = write_dataset_h5(tmp / "synthetic.h5", synthetic_households(args.households), YEAR)
         write_targets(tmp / "targets.db", args.states)
-        places = districts_from_state_populations({s: 1.0e6 for s in args.states}, {s: DISTRICTS_PER_STATE[s] for s in args.states})
+        places = districts_from_state_populations(
+            {s: 1.0e6 for s in args.states}, {s: DISTRICTS_PER_STATE[s] for s in args.states}
+        )
         started = time.perf_counter()
         package, report = build_calibration_package(
             dataset, tmp / "targets.db", n_clones=args.clones, seed=0, places=places,

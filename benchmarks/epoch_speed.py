@@ -291,8 +291,7 @@ def header() -> str:
             "",
             f"- command: `{shlex.join(sys.orig_argv)}`",
             f"- machine: {_cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            f"- Python {platform.python_version()}, "
-            + ", ".join(f"{p} {_version(p)}" for p in packages),
+            f"- Python {platform.python_version()}, " + ", ".join(f"{p} {_version(p)}" for p in packages),
             "",
         ]
     )
@@ -312,10 +311,7 @@ def size_section(size: str, rows: list[tuple[str, int, tuple[float, str, float]]
         "",
         "| implementation | ms/epoch | epochs timed | peak RSS (MiB) | notes |",
         "|---|--:|--:|--:|---|",
-        *(
-            f"| {name} | {ms[name]:.1f} | {n} | {peak:,.0f} | {note} |"
-            for name, n, (_, note, peak) in rows
-        ),
+        *(f"| {name} | {ms[name]:.1f} | {n} | {peak:,.0f} | {note} |" for name, n, (_, note, peak) in rows),
         "",
         "; ".join(ratios),
         "",
@@ -333,13 +329,21 @@ def main() -> None:
     parser.add_argument("--torch-epochs", type=int, default=3, help="timed epochs for l0-python")
     parser.add_argument("--skip-torch", action="store_true", help="do not run l0-python")
     parser.add_argument("--output", help="append the results as a markdown section to this file")
-    parser.add_argument("--device", choices=["auto", "cpu", "gpu", "tpu"], default="auto",
-                        help="backend of jaxcal (and torch: gpu means cuda); auto: JAX's default")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu", "tpu"],
+        default="auto",
+        help="backend of jaxcal (and torch: gpu means cuda); auto: JAX's default",
+    )
     parser.add_argument("--chunk", type=int, help="also time the chunked kernels, this many nonzeros a step")
-    parser.add_argument("--devices", type=int,
-                        help="also time a fit sharded over this many devices (with --device cpu: CPU devices)")
-    parser.add_argument("--kernels", action="store_true",
-                        help="also time the two products alone: bandwidth, indices_are_sorted on and off")
+    parser.add_argument(
+        "--devices", type=int, help="also time a fit sharded over this many devices (with --device cpu: CPU devices)"
+    )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time the two products alone: bandwidth, indices_are_sorted on and off",
+    )
     parser.add_argument("--ftz-atomics", action="store_true", help=f"also time the jaxcal rows with {FTZ_ATOMICS}")
     parser.add_argument("--skip-floor", action="store_true", help="do not time scipy (slow at mp-30m)")
     parser.add_argument("--skip-rows-layout", action="store_true", help="do not time the rows layout")

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "The exit code is `jaxcal validate`'s: 1 when some target is impossible.",
     )
     build.add_argument("--dataset", type=pathlib.Path, help="PolicyEngine-US dataset (.h5); required without --demo")
-    build.add_argument("--db-path", type=pathlib.Path, help="target database (policy_data.db schema); required without --demo")
+    build.add_argument(
+        "--db-path", type=pathlib.Path, help="target database (policy_data.db schema); required without --demo"
+    )
     build.add_argument("--n-clones", type=int, default=10, help="copies of each household (default 10)")
     build.add_argument("--seed", type=int, default=42, help="seed of the geography draws (default 42)")
     build.add_argument("--year", type=int, help="target year (default: the dataset's period)")

@@ -25,9 +25,7 @@ REQUIRED_ARRAYS = ("person_id",) + tuple(
 )
 
 
-def write_dataset_h5(
-    path: str | os.PathLike, variables: Mapping[str, np.ndarray], period: int | str
-) -> pathlib.Path:
+def write_dataset_h5(path: str | os.PathLike, variables: Mapping[str, np.ndarray], period: int | str) -> pathlib.Path:
     """Write ``variables`` (name -> array at the variable's entity) for ``period`` as a
     policyengine-core ``TIME_PERIOD_ARRAYS`` H5 file, atomically; return the path.
 
@@ -92,9 +90,7 @@ def read_entity_structure(path: str | os.PathLike) -> EntityStructure:
         with h5py.File(path, "r") as h5:
             missing = [name for name in REQUIRED_ARRAYS if name not in h5]
             if missing:
-                raise ValueError(
-                    f"dataset {path} lacks the array(s) {', '.join(missing)} that PolicyEngine needs"
-                )
+                raise ValueError(f"dataset {path} lacks the array(s) {', '.join(missing)} that PolicyEngine needs")
             arrays = {name: _first_period(h5[name]) for name in REQUIRED_ARRAYS}
     except OSError as error:
         raise ValueError(f"dataset {path} is not a readable HDF5 file ({error})") from None

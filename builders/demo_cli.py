@@ -110,8 +110,11 @@ def add_demo_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"base households (default {DEMO_SETTINGS['n_households']})")  # fmt: skip
     parser.add_argument("--demo-clones", type=int, default=DEMO_SETTINGS["n_clones"],
                         help=f"clones of each household (default {DEMO_SETTINGS['n_clones']})")  # fmt: skip
-    parser.add_argument("--demo-states", help="only these state FIPS codes, comma-separated (default all 50 and DC); "
-                        "national targets stay US totals, out of reach of a few states")
+    parser.add_argument(
+        "--demo-states",
+        help="only these state FIPS codes, comma-separated (default all 50 and DC); "
+        "national targets stay US totals, out of reach of a few states",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild the demo package even when cached")
 
 

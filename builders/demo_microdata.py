@@ -128,9 +128,7 @@ def generate_households(
         np.where(hh_head_age >= 45, 18 + rng.integers(0, 13, n_persons), hh_head_age + rng.integers(-5, 6, n_persons)),
     )
     kid_age = np.minimum(rng.integers(0, 18, n_persons), np.maximum(hh_head_age - 16, 0))
-    age = np.select([position == 0, is_adult], [hh_head_age, np.clip(second_age, 18, 95)], kid_age).astype(
-        np.float32
-    )
+    age = np.select([position == 0, is_adult], [hh_head_age, np.clip(second_age, 18, 95)], kid_age).astype(np.float32)
 
     # Entities. Tax units: one per household, except shared households (one per adult).
     tu_per_household = np.where(htype == _SHARED, n_adults, 1)
@@ -146,7 +144,9 @@ def generate_households(
 
     # Characteristics.
     is_male = rng.random(n_persons) < 0.49
-    is_male = np.where(married[person_household] & (position == 1), ~is_male[np.maximum(np.arange(n_persons) - 1, 0)], is_male)
+    is_male = np.where(
+        married[person_household] & (position == 1), ~is_male[np.maximum(np.arange(n_persons) - 1, 0)], is_male
+    )
     disability_rate = np.select([age < 18, age < 45, age < 65, age < 75], [0.04, 0.06, 0.12, 0.22], 0.40)
     is_disabled = rng.random(n_persons) < disability_rate
     # SSA's disability test (an input in policyengine-us): most people reporting a disability pass it.
@@ -174,10 +174,14 @@ def generate_households(
 
     retirement_rate = np.select([age < 62, age < 65], [0.0, 0.25], 0.93)
     social_security_retirement = np.where(
-        rng.random(n_persons) < retirement_rate, np.round(12 * np.clip(rng.normal(1_850, 520, n_persons), 300, 4_800)), 0.0
+        rng.random(n_persons) < retirement_rate,
+        np.round(12 * np.clip(rng.normal(1_850, 520, n_persons), 300, 4_800)),
+        0.0,
     )
     ssdi = is_disabled & (age >= 18) & (age < 65) & (rng.random(n_persons) < 0.45)
-    social_security_disability = np.where(ssdi, np.round(12 * np.clip(rng.normal(1_450, 380, n_persons), 300, 3_800)), 0.0)
+    social_security_disability = np.where(
+        ssdi, np.round(12 * np.clip(rng.normal(1_450, 380, n_persons), 300, 3_800)), 0.0
+    )
 
     interest_rate = np.where(is_adult, 0.35 + 0.30 * (age >= 65), 0.0)
     taxable_interest_income = np.where(

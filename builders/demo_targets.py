@@ -198,7 +198,9 @@ def check_state_series(values: Mapping[str, float], *, name: str, share_bounds: 
             f"{name}: {len(outside)} state(s) hold a share of the total outside {lo}-{hi}x their share of "
             f"House seats: {shown}"
         )
-    return f"{name}: 51 states, total {total:,.0f}, share/seat share {min(ratio.values()):.2f}-{max(ratio.values()):.2f}x"
+    return (
+        f"{name}: 51 states, total {total:,.0f}, share/seat share {min(ratio.values()):.2f}-{max(ratio.values()):.2f}x"
+    )
 
 
 def check_ratio(numerator: float, denominator: float, *, name: str, bounds: tuple[float, float]) -> str:
@@ -233,7 +235,9 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
     def add(variable, relpath, keys=(), constraints=(), value=None, note=None):
         if value is None:
             value, note = national(relpath, *keys)
-        records.append(TargetRecord(variable, year, float(value), source(relpath, "/".join(keys)), tuple(constraints), note))
+        records.append(
+            TargetRecord(variable, year, float(value), source(relpath, "/".join(keys)), tuple(constraints), note)
+        )
 
     def guarded(series: str, build) -> None:
         try:
@@ -269,7 +273,9 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
         out = [check_ratio(sum(c for c, _ in counts), filing, name="SOI returns in AGI bands / all returns",
                            bounds=(0.9, 1.0))]  # fmt: skip
         cbo_agi, _ = national("gov/cbo/income_by_source.yaml", "adjusted_gross_income")
-        out.append(check_ratio(sum(a for a, _ in amounts), cbo_agi, name="SOI AGI in bands / CBO AGI", bounds=(0.9, 1.1)))
+        out.append(
+            check_ratio(sum(a for a, _ in amounts), cbo_agi, name="SOI AGI in bands / CBO AGI", bounds=(0.9, 1.1))
+        )
         for i, lower in enumerate(bands):
             upper = bands[i + 1] if i + 1 < len(bands) else math.inf
             mean = amounts[i][0] / counts[i][0]
@@ -374,9 +380,18 @@ def write_target_db(
         nation = db.add_stratum([], notes="United States")
         for record in records:
             geography = [c for c in record.constraints if c[0] == "state_fips"]
-            parent = db.add_stratum(geography, parent=nation, notes=f"State FIPS {geography[0][2]}") if geography else nation
-            stratum = parent if list(record.constraints) == geography else db.add_stratum(record.constraints, parent=parent)
+            parent = (
+                db.add_stratum(geography, parent=nation, notes=f"State FIPS {geography[0][2]}") if geography else nation
+            )
+            stratum = (
+                parent if list(record.constraints) == geography else db.add_stratum(record.constraints, parent=parent)
+            )
             db.add_target(
-                record.variable, record.period, record.value, stratum_id=stratum, source=record.source, notes=record.notes
+                record.variable,
+                record.period,
+                record.value,
+                stratum_id=stratum,
+                source=record.source,
+                notes=record.notes,
             )
     return path

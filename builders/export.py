@@ -77,7 +77,9 @@ def export_h5(
     structure = read_entity_structure(dataset)
     n_base = structure.n_households
     if package.n_records % n_base:
-        raise ValueError(f"the package's {package.n_records} columns are not clones of the dataset's {n_base} households")
+        raise ValueError(
+            f"the package's {package.n_records} columns are not clones of the dataset's {n_base} households"
+        )
 
     state_fips = np.asarray(geography["state_fips"]).astype(np.int64)
     cd_geoid = np.asarray(geography["cd_geoid"]).astype(np.int64)
@@ -101,9 +103,7 @@ def export_h5(
     for entity in GROUP_ENTITIES:
         out[f"person_{entity}_id"] = _person_links(structure, entity, base, gathers).astype(np.int32)
     skip = set(out) | set(GEOGRAPHY_INPUTS) | {v for v in arrays if v.endswith("_weight")}
-    entity_of = _entities_of(
-        {v: a for v, a in arrays.items() if v not in skip}, structure, gathers, variable_entities
-    )
+    entity_of = _entities_of({v: a for v, a in arrays.items() if v not in skip}, structure, gathers, variable_entities)
     for name, entity in entity_of.items():
         out[name] = arrays[name][gathers[entity][0]]
     out["state_fips"] = state_fips[columns].astype(np.int32)
@@ -194,7 +194,9 @@ def _drawn_takeup(package) -> list:
     return [TAKEUP_BY_VARIABLE[v] for v in sorted(names & TAKEUP_BY_VARIABLE.keys())]
 
 
-def _takeup(spec, structure: EntityStructure, clone: np.ndarray, base: np.ndarray, column_state: np.ndarray) -> np.ndarray:
+def _takeup(
+    spec, structure: EntityStructure, clone: np.ndarray, base: np.ndarray, column_state: np.ndarray
+) -> np.ndarray:
     """``spec``'s take-up for every exported entity, drawn per clone as the build drew it."""
     counts = np.bincount(structure.entity_household[spec.entity], minlength=structure.n_households)
     household_of = []
@@ -233,7 +235,12 @@ def run_export(args) -> int:
         raise CommandError(f"weights not found: {args.weights}", 2)
     weights = np.load(args.weights, allow_pickle=False)
     summary = export_h5(
-        package, weights, args.output, dataset=args.dataset, states=_codes(args.states), districts=_codes(args.districts)
+        package,
+        weights,
+        args.output,
+        dataset=args.dataset,
+        states=_codes(args.states),
+        districts=_codes(args.districts),
     )
     print(
         f"wrote {summary.path}: {summary.n_households} households, {summary.n_persons} persons, "

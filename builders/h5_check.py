@@ -119,8 +119,7 @@ def _check_ids(arrays: Mapping[str, np.ndarray]) -> list[str]:
         dangling = ~np.isin(links, groups)
         if dangling.any():
             failures.append(
-                f"{name}: {int(dangling.sum())} person(s) point at no {entity} "
-                f"(e.g. {entity}_id {links[dangling][0]})"
+                f"{name}: {int(dangling.sum())} person(s) point at no {entity} (e.g. {entity}_id {links[dangling][0]})"
             )
         empty = ~np.isin(groups, links)
         if empty.any():

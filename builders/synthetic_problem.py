@@ -65,9 +65,15 @@ def policyengine_shaped_problem(
     district_state = np.repeat(np.arange(n_states), [DISTRICTS_PER_STATE[s] for s in states])
     n_districts = district_state.size
     k_national, k_state, k_district = nonzeros
-    for level, k, n in (("national", k_national, n_national), ("state", k_state, per_state), ("district", k_district, per_district)):
+    for level, k, n in (
+        ("national", k_national, n_national),
+        ("state", k_state, per_state),
+        ("district", k_district, per_district),
+    ):
         if not 0 <= k <= n:
-            raise ValueError(f"a record cannot touch {k} of the {n} {level} rows: lower nonzeros or raise the rows per level")
+            raise ValueError(
+                f"a record cannot touch {k} of the {n} {level} rows: lower nonzeros or raise the rows per level"
+            )
 
     # What each base record looks like: which rows of each block it touches and its values.
     def pick(k: int, n: int) -> np.ndarray:
@@ -97,9 +103,7 @@ def policyengine_shaped_problem(
     rows = (local_rows[base] + offsets).ravel().astype(np.int32)
     cols = np.repeat(np.arange(n_records, dtype=np.int32), local_rows.shape[1])
     n_targets = n_national + n_states * per_state + n_districts * per_district
-    matrix = sparse.coo_array(
-        (base_values[base].ravel(), (rows, cols)), shape=(n_targets, n_records)
-    ).tocsr()
+    matrix = sparse.coo_array((base_values[base].ravel(), (rows, cols)), shape=(n_targets, n_records)).tocsr()
 
     true_weights = rng.uniform(50, 150, n_records).astype(np.float32)
     targets = (matrix @ true_weights) * (1 + 0.02 * rng.standard_normal(n_targets))
@@ -128,6 +132,7 @@ def synthetic_package(n_records: int, **problem_settings):
     ``person_count``/``age`` rows make PolicyEngine's initial-weight rule apply.
     """
     import pandas as pd
+
     from jaxcal.io import CalibrationPackage
 
     problem = policyengine_shaped_problem(n_records, **problem_settings)
@@ -151,7 +156,10 @@ def synthetic_package(n_records: int, **problem_settings):
         targets,
         names,
         geography={"state_fips": problem.state_fips, "cd_geoid": problem.cd_geoid},
-        metadata={"source": "builders.synthetic_problem", "n_base_records": min(problem_settings.get("n_base", 10_000), n_records)}
+        metadata={
+            "source": "builders.synthetic_problem",
+            "n_base_records": min(problem_settings.get("n_base", 10_000), n_records),
+        }
         | {k: v for k, v in problem_settings.items() if isinstance(v, (int, float))},
     )
 

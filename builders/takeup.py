@@ -114,7 +114,9 @@ def stable_string_hashes(prefix: str, suffixes: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(33))
 
 
-def takeup_draws(takeup_variable: str, household_ids: np.ndarray, entity_household: np.ndarray, clone: int) -> np.ndarray:
+def takeup_draws(
+    takeup_variable: str, household_ids: np.ndarray, entity_household: np.ndarray, clone: int
+) -> np.ndarray:
     """Uniform draws for one clone's entities: the entities of household ``h`` (positions
     where ``entity_household == h``, in order) take ``seeded_rng(var, f"{household_ids[h]}:{clone}")
     .random(count)``, all households at once (:func:`builders._pcg64.uniforms`)."""

@@ -173,7 +173,9 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
         raise FileNotFoundError(f"target database not found: {path}")
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        present = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+        present = {
+            row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        }
     except sqlite3.DatabaseError as error:
         connection.close()
         raise ValueError(f"{path} is not an SQLite target database ({error})") from None

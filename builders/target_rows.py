@@ -56,9 +56,7 @@ def plan_target_rows(targets: pd.DataFrame, constraints_by_stratum: Mapping[int,
     table["_constraints"] = stratum_constraints
     table["_level"] = table["geo_level"].map(GEO_LEVEL_ORDER)
     table = table.sort_values(["_level", "variable", "reform_id", "geographic_id"], kind="stable")
-    constraints = tuple(
-        tuple(c for c in row if c.variable not in PLACE_VARIABLES) for row in table["_constraints"]
-    )
+    constraints = tuple(tuple(c for c in row if c.variable not in PLACE_VARIABLES) for row in table["_constraints"])
     table = table.drop(columns=["_constraints", "_level"]).reset_index(drop=True)
     return TargetRows(table=table, constraints=constraints)
 
@@ -66,8 +64,9 @@ def plan_target_rows(targets: pd.DataFrame, constraints_by_stratum: Mapping[int,
 def configured_rows(rows: TargetRows, config: dict) -> TargetRows:
     """The rows ``config`` (a :func:`jaxcal.io.load_target_config` result) keeps (``ValueError``
     if none), through jaxcal's own rule matching."""
-    from jaxcal.io import CalibrationPackage, apply_target_config
     from scipy import sparse
+
+    from jaxcal.io import CalibrationPackage, apply_target_config
 
     table = rows.table.assign(_row=np.arange(len(rows.table)))
     stub = CalibrationPackage.create(sparse.csr_array((len(table), 0)), table, table["target_name"])

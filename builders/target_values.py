@@ -21,7 +21,14 @@ import numpy as np
 
 from .target_db import Constraint, parse_constraint_value
 
-_OPERATORS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+_OPERATORS = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 
 
 def satisfies(values: np.ndarray, constraint: Constraint) -> np.ndarray:
@@ -32,7 +39,9 @@ def satisfies(values: np.ndarray, constraint: Constraint) -> np.ndarray:
     return np.asarray(_OPERATORS[constraint.operation](values, value), bool)
 
 
-def person_mask(person_values: Mapping[str, np.ndarray], constraints: Sequence[Constraint], n_persons: int) -> np.ndarray:
+def person_mask(
+    person_values: Mapping[str, np.ndarray], constraints: Sequence[Constraint], n_persons: int
+) -> np.ndarray:
     """The persons who satisfy every constraint (``person_values`` maps each variable to a per-person array)."""
     mask = np.ones(n_persons, bool)
     for constraint in constraints:

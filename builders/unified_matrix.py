@@ -193,7 +193,7 @@ def _provenance(dataset, db_path, target_config, year, n_clones, seed, structure
         "n_base_records": structure.n_households,
         "seed": seed,
         "rerandomize_takeup": rerandomize_takeup,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jaxcal_version": metadata.version("jaxcal"),
         "policyengine_us_version": policyengine.package_version(),
         "stage_seconds": report.stages,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -76,4 +76,4 @@ def set_learning_rate(opt_state: optax.OptState, learning_rate: float) -> optax.
         raise ValueError("this optimizer's state holds no learning rate (build it with optax.inject_hyperparams)")
     current = hyperparams["learning_rate"]
     rate = jnp.asarray(learning_rate, jnp.result_type(current))
-    return getattr(opt_state, "_replace")(hyperparams={**hyperparams, "learning_rate": rate})
+    return cast(Any, opt_state)._replace(hyperparams={**hyperparams, "learning_rate": rate})

@@ -176,7 +176,9 @@ def fit(
         raise ValueError(f"chunk_epochs must be positive, got {chunk_epochs}")
     draws = None if uniforms is None else jnp.asarray(uniforms, model.log_weight.dtype)
     if draws is not None and draws.shape != (epochs, model.n_records):
-        raise ValueError(f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, got {draws.shape}")
+        raise ValueError(
+            f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, got {draws.shape}"
+        )
     step, model, state = prepare_step(
         model, matrix, targets, objective, key=key, optimizer=optimizer, learning_rate=learning_rate,
         opt_state=opt_state, log_weight_jitter_sd=log_weight_jitter_sd,
@@ -299,7 +301,9 @@ def _check_problem(
     if not np.all(np.isfinite(targets)):
         raise ValueError(f"targets must be finite: {int((~np.isfinite(targets)).sum())} are not")
     if objective.n_targets != matrix.n_targets:
-        raise ValueError(f"the objective weighs {objective.n_targets} targets but the matrix has {matrix.n_targets} rows")
+        raise ValueError(
+            f"the objective weighs {objective.n_targets} targets but the matrix has {matrix.n_targets} rows"
+        )
     if objective.loss_weights.dtype != matrix.dtype:
         raise ValueError(
             f"the objective computes in {objective.loss_weights.dtype} but the matrix in {matrix.dtype}: "

@@ -34,9 +34,7 @@ def sample_gates(
     return _stretch(s, gamma, zeta)
 
 
-def deterministic_gates(
-    log_alpha: Float[Array, " n"], beta: float, gamma: float, zeta: float
-) -> Float[Array, " n"]:
+def deterministic_gates(log_alpha: Float[Array, " n"], beta: float, gamma: float, zeta: float) -> Float[Array, " n"]:
     """The gates used for final weights: ``stretch(sigmoid(la / beta))``; exact zeros drop records."""
     la = clamp(log_alpha, -LOG_ALPHA_BOUND, LOG_ALPHA_BOUND)
     return _stretch(jax.nn.sigmoid(la / beta), gamma, zeta)

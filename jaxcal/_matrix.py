@@ -144,9 +144,7 @@ class TargetMatrix(AbstractTargetMatrix):
     def to_bcoo(self) -> jsparse.BCOO:
         from jax.experimental import sparse as jsparse
 
-        return jsparse.BCOO(
-            (self.values, jnp.stack([self.rows, self.cols], axis=1)), shape=self.shape
-        )
+        return jsparse.BCOO((self.values, jnp.stack([self.rows, self.cols], axis=1)), shape=self.shape)
 
     def to_scipy(self) -> Any:
         """A ``scipy.sparse.csr_array`` with the same entries (duplicates summed)."""
@@ -285,8 +283,7 @@ def host_coo(
             raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
     if not rows.shape == cols.shape == values.shape:
         raise ValueError(
-            f"rows, cols and values must have one length, got "
-            f"{rows.shape[0]}, {cols.shape[0]} and {values.shape[0]}"
+            f"rows, cols and values must have one length, got {rows.shape[0]}, {cols.shape[0]} and {values.shape[0]}"
         )
     if rows.shape[0] >= 2**31:
         raise ValueError(f"{rows.shape[0]} nonzeros exceed int32 indexing")

@@ -55,10 +55,8 @@ class CalibrationWeights(eqx.Module):
         """
         if n_records < 0:
             raise ValueError(f"n_records must not be negative, got {n_records}")
-        if not (0 < beta and gamma < 0 < 1 < zeta):
-            raise ValueError(
-                f"need beta > 0 and gamma < 0 < 1 < zeta, got beta={beta}, gamma={gamma}, zeta={zeta}"
-            )
+        if not (beta > 0 and gamma < 0 < 1 < zeta):
+            raise ValueError(f"need beta > 0 and gamma < 0 < 1 < zeta, got beta={beta}, gamma={gamma}, zeta={zeta}")
         weights = _per_record("init_weights", init_weights, n_records)
         if np.any(weights < 0) or not np.all(np.isfinite(weights)):
             raise ValueError("init_weights must be finite and non-negative")

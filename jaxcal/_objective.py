@@ -63,7 +63,11 @@ class Objective(eqx.Module):
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and non-negative, got {value}")
         weights = target_loss_weights(
-            n_targets, target_groups, normalize_groups=normalize_groups, group_multipliers=group_multipliers, dtype=dtype
+            n_targets,
+            target_groups,
+            normalize_groups=normalize_groups,
+            group_multipliers=group_multipliers,
+            dtype=dtype,
         )
         return cls(
             loss_weights=jnp.asarray(weights),
@@ -102,7 +106,9 @@ class Objective(eqx.Module):
     def n_targets(self) -> int:
         return int(self.loss_weights.shape[0])
 
-    def data_loss(self, predictions: Float[Array, " n_targets"], targets: Float[Array, " n_targets"]) -> Float[Array, ""]:
+    def data_loss(
+        self, predictions: Float[Array, " n_targets"], targets: Float[Array, " n_targets"]
+    ) -> Float[Array, ""]:
         return data_loss(predictions, targets, self.loss_weights, self.kind)
 
     def __call__(

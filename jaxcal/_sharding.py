@@ -25,9 +25,7 @@ AUTO_CHUNK_ABOVE = 2**26
 DEFAULT_CHUNK = 2**22
 
 
-def select_devices(
-    devices: int | str | Sequence[Any] | None = None, platform: str = "auto"
-) -> list[Any]:
+def select_devices(devices: int | str | Sequence[Any] | None = None, platform: str = "auto") -> list[Any]:
     """The devices to fit on: ``None`` or ``"all"`` for all of ``platform``'s, ``N`` for the first N,
     or the given devices. ``platform`` is ``"cpu"``, ``"gpu"``, ``"tpu"`` or ``"auto"`` (JAX's
     default backend: a TPU or GPU when there is one, else the CPU)."""
@@ -48,8 +46,7 @@ def select_devices(
         raise ValueError(f"devices must be a positive count or 'all', got {devices!r}")
     if devices > len(available):
         raise ValueError(
-            f"asked for {devices} devices but {platform} has {len(available)}: "
-            f"{', '.join(str(d) for d in available)}"
+            f"asked for {devices} devices but {platform} has {len(available)}: {', '.join(str(d) for d in available)}"
         )
     return available[:devices]
 
@@ -313,7 +310,10 @@ class _Block(AbstractTargetMatrix):
 
 
 def _map_params(
-    optimizer: optax.GradientTransformation | None, opt_state: Any, params: Callable[[Any], Any], others: Callable[[Any], Any]
+    optimizer: optax.GradientTransformation | None,
+    opt_state: Any,
+    params: Callable[[Any], Any],
+    others: Callable[[Any], Any],
 ) -> Any:
     """``params`` on the optimizer state's per-parameter arrays (those that mirror the model, as
     ``optax.tree_map_params`` finds them), ``others`` on the rest (counts, learning rates)."""

@@ -30,7 +30,10 @@ import os
 import pathlib
 
 SMALL = os.environ.get("JAXCAL_NOTEBOOK_SMALL", "0") == "1"  # the tests set 1: small sizes, short CI
-ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()), pathlib.Path.cwd())
+ROOT = next(
+    (p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()),
+    pathlib.Path.cwd(),
+)
 OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "quickstart"))
 OUT.mkdir(parents=True, exist_ok=True)
 # Where the default package is built and cached (`jaxcal build --demo` uses storage/demo too).
@@ -113,6 +116,7 @@ plt.show()
 # (With the small settings the tests use, the package holds two states' households, so
 # the national targets, US totals, are out of reach; the state targets are met.)
 
+
 # %%
 def relative_errors(w):
     estimates = package.matrix.astype(np.float64) @ w
@@ -156,7 +160,9 @@ from policyengine_us import Microsimulation
 year = int(package.metadata.get("year", 2024))
 sim = Microsimulation(dataset=str(exported.path))
 rows = table[(table["geo_level"] == "national") & (table["domain_variable"] == "")]
-rows = rows[rows["variable"].isin(["employment_income", "self_employment_income", "taxable_interest_income", "social_security"])]
+rows = rows[
+    rows["variable"].isin(["employment_income", "self_employment_income", "taxable_interest_income", "social_security"])
+]
 predicted = package.matrix.astype(np.float64) @ weights
 check = pd.DataFrame({
     "variable": rows["variable"],

@@ -34,7 +34,10 @@ import time
 from unittest import mock
 
 SMALL = os.environ.get("JAXCAL_NOTEBOOK_SMALL", "0") == "1"  # the tests set 1: small sizes, short CI
-ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()), pathlib.Path.cwd())
+ROOT = next(
+    (p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()),
+    pathlib.Path.cwd(),
+)
 OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "parity"))
 OUT.mkdir(parents=True, exist_ok=True)
 
@@ -72,6 +75,7 @@ print(f"{X.shape[0]} targets x {n} records, {X.nnz:,} nonzeros")
 # so that its sparse sums have a fixed order; jaxcal uses `layout="rows"`, which adds in
 # torch's order.
 
+
 # %%
 def torch_fit(n_steps, *, seed, beta, init_weights, init_keep_prob, every=1, threads=1, **fit_settings):
     """l0-python's fit; returns (start parameters, recorded uniforms, parameters every `every` steps)."""
@@ -95,7 +99,10 @@ def torch_fit(n_steps, *, seed, beta, init_weights, init_keep_prob, every=1, thr
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     try:
-        with mock.patch.object(torch, "rand_like", recording_rand_like), mock.patch.object(torch.optim.Adam, "step", recording_step):
+        with (
+            mock.patch.object(torch, "rand_like", recording_rand_like),
+            mock.patch.object(torch.optim.Adam, "step", recording_step),
+        ):
             model.fit(X, targets, epochs=n_steps, loss_type="relative", **fit_settings)
     finally:
         torch.set_num_threads(saved)
@@ -110,7 +117,9 @@ start, uniforms, torch_steps = torch_fit(
 )  # fmt: skip
 
 jax_steps = []
-exact_objective = jaxcal.Objective.create(X.shape[0], loss="relative", lambda_l0=EXACT["lambda_l0"], lambda_l2=EXACT["lambda_l2"])
+exact_objective = jaxcal.Objective.create(
+    X.shape[0], loss="relative", lambda_l0=EXACT["lambda_l0"], lambda_l2=EXACT["lambda_l2"]
+)
 jaxcal.fit(
     jaxcal.CalibrationWeights(jax.numpy.asarray(start[0]), jax.numpy.asarray(start[1]), beta=EXACT["beta"]),
     jaxcal.TargetMatrix.from_scipy(X, layout="rows"), targets, exact_objective, key=jax.random.key(0),
@@ -136,6 +145,7 @@ moved = float(np.abs(torch_steps[-1][0] - start[0]).max())
 print(f"{EXACT_STEPS} steps: max relative difference {exact_max:.2e}, 99.9% quantile {exact_q999:.2e} "
       f"(the parameters moved by up to {moved:.2f})")  # fmt: skip
 
+
 # %%
 def data_loss(log_weight, log_alpha, beta):
     """Data loss of the deterministic weights, in float64 (l0-python's gates and relative loss)."""
@@ -153,7 +163,9 @@ for name, style in (("log_weight", "-"), ("log_alpha", "--")):
 axes[0].axhline(1e-3, color="grey", linestyle=":", label="test bound (max)")
 axes[0].set(xlabel="Adam step", ylabel="relative difference", title="jaxcal vs l0-python, same draws (float32)")
 axes[0].legend(fontsize=8)
-axes[1].semilogy(steps, [data_loss(*s, EXACT["beta"])[0] for s in torch_steps], label="l0-python", linewidth=4, alpha=0.4)
+axes[1].semilogy(
+    steps, [data_loss(*s, EXACT["beta"])[0] for s in torch_steps], label="l0-python", linewidth=4, alpha=0.4
+)
 axes[1].semilogy(steps, [data_loss(*s, EXACT["beta"])[0] for s in jax_steps], "--", label="jaxcal")
 axes[1].set(xlabel="Adam step", ylabel="data loss", title="The trajectories coincide")
 axes[1].legend()

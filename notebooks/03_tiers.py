@@ -30,12 +30,18 @@ import os
 import pathlib
 
 SMALL = os.environ.get("JAXCAL_NOTEBOOK_SMALL", "0") == "1"  # the tests set 1: small sizes, short CI
-ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()), pathlib.Path.cwd())
+ROOT = next(
+    (p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()),
+    pathlib.Path.cwd(),
+)
 OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "tiers"))
 OUT.mkdir(parents=True, exist_ok=True)
 
 if SMALL:
-    N_RECORDS, SETTINGS = 1_500, dict(n_base=300, n_states=3, n_national=30, per_state=12, per_district=6, nonzeros=(8, 5, 4))
+    N_RECORDS, SETTINGS = (
+        1_500,
+        dict(n_base=300, n_states=3, n_national=30, per_state=12, per_district=6, nonzeros=(8, 5, 4)),
+    )
     PARENT_EPOCHS, SWEEP_EPOCHS, SEARCH_EPOCHS, REFIT_EPOCHS = 300, 150, 100, 150
 else:
     N_RECORDS, SETTINGS = 50_000, dict(n_base=10_000, n_states=20)
@@ -134,9 +140,12 @@ derivation = jaxcal.workflow.derive_tier(
     search_epochs=SEARCH_EPOCHS, refit_epochs=REFIT_EPOCHS, patience=REFIT_EPOCHS // 4,
 )  # fmt: skip
 tier = derivation.tier
-print(f"child: {tier.child.n_records} records (lambda_l0 {derivation.lambda_l0:g} ranked them) in {derivation.elapsed_seconds:.1f} s")
+print(
+    f"child: {tier.child.n_records} records (lambda_l0 {derivation.lambda_l0:g} ranked them) in {derivation.elapsed_seconds:.1f} s"
+)
 comparison = pd.DataFrame(tier.comparison).T
 comparison
+
 
 # %%
 def abs_relative_errors(pkg, weights):

@@ -45,7 +45,10 @@ import pathlib
 import time
 
 SMALL = os.environ.get("JAXCAL_NOTEBOOK_SMALL", "0") == "1"  # the tests set 1: small sizes, short CI
-ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()), pathlib.Path.cwd())
+ROOT = next(
+    (p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "pyproject.toml").is_file()),
+    pathlib.Path.cwd(),
+)
 OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "multi_device"))
 OUT.mkdir(parents=True, exist_ok=True)
 
@@ -112,7 +115,9 @@ for n, d in differences.items():
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 for n, r in results.items():
-    axes[0].plot(np.asarray(r.history.data), label=f"{n} device{'s' if n > 1 else ''}", linestyle="-" if n == 1 else "--")
+    axes[0].plot(
+        np.asarray(r.history.data), label=f"{n} device{'s' if n > 1 else ''}", linestyle="-" if n == 1 else "--"
+    )
 axes[0].set(yscale="log", xlabel="epoch", ylabel="data loss (sampled gates)", title="Same draws: the curves coincide")
 axes[0].legend()
 most = max(results)

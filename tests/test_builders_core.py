@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from builders.assembly import assemble_matrix
 from builders.dataset import EntityStructure, read_entity_structure, write_dataset_h5
 from builders.geography import (
     GeographyAssignment,
@@ -15,6 +16,7 @@ from builders.geography import (
     districts_from_state_populations,
     equal_population_districts,
 )
+from builders.simulation import StateValues, choose_simulation
 from builders.takeup import TAKEUP_BY_VARIABLE, seeded_rng, stable_string_hash, state_rates, takeup_draws
 from builders.target_db import (
     Constraint,
@@ -24,10 +26,8 @@ from builders.target_db import (
     target_overview,
     uprate_targets,
 )
-from builders.target_values import household_values, person_mask, satisfies
-from builders.assembly import assemble_matrix
-from builders.simulation import StateValues, choose_simulation
 from builders.target_rows import plan_target_rows, target_name
+from builders.target_values import household_values, person_mask, satisfies
 from jaxcal.cli import main
 
 # ---------------------------------------------------------------- target database
@@ -41,9 +41,17 @@ def db(tmp_path):
         w.add_target("snap", 2023, 100.0, constraints=[("state_fips", "==", "6")])  # 2 state
         w.add_target("snap", 2022, 90.0, constraints=[("state_fips", "==", 6)])  # 3 older: dropped
         w.add_target("snap", 2024, 999.0, constraints=[("state_fips", "==", 6)], active=False)  # 4 inactive
-        w.add_target("person_count", 2025, 5.0,
-                     constraints=[("congressional_district_geoid", "==", 601), ("state_fips", "==", 6),
-                                  ("age", "<", 18), ("tax_unit_is_filer", "==", 1)])  # 5 district, only later periods
+        w.add_target(
+            "person_count",
+            2025,
+            5.0,
+            constraints=[
+                ("congressional_district_geoid", "==", 601),
+                ("state_fips", "==", 6),
+                ("age", "<", 18),
+                ("tax_unit_is_filer", "==", 1),
+            ],
+        )  # 5 district, only later periods
         w.add_target("person_count", 2026, 6.0,
                      constraints=[("state_fips", "==", 6), ("age", "<", 18), ("congressional_district_geoid", "==", 601),
                                   ("tax_unit_is_filer", "==", 1)])  # 6 later still: dropped  # fmt: skip
@@ -120,9 +128,8 @@ def test_connect_errors(tmp_path):
 
 def test_writer_leaves_nothing_on_failure(tmp_path):
     path = tmp_path / "t.db"
-    with pytest.raises(ValueError, match="operation"):
-        with TargetDatabaseWriter(path) as w:
-            w.add_target("x", 2024, 1.0, constraints=[("age", "=~", 3)])
+    with pytest.raises(ValueError, match="operation"), TargetDatabaseWriter(path) as w:
+        w.add_target("x", 2024, 1.0, constraints=[("age", "=~", 3)])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -179,7 +186,9 @@ def test_state_rates():
 def test_geography_layout_and_first_clone_draw():
     places = pd.DataFrame({"cd_geoid": [601, 602, 3601, 3602], "population": [1.0, 3.0, 2.0, 2.0]})
     geo = assign_geography(5, 3, places, seed=7)
-    expected_first = np.array([601, 602, 3601, 3602])[np.random.default_rng(7).choice(4, 5, p=[1 / 8, 3 / 8, 2 / 8, 2 / 8])]
+    expected_first = np.array([601, 602, 3601, 3602])[
+        np.random.default_rng(7).choice(4, 5, p=[1 / 8, 3 / 8, 2 / 8, 2 / 8])
+    ]
     np.testing.assert_array_equal(geo.cd_geoid[:5], expected_first)
     np.testing.assert_array_equal(geo.state_fips, geo.cd_geoid // 100)
     assert geo.block_geoid is None and geo.n_columns == 15
@@ -223,10 +232,18 @@ def test_geography_errors():
 STRUCTURE = EntityStructure(
     household_ids=np.array([104, 114]),
     person_household=np.array([0, 0, 1, 1]),
-    person_entity={"person": np.arange(4), "household": np.array([0, 0, 1, 1]),
-                   "tax_unit": np.array([0, 0, 1, 2]), "spm_unit": np.array([0, 0, 1, 1])},  # fmt: skip
-    entity_household={"person": np.array([0, 0, 1, 1]), "household": np.array([0, 1]),
-                      "tax_unit": np.array([0, 1, 1]), "spm_unit": np.array([0, 1])},  # fmt: skip
+    person_entity={
+        "person": np.arange(4),
+        "household": np.array([0, 0, 1, 1]),
+        "tax_unit": np.array([0, 0, 1, 2]),
+        "spm_unit": np.array([0, 0, 1, 1]),
+    },  # fmt: skip
+    entity_household={
+        "person": np.array([0, 0, 1, 1]),
+        "household": np.array([0, 1]),
+        "tax_unit": np.array([0, 1, 1]),
+        "spm_unit": np.array([0, 1]),
+    },  # fmt: skip
 )
 AGE = np.array([30, 5, 70, 40], np.float32)
 
@@ -244,7 +261,10 @@ def test_constraint_operations_and_value_parsing():
                        ">=": [False, True, True], "<": [True, False, False], "<=": [True, True, False]}  # fmt: skip
     assert satisfies(np.array([0.0, 1.0], np.float32), Constraint("flag", "==", "True")).tolist() == [False, True]
     assert satisfies(np.array([2.5, 3.0]), Constraint("x", ">", "2.75")).tolist() == [False, True]
-    assert satisfies(np.array(["SINGLE", "JOINT"]), Constraint("filing_status", "==", "JOINT")).tolist() == [False, True]
+    assert satisfies(np.array(["SINGLE", "JOINT"]), Constraint("filing_status", "==", "JOINT")).tolist() == [
+        False,
+        True,
+    ]
     with pytest.raises(ValueError, match="numeric"):
         satisfies(AGE, Constraint("age", "==", "old"))
 
@@ -274,16 +294,32 @@ def test_amounts_are_filtered_at_their_entity():
 
 STATE_VALUES = StateValues(
     states=np.array([6, 36]),
-    amounts={"employment_income": np.array([[10.0, 0, 0, 40]] * 2), "snap": np.array([[100.0, 20], [150, 30]]),
-             "adjusted_gross_income": np.array([[5.0, 7, 11]] * 2)},  # fmt: skip
-    person_values={"age": np.stack([AGE, AGE]), "snap": np.array([[100.0, 100, 20, 20], [150, 150, 30, 30]], np.float32)},
+    amounts={
+        "employment_income": np.array([[10.0, 0, 0, 40]] * 2),
+        "snap": np.array([[100.0, 20], [150, 30]]),
+        "adjusted_gross_income": np.array([[5.0, 7, 11]] * 2),
+    },  # fmt: skip
+    person_values={
+        "age": np.stack([AGE, AGE]),
+        "snap": np.array([[100.0, 100, 20, 20], [150, 150, 30, 30]], np.float32),
+    },
     eligible={"snap": np.array([[200.0, 50], [300, 60]])},
-    entities={"employment_income": "person", "snap": "spm_unit", "adjusted_gross_income": "tax_unit",
-              "age": "person", "person_count": "person", "household_count": "household"},  # fmt: skip
+    entities={
+        "employment_income": "person",
+        "snap": "spm_unit",
+        "adjusted_gross_income": "tax_unit",
+        "age": "person",
+        "person_count": "person",
+        "household_count": "household",
+    },  # fmt: skip
 )
 # columns: (clone 0, hh0) in CA-1, (0, hh1) in NY-1, (1, hh0) in NY-2, (1, hh1) in CA-2
 GEOGRAPHY = GeographyAssignment(
-    state_fips=np.array([6, 36, 36, 6]), cd_geoid=np.array([601, 3601, 3602, 602]), block_geoid=None, n_base=2, n_clones=2
+    state_fips=np.array([6, 36, 36, 6]),
+    cd_geoid=np.array([601, 3601, 3602, 602]),
+    block_geoid=None,
+    n_base=2,
+    n_clones=2,
 )
 
 
@@ -331,7 +367,9 @@ def test_matrix_by_hand_without_takeup():
 def test_matrix_by_hand_with_takeup_draws():
     rows = _rows([("snap", "national", "US", []), ("household_count", "national", "US", [("snap", ">", "0")])])
     rate = TAKEUP_BY_VARIABLE["snap"].rate
-    takes = {(h, c): seeded_rng("takes_up_snap_if_eligible", f"{h}:{c}").random() < rate for h in (104, 114) for c in (0, 1)}
+    takes = {
+        (h, c): seeded_rng("takes_up_snap_if_eligible", f"{h}:{c}").random() < rate for h in (104, 114) for c in (0, 1)
+    }
     assert takes == {(104, 0): True, (104, 1): False, (114, 0): False, (114, 1): True}  # draws .557 .964 .864 .059
     # eligible SNAP: column state CA -> [200, 50], NY -> [300, 60] per SPM unit (one per household)
     snap = [200 * takes[104, 0], 60 * takes[114, 0], 300 * takes[104, 1], 50 * takes[114, 1]]
@@ -371,7 +409,9 @@ def test_dataset_round_trip_and_errors(tmp_path):
 
 def test_build_command_reports_bad_input_in_one_line(tmp_path, db, capsys):
     missing = tmp_path / "none.h5"
-    assert main(["build", "--dataset", str(missing), "--db-path", str(db), "--package-output", str(tmp_path / "p")]) == 2
+    assert (
+        main(["build", "--dataset", str(missing), "--db-path", str(db), "--package-output", str(tmp_path / "p")]) == 2
+    )
     assert "dataset not found" in capsys.readouterr().err
     no_ids = tmp_path / "no_ids.h5"
     write_dataset_h5(tmp_path / "full.h5", {"person_id": [1]} | {k: [1] for k in _ID_ARRAYS}, 2024)

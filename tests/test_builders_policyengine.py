@@ -79,10 +79,10 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     expected = np.zeros((8, 6))
     expected[0] = np.array([12_000.0, 0, 8_000])[household]  # tax units with someone under 30: hh0's, the 19-year-old's
     expected[2] = PERSONS_PER_HOUSEHOLD[household]
-    expected[3] = (household == 0)  # the child
+    expected[3] = household == 0  # the child
     expected[4] = _snap_after_takeup(dataset, state, household)
     expected[5] = np.array([1, 0, 2])[household]  # working-age tax units: the couple's counts once, the 19-year-old's
-    expected[6] = ((household == 1) & (state == 6))
+    expected[6] = (household == 1) & (state == 6)
     expected[7] = np.where(district == 601, np.array([12_000.0, 0, 61_000])[household], 0)
     np.testing.assert_allclose(package.matrix.toarray(), expected, rtol=1e-6)
     assert package.nnz == np.count_nonzero(expected)

@@ -27,10 +27,18 @@ YEAR = 2024
 STRUCTURE = EntityStructure(
     household_ids=np.array([142, 114]),
     person_household=np.array([0, 0, 1]),
-    person_entity={"person": np.arange(3), "household": np.array([0, 0, 1]), "tax_unit": np.array([0, 0, 1]),
-                   "spm_unit": np.array([0, 0, 1])},  # fmt: skip
-    entity_household={"person": np.array([0, 0, 1]), "household": np.array([0, 1]), "tax_unit": np.array([0, 1]),
-                      "spm_unit": np.array([0, 1])},  # fmt: skip
+    person_entity={
+        "person": np.arange(3),
+        "household": np.array([0, 0, 1]),
+        "tax_unit": np.array([0, 0, 1]),
+        "spm_unit": np.array([0, 0, 1]),
+    },  # fmt: skip
+    entity_household={
+        "person": np.array([0, 0, 1]),
+        "household": np.array([0, 1]),
+        "tax_unit": np.array([0, 1]),
+        "spm_unit": np.array([0, 1]),
+    },  # fmt: skip
 )
 # columns: (clone 0, hh0) in CA-1, (0, hh1) in NY-1, (1, hh0) in NY-2, (1, hh1) in CA-2
 GEOGRAPHY = GeographyAssignment(state_fips=np.array([6, 36, 36, 6]), cd_geoid=np.array([601, 3601, 3602, 602]),

@@ -111,8 +111,7 @@ def test_wrong_lengths(tmp_path, arrays):
     assert f"person_spm_unit_id has {n_persons - 1} entries but there are {n_persons} persons" in failures
     assert any(f.startswith(f"age (2024): has {n_persons - 1} entries, matching no entity's count") for f in failures)
     assert (
-        f"state_fips (2024): has {n_households - 1} entries but there are {n_households} household records"
-        in failures
+        f"state_fips (2024): has {n_households - 1} entries but there are {n_households} household records" in failures
     )
 
 

@@ -1,5 +1,6 @@
 """The installed ``jaxcal`` command, run as a user runs it: a subprocess per call."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -14,8 +15,8 @@ import pandas as pd
 import pytest
 
 import jaxcal
-import jaxcal._cli_fit
-import jaxcal._checkpoint
+import jaxcal.io
+import jaxcal.runs
 from builders.synthetic_problem import synthetic_package
 
 JAXCAL = pathlib.Path(sys.executable).parent / "jaxcal"
@@ -46,16 +47,16 @@ def package():
 
 @pytest.fixture(scope="module")
 def package_path(package, tmp_path_factory):
-    return jaxcal.save_package(package, tmp_path_factory.mktemp("package") / "package.npz")
+    return jaxcal.io.save_package(package, tmp_path_factory.mktemp("package") / "package.npz")
 
 
 def test_package_round_trip_is_exact(package, tmp_path):
-    package = jaxcal.CalibrationPackage.create(
+    package = jaxcal.io.CalibrationPackage.create(
         package.matrix, package.targets, package.target_names,
         initial_weights=np.linspace(1, 2, package.n_records), geography=dict(package.geography),
         metadata={"seed": 5, "note": "round trip"},
     )  # fmt: skip
-    loaded = jaxcal.load_package(jaxcal.save_package(package, tmp_path / "p.npz"))
+    loaded = jaxcal.io.load_package(jaxcal.io.save_package(package, tmp_path / "p.npz"))
     assert (loaded.matrix != package.matrix).nnz == 0
     assert loaded.matrix.indices.dtype == np.int32 and loaded.matrix.data.dtype == np.float32
     pd.testing.assert_frame_equal(loaded.targets, package.targets)
@@ -83,7 +84,7 @@ def test_pickle_is_refused_without_opt_in_and_converted_with_it(package, tmp_pat
 
     printed = jaxcal_cli("convert", pkl, tmp_path / "p.npz", "--allow-pickle").stdout
     assert f"{package.n_targets:,} targets x {package.n_records:,} records" in printed
-    converted = jaxcal.load_package(tmp_path / "p.npz")
+    converted = jaxcal.io.load_package(tmp_path / "p.npz")
     assert (converted.matrix != package.matrix).nnz == 0
     np.testing.assert_array_equal(converted.initial_weights, 7.0)
     np.testing.assert_array_equal(converted.geography["cd_geoid"], package.geography["cd_geoid"])
@@ -96,7 +97,9 @@ def test_info_counts_targets_by_level_and_variable(package, package_path):
     levels = package.targets["geo_level"].value_counts()
     for level, count in levels.items():
         assert f"  {level:<12s} {count:>8,}" in printed
-    n_district_age = ((package.targets["variable"] == "person_count") & (package.targets["geo_level"] == "district")).sum()
+    n_district_age = (
+        (package.targets["variable"] == "person_count") & (package.targets["geo_level"] == "district")
+    ).sum()
     assert f"  {'person_count':<35s} {'district':<12s} {n_district_age:>8,}" in printed
 
 
@@ -110,12 +113,29 @@ def test_target_config_semantics():
             "value": [1.0] * 6,
         }
     )
-    mask = jaxcal._targets.target_config_mask
-    config = jaxcal._targets.check_target_config
+    mask = jaxcal.io.target_config_mask
+    config = jaxcal.io.check_target_config
     # A rule without domain_variable matches every domain of its variable and level.
-    assert mask(targets, config({"include": [{"variable": "snap", "geo_level": "state"}]})).tolist() == [0, 1, 1, 0, 0, 0]
-    assert mask(targets, config({"exclude": [{"variable": "snap", "domain_variable": "snap"}]})).tolist() == [1, 1, 0, 1, 1, 1]
-    both = {"include": [{"variable": "snap"}, {"variable": "agi"}], "exclude": [{"variable": "agi", "geo_level": "district"}]}
+    assert mask(targets, config({"include": [{"variable": "snap", "geo_level": "state"}]})).tolist() == [
+        0,
+        1,
+        1,
+        0,
+        0,
+        0,
+    ]
+    assert mask(targets, config({"exclude": [{"variable": "snap", "domain_variable": "snap"}]})).tolist() == [
+        1,
+        1,
+        0,
+        1,
+        1,
+        1,
+    ]
+    both = {
+        "include": [{"variable": "snap"}, {"variable": "agi"}],
+        "exclude": [{"variable": "agi", "geo_level": "district"}],
+    }
     assert mask(targets, config(both)).tolist() == [1, 1, 1, 1, 0, 0]
     with pytest.raises(ValueError, match="'variable'"):
         config({"include": [{"geo_level": "state"}]})
@@ -143,7 +163,7 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
     np.testing.assert_allclose(diagnostics["rel_error"], (estimate - truth) / np.abs(truth), rtol=1e-9)
 
     log = pd.read_csv(output.parent / "calibration_log.csv")
-    assert list(log.columns) == jaxcal._cli_fit.PE_LOG_COLUMNS
+    assert list(log.columns) == list(jaxcal.runs.PE_LOG_COLUMNS)
     assert sorted(log["epoch"].unique()) == [5, 10, 12]  # every --log-freq epochs and the last
     final = log[log["epoch"] == 12]
     np.testing.assert_allclose(final["estimate"], estimate, rtol=1e-4)
@@ -158,8 +178,14 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
     assert record["weight_nonzero"] == int((weights > 0).sum())
     assert record["weight_sum"] == pytest.approx(float(weights.astype(np.float64).sum()), rel=1e-9)
     assert record["mean_error_pct"] == pytest.approx(100 * np.abs((estimate - truth) / truth).mean(), rel=1e-6)
-    assert record["artifacts"]["weights"] == jaxcal._package.sha256_file(output)
-    assert set(record["artifacts"]) == {"weights", "diagnostics", "loss_curve", "checkpoint", "calibration_log"}
+    assert record["artifacts"][output.name] == jaxcal.io.sha256_file(output)
+    assert set(record["artifacts"]) == {
+        "weights.npy",
+        "unified_diagnostics.csv",
+        "loss_curve.png",
+        "weights.checkpoint.npz",
+        "calibration_log.csv",
+    }
     assert (output.parent / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(output.parent.glob(".*")), "temporary files left behind"
 
@@ -174,8 +200,10 @@ def test_microcalibrate_log_format(package_path, tmp_path):
 
 def test_policyengine_initial_weights_rule(package):
     """Columns of a district with person_count/age rows start at its population / its column count."""
-    weights = jaxcal.policyengine_initial_weights(package)
-    rows = package.targets.index[(package.targets["variable"] == "person_count") & (package.targets["geo_level"] == "district")]
+    weights = jaxcal.io.policyengine_initial_weights(package)
+    rows = package.targets.index[
+        (package.targets["variable"] == "person_count") & (package.targets["geo_level"] == "district")
+    ]
     assert len(rows) > 1
     for row in rows:
         columns = package.matrix[[row]].indices
@@ -205,8 +233,12 @@ def test_resume_checks_the_problem_and_warns_on_hyperparameters(package, package
     jaxcal_cli("fit", "--package-path", package_path, "--output", tmp_path / "w.npy", "--epochs", 3, "--quiet")
     checkpoint = tmp_path / "w.checkpoint.npz"
     changed = package.targets.assign(value=package.targets["value"] * 1.01)
-    other = jaxcal.save_package(jaxcal.CalibrationPackage.create(package.matrix, changed, package.target_names), tmp_path / "o.npz")
-    result = jaxcal_cli("fit", "--package-path", other, "--output", tmp_path / "x" / "w.npy", "--resume-from", checkpoint, check=False)
+    other = jaxcal.io.save_package(
+        jaxcal.io.CalibrationPackage.create(package.matrix, changed, package.target_names), tmp_path / "o.npz"
+    )
+    result = jaxcal_cli(
+        "fit", "--package-path", other, "--output", tmp_path / "x" / "w.npy", "--resume-from", checkpoint, check=False
+    )
     assert_user_error(result, "another problem", "target_values")
     assert not (tmp_path / "x" / "w.npy").exists()
 
@@ -231,13 +263,22 @@ def test_pe_compat_restarts_reproduce_a_fresh_fit_per_chunk(package, package_pat
 
     init_key, key = jax.random.split(jax.random.key(7))
     model = jaxcal.CalibrationWeights.init(
-        package.n_records, key=init_key, init_weights=jaxcal.policyengine_initial_weights(package),
+        package.n_records, key=init_key, init_weights=jaxcal.io.policyengine_initial_weights(package),
         init_keep_prob=0.999, beta=0.35,
     )  # fmt: skip
-    matrix = package.target_matrix()
+    matrix, objective = package.target_matrix(), jaxcal.Objective.create(package.n_targets, lambda_l0=1e-4)
     for first, n in ((0, 4), (4, 4), (8, 1)):  # l0-python's fit per chunk: new Adam, new jitter
-        result = jaxcal.fit(model, matrix, package.target_values, key=jax.random.fold_in(key, first), epochs=n,
-                            start_epoch=first, lambda_l0=1e-4, log_weight_jitter_sd=0.05)  # fmt: skip
+        key_n = jax.random.fold_in(key, first)
+        result = jaxcal.fit(
+            model,
+            matrix,
+            package.target_values,
+            objective,
+            key=key_n,
+            epochs=n,
+            start_epoch=first,
+            log_weight_jitter_sd=0.05,
+        )
         model = result.model
     np.testing.assert_array_equal(np.load(output), np.asarray(result.weights))
 
@@ -255,7 +296,9 @@ def test_validate_exit_codes(package, package_path, tmp_path):
 
     matrix = package.matrix.tolil()
     matrix[[0, 3], :] = 0
-    impossible = jaxcal.save_package(jaxcal.CalibrationPackage.create(matrix, package.targets, package.target_names), tmp_path / "i.npz")
+    impossible = jaxcal.io.save_package(
+        jaxcal.io.CalibrationPackage.create(matrix, package.targets, package.target_names), tmp_path / "i.npz"
+    )
     failed = jaxcal_cli("validate", impossible, check=False)
     assert failed.returncode == 1 and "RESULT: FAIL (2 impossible targets)" in failed.stdout
     assert package.target_names[3] in failed.stdout
@@ -338,7 +381,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(package_path, tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
-    saved = jaxcal._checkpoint.load_checkpoint(checkpoint)
+    saved = jaxcal.io.load_checkpoint(checkpoint)
     assert saved.epochs > 0 and saved.epochs % 50 == 0
     assert not output.exists()
 
@@ -348,7 +391,15 @@ def test_holdout_early_stopping_keeps_the_best_epoch(package_path, tmp_path):
     jaxcal_cli("fit", *common, "--output", tmp_path / "es" / "w.npy", "--epochs", 400, "--early-stopping-patience", 6)
     record = json.loads((tmp_path / "es" / "unified_run_config.json").read_text())["holdout"]
     log = pd.read_csv(tmp_path / "es" / "holdout_log.csv")
-    assert list(log.columns) == ["epoch", "objective_train_loss", "full_loss", "train_loss", "holdout_loss", "weight_sum", "positive_record_count"]
+    assert list(log.columns) == [
+        "epoch",
+        "objective_train_loss",
+        "full_loss",
+        "train_loss",
+        "holdout_loss",
+        "weight_sum",
+        "positive_record_count",
+    ]
     best = int(log["epoch"][log["holdout_loss"].idxmin()])  # min_delta 0: the first lowest evaluation
     assert record["stop_reason"] == "early_stopping" and record["best_epoch"] == best
     assert record["stopped_epoch"] == best + 6 == int(log["epoch"].iloc[-1]) < 400
@@ -369,9 +420,94 @@ def test_devices_split_the_records_and_match_one_device(package_path, tmp_path):
     one, sharded = np.load(tmp_path / "one" / "w.npy"), np.load(tmp_path / "four" / "w.npy")
     np.testing.assert_allclose(sharded, one, rtol=1e-4)
     assert json.loads((tmp_path / "four" / "unified_run_config.json").read_text())["hyperparameters"]["devices"] == 4
-    assert_user_error(jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--devices", 3, check=False), "3 devices")
+    assert_user_error(
+        jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--devices", 3, check=False), "3 devices"
+    )
     if "cuda" not in subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
                                     capture_output=True, text=True).stdout:  # fmt: skip
         no_gpu = jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--device", "gpu", check=False)
         assert_user_error(no_gpu, "--device gpu", "no gpu devices")
     assert not (tmp_path / "x").exists()
+
+
+HEAVY_MODULES = ("jax", "jaxlib", "equinox", "optax", "scipy", "pandas", "matplotlib")
+
+
+def test_help_imports_no_jax():
+    """`jaxcal --help` and every `jaxcal COMMAND --help` stay light: registering a command imports
+    nothing heavy (the engine's own commands not even numpy); `python -m jaxcal` is the command."""
+    every_help = f"""
+import argparse, importlib, sys
+from jaxcal.cli import _ENGINE_COMMANDS, build_parser
+engine = argparse.ArgumentParser().add_subparsers()
+for module in _ENGINE_COMMANDS:
+    importlib.import_module(module).register(engine)
+for command in engine.choices.values():
+    command.format_help()
+assert "numpy" not in sys.modules, "the engine's commands import numpy to register"
+parser = build_parser()
+parser.format_help()
+(commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+for command in commands.choices.values():
+    command.format_help()
+heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]
+assert not heavy, f"--help imports {{heavy}}"
+print(sorted(commands.choices))
+"""
+    listed = subprocess.run([sys.executable, "-P", "-c", every_help], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert {"fit", "info", "convert", "validate", "derive", "sweep", "gates"} <= set(eval(listed.stdout))
+    for argv in (["--help"], ["fit", "--help"]):
+        shown = subprocess.run([sys.executable, "-m", "jaxcal", *argv], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "usage: jaxcal" in shown.stdout, shown.stderr
+    assert "--package-path" in shown.stdout and "--holdout-fraction" in shown.stdout
+
+
+def test_info_shows_where_the_package_came_from(package, tmp_path, capsys):
+    """A package built by `jaxcal build` records its dataset, database and target config as flat
+    `{role}_path` / `{role}_sha256` keys: `jaxcal info` shows them."""
+    from jaxcal.cli import main
+
+    inputs = {}
+    for role in ("dataset", "db", "target_config"):
+        (tmp_path / role).write_text(role)
+        inputs |= jaxcal.io.file_provenance(role, tmp_path / role)
+    built = jaxcal.io.CalibrationPackage.create(
+        package.matrix, package.targets, package.target_names, metadata={**inputs, "n_base_records": 200}
+    )
+    assert main(["info", str(jaxcal.io.save_package(built, tmp_path / "built.npz"))]) == 0
+    printed = capsys.readouterr().out
+    for label, role in (("Dataset", "dataset"), ("Database", "db"), ("Target config", "target_config")):
+        assert f"{label}: {inputs[f'{role}_path']}\n" in printed
+    assert f"Dataset SHA: {inputs['dataset_sha256'][:12]}\n" in printed
+    assert f"DB SHA: {inputs['db_sha256'][:12]}\n" in printed
+
+
+def test_fit_derive_and_sweep_write_one_run_record_schema(package_path, tmp_path):
+    """`fit`, `derive` and `sweep` each leave a unified_run_config.json with the same keys (the
+    RunRecord's), each artifact named by its file in the run directory and hashed."""
+    from jaxcal.cli import main
+
+    fit = tmp_path / "fit" / "calibration_weights.npy"
+    assert main(["fit", "--package-path", str(package_path), "--output", str(fit), "--epochs", "5", "--quiet"]) == 0
+    derive = ["derive", "--package", str(package_path), "--parent-weights", str(fit), "--budget", "300",
+              "--output", str(tmp_path / "derive"), "--lambda-l0", "1e-6", "1e-5", "--search-epochs", "5",
+              "--search-rounds", "1", "--refit-epochs", "5", "--product", "mp-300"]  # fmt: skip
+    assert main(derive) == 0
+    sweep = ["sweep", "--package", str(package_path), "--lambda-l0", "1e-4", "1e-2", "--epochs", "5",
+             "--output", str(tmp_path / "sweep")]  # fmt: skip
+    assert main(sweep) == 0
+    schema = {field.name for field in dataclasses.fields(jaxcal.runs.RunRecord)}
+    for command in ("fit", "derive", "sweep"):
+        record = json.loads((tmp_path / command / "unified_run_config.json").read_text())
+        assert set(record) == schema and record["command"] == command
+        assert record["inputs"]["package_sha256"] == jaxcal.io.sha256_file(package_path)
+        assert record["versions"]["jaxcal"] == record["jaxcal_version"] == jaxcal.__version__
+        for name, digest in record["artifacts"].items():
+            assert digest == jaxcal.io.sha256_file(tmp_path / command / name), (command, name)
+    derived = jaxcal.runs.RunRecord.read(tmp_path / "derive")
+    assert (derived.product, derived.n_records, derived.tier["budget"]) == ("mp-300", 300, 300)
+    assert derived.inputs["parent_weights_sha256"] == jaxcal.io.sha256_file(fit)
+    swept = jaxcal.runs.RunRecord.read(tmp_path / "sweep")
+    assert swept.hyperparameters["lambda_l0"] == [1e-4, 1e-2] and swept.weights_file is None
+    assert set(swept.artifacts) == {"frontier.csv", "frontier.png"}

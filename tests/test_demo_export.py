@@ -46,11 +46,12 @@ def _records():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    from policyengine_us import Microsimulation
+
     from builders.geography import districts_from_state_populations
     from builders.target_db import read_targets
     from builders.unified_matrix import build_calibration_package
     from jaxcal.io import save_package
-    from policyengine_us import Microsimulation
 
     directory = tmp_path_factory.mktemp("xw")
     dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))

@@ -61,7 +61,7 @@ def test_guide_bash_examples_run(tmp_path, tmp_path_factory):
     for i, block in enumerate(blocks("bash"), start=1):
         if block.startswith(NOT_RUN):
             continue
-        script += [f"echo \"### example {i} $(date +%s)\" >&2", block]
+        script += [f'echo "### example {i} $(date +%s)" >&2', block]
     (tmp_path / "examples.sh").write_text("\n".join(script))
     env = dict(os.environ)
     env["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -1,15 +1,13 @@
 """fit(): the objective against a float64 numpy reference, determinism, resuming, chunks, errors."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _fitting import fit
 
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
-
-from _fitting import fit
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +110,7 @@ def test_resuming_equals_the_fit_that_never_stopped(problem, matrix):
     rest = _fit(first.model, matrix, problem.targets, epochs=15, opt_state=first.opt_state, start_epoch=first.epochs)
     assert rest.epochs == 40
     np.testing.assert_array_equal(rest.weights, straight.weights)
-    np.testing.assert_array_equal(
-        np.concatenate([first.history.total, rest.history.total]), straight.history.total
-    )
+    np.testing.assert_array_equal(np.concatenate([first.history.total, rest.history.total]), straight.history.total)
 
 
 def test_chunks_and_callback(problem, matrix):

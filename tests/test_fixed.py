@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from _fitting import fit
 from _workflow_problem import small_package
 from scipy import sparse
 
 import jaxcal
 import jaxcal.io
 from jaxcal.workflow import residualize
-from _fitting import fit
 
 
 def _tiny():
@@ -47,7 +47,12 @@ def test_non_additive_targets_keep_their_value(tmp_path):
 
 @pytest.mark.parametrize(
     "columns, weights, match",
-    [([4], [1.0], r"lie in \[0, 4\)"), ([1, 1], [1.0, 1.0], "repeat"), ([1], [-1.0], "non-negative"), ([1, 2], [1.0], "2 finite")],
+    [
+        ([4], [1.0], r"lie in \[0, 4\)"),
+        ([1, 1], [1.0, 1.0], "repeat"),
+        ([1], [-1.0], "non-negative"),
+        ([1, 2], [1.0], "2 finite"),
+    ],
 )
 def test_residualize_rejects(columns, weights, match):
     with pytest.raises(ValueError, match=match):
@@ -57,7 +62,9 @@ def test_residualize_rejects(columns, weights, match):
 def test_fit_around_a_spine_reproduces_the_original_targets():
     """The combined weights keep the spine's weights and add its contribution back exactly."""
     package, problem = small_package()
-    spine = np.argsort(-np.asarray(package.matrix.sum(axis=0)).ravel())[:10]  # the records with most weight in the matrix
+    spine = np.argsort(-np.asarray(package.matrix.sum(axis=0)).ravel())[
+        :10
+    ]  # the records with most weight in the matrix
     result = residualize(package, spine, problem.true_weights[spine])
     assert not result.report["clamped"].any()
     free = result.package

@@ -293,9 +293,7 @@ def test_data_loss_rejects_unknown_kind(ill_typed_input):
 
 def test_data_loss_gradient():
     """d/dp of g ((t - p) / (t + 1))^2 is -2 g (t - p) / (t + 1)^2."""
-    grad = jax.grad(data_loss)(
-        jnp.array(PREDICTIONS), jnp.array(TARGETS), jnp.array(LOSS_WEIGHTS), "relative"
-    )
+    grad = jax.grad(data_loss)(jnp.array(PREDICTIONS), jnp.array(TARGETS), jnp.array(LOSS_WEIGHTS), "relative")
     assert_close(grad, [-2 * 1 * -1 / 1, -2 * 0.5 * 1 / 16, -2 * 2 * 6 / 100])
 
 
@@ -316,9 +314,7 @@ GROUPS = [0, 0, 1, 2, 2, 2]
     ],
 )
 def test_target_loss_weights(groups, normalize, multipliers, expected):
-    weights = target_loss_weights(
-        len(expected), groups, normalize_groups=normalize, group_multipliers=multipliers
-    )
+    weights = target_loss_weights(len(expected), groups, normalize_groups=normalize, group_multipliers=multipliers)
     assert weights.dtype == np.float32
     assert_close(weights, expected, rtol=1e-7, atol=0)
 
@@ -338,4 +334,3 @@ def test_target_loss_weights(groups, normalize, multipliers, expected):
 def test_target_loss_weights_rejects(groups, multipliers, match):
     with pytest.raises(ValueError, match=match):
         target_loss_weights(6, groups, group_multipliers=multipliers)
-

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxcal._package import sha256_file
 from jaxcal.cli import main
+from jaxcal.io import sha256_file
 
 
 def _run_dir(path, weights, *, holdout=None, abs_rel_errors=(0.1, 0.3), **config):
@@ -105,9 +105,9 @@ def test_artifacts_recorded_by_logical_name(tmp_path):
 def test_gates_read_a_jaxcal_fit_run(tmp_path):
     from _workflow_problem import small_package
 
-    import jaxcal
+    import jaxcal.io
 
-    jaxcal.save_package(small_package(200)[0], tmp_path / "p.npz")
+    jaxcal.io.save_package(small_package(200)[0], tmp_path / "p.npz")
     run = tmp_path / "mp-200"
     fit = ["fit", "--package-path", str(tmp_path / "p.npz"), "--output", str(run / "calibration_weights.npy"),
            "--epochs", "5", "--quiet"]  # fmt: skip

@@ -6,13 +6,13 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from _fitting import fit, fit_with_holdout
 from _workflow_problem import small_package
 
 import jaxcal
 import jaxcal.io
 from jaxcal.runs import write_holdout_log
 from jaxcal.workflow import LOG_COLUMNS, holdout_split
-from _fitting import fit, fit_with_holdout
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,9 @@ def test_fit_sees_train_targets_only_and_logs_numpy_losses(package):
     split = holdout_split(package.targets, seed=1)
     groups = np.arange(package.n_targets) % 5
     settings = dict(key=jax.random.key(3), epochs=12, lambda_l0=1e-4, log_weight_jitter_sd=0.05)
-    watched = fit_with_holdout(_model(package.n_records), package, split, eval_every=4, target_groups=groups, **settings)
+    watched = fit_with_holdout(
+        _model(package.n_records), package, split, eval_every=4, target_groups=groups, **settings
+    )
     train = package.select_targets(split.train)
     weights, objective = {}, {}
 

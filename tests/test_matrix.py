@@ -161,9 +161,7 @@ def _assert_round_trips(matrix, dense):
     assert matrix.values.dtype == jnp.float32
 
 
-SCIPY_FORMATS = [
-    sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array, sp.coo_array
-]
+SCIPY_FORMATS = [sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array, sp.coo_array]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -230,9 +228,7 @@ def test_index_and_value_dtypes_are_normalised():
     np.testing.assert_array_equal(matrix.to_scipy().toarray(), [[-4, 0, 0], [0, 0, 3]])
 
 
-VALID = dict(
-    rows=np.array([0, 1]), cols=np.array([0, 2]), values=np.array([1.0, 2.0]), shape=(2, 3)
-)
+VALID = dict(rows=np.array([0, 1]), cols=np.array([0, 2]), values=np.array([1.0, 2.0]), shape=(2, 3))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

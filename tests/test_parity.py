@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _fitting import fit
 
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
-from _fitting import fit
 
 torch = pytest.importorskip("torch")
 l0_calibration = pytest.importorskip("l0.calibration")
@@ -141,7 +141,9 @@ def _jax_run(problem, case: Case, start, uniforms, layout="rows"):
     matrix = jaxcal.TargetMatrix.from_scipy(problem.matrix, layout=layout)
     if log_weight.dtype == np.float64:  # the values are float32 numbers: exact in float64
         matrix = eqx.tree_at(lambda m: m.values, matrix, matrix.values.astype(jnp.float64))
-    model = jaxcal.CalibrationWeights(jnp.asarray(log_weight), jnp.asarray(log_alpha), beta=case.beta, use_gates=case.use_gates)
+    model = jaxcal.CalibrationWeights(
+        jnp.asarray(log_weight), jnp.asarray(log_alpha), beta=case.beta, use_gates=case.use_gates
+    )
     steps = []
 
     def record(result):
@@ -248,7 +250,9 @@ def test_statistical_parity(stat_problem):
         torch.manual_seed(seed)
         model = l0_calibration.SparseCalibrationWeights(n, log_weight_jitter_sd=0.05, seed=seed, **STAT_MODEL)
         model.fit(stat_problem.matrix, stat_problem.targets, epochs=STAT_EPOCHS, loss_type="relative", **STAT_SETTINGS)
-        torch_runs.append(_final_loss(stat_problem, model.log_weight.detach().numpy(), model.log_alpha.detach().numpy()))
+        torch_runs.append(
+            _final_loss(stat_problem, model.log_weight.detach().numpy(), model.log_alpha.detach().numpy())
+        )
 
         init_key, fit_key = jax.random.split(jax.random.key(seed))
         ours = jaxcal.CalibrationWeights.init(n, key=init_key, **STAT_MODEL)
@@ -257,7 +261,9 @@ def test_statistical_parity(stat_problem):
             lambda_l0=STAT_SETTINGS["lambda_l0"], lambda_l2=STAT_SETTINGS["lambda_l2"],
             learning_rate=STAT_SETTINGS["lr"],
         )  # fmt: skip
-        jax_runs.append(_final_loss(stat_problem, np.asarray(result.model.log_weight), np.asarray(result.model.log_alpha)))
+        jax_runs.append(
+            _final_loss(stat_problem, np.asarray(result.model.log_weight), np.asarray(result.model.log_alpha))
+        )
     (torch_data, torch_objective, torch_active), (jax_data, jax_objective, jax_active) = (
         np.mean(torch_runs, axis=0),
         np.mean(jax_runs, axis=0),
@@ -266,7 +272,9 @@ def test_statistical_parity(stat_problem):
     assert 0.05 * n < torch_active < 0.95 * n
     assert abs(jax_objective - torch_objective) <= 0.05 * torch_objective, (jax_runs, torch_runs)
     assert abs(jax_active - torch_active) <= 0.02 * torch_active, (jax_runs, torch_runs)
-    standard_error = np.sqrt((np.var([r[0] for r in torch_runs], ddof=1) + np.var([r[0] for r in jax_runs], ddof=1)) / STAT_SEEDS)
+    standard_error = np.sqrt(
+        (np.var([r[0] for r in torch_runs], ddof=1) + np.var([r[0] for r in jax_runs], ddof=1)) / STAT_SEEDS
+    )
     assert abs(jax_data - torch_data) <= 3 * standard_error, (jax_runs, torch_runs)
 
 

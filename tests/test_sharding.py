@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _fitting import fit
 
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
-from _fitting import fit
 
 N_RECORDS = 601  # divisible by neither 4 nor 8
 EPOCHS = 50
@@ -129,10 +129,7 @@ def matrix(problem):
 @pytest.fixture(scope="module")
 def references(problem, matrix):
     model = _model()
-    return {
-        name: _arrays(fit(model, matrix, problem.targets, **kwargs))
-        for name, kwargs in _cases(problem).items()
-    }
+    return {name: _arrays(fit(model, matrix, problem.targets, **kwargs)) for name, kwargs in _cases(problem).items()}
 
 
 def _run_worker(devices: int, tmp_path) -> dict:
@@ -183,9 +180,7 @@ def test_sharded_fit_matches_the_single_device_fit(devices, problem, matrix, ref
     _close(sharded["chunked/weights"], reference["weights"], 1e-5)
     w = np.random.default_rng(2).uniform(size=N_RECORDS).astype(np.float32)
     np.testing.assert_allclose(sharded["chunked/mv"], problem.matrix @ w.astype(np.float64), rtol=1e-5)
-    np.testing.assert_allclose(
-        sharded["chunked/rmv"], problem.matrix.T @ problem.targets.astype(np.float64), rtol=1e-5
-    )
+    np.testing.assert_allclose(sharded["chunked/rmv"], problem.matrix.T @ problem.targets.astype(np.float64), rtol=1e-5)
 
     # With draws from the key: device d's draw of epoch e is uniform(fold_in(fold_in(k, e), d)),
     # k the draw half of the key; fed those draws, the single-device fit takes the same steps.

@@ -4,14 +4,13 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from _fitting import fit, sweep
 from _workflow_problem import small_package
 
 import jaxcal
 import jaxcal.io
-from jaxcal.workflow import holdout_split
 from jaxcal.runs import write_frontier
-from jaxcal.workflow import sweep_grid
-from _fitting import fit, sweep
+from jaxcal.workflow import holdout_split, sweep_grid
 
 LAMBDAS = [1e-3, 3e-2, 3e-1]
 
@@ -41,7 +40,13 @@ def test_each_member_is_the_plain_fit(package):
 
 def test_sweep_rejects_non_positive_lambdas(package):
     with pytest.raises(ValueError, match="positive"):
-        sweep(_model(package.n_records), package.target_matrix(), package.target_values, [0.0, 1e-3], key=jax.random.key(0))
+        sweep(
+            _model(package.n_records),
+            package.target_matrix(),
+            package.target_values,
+            [0.0, 1e-3],
+            key=jax.random.key(0),
+        )
 
 
 def test_grid_frontier_and_files(package, tmp_path):
@@ -74,6 +79,6 @@ def test_sweep_command(package, tmp_path):
     frontier = pd.read_csv(out / "frontier.csv")
     assert frontier["lambda_l0"].tolist() == LAMBDAS and frontier["holdout_loss"].notna().all()
     assert frontier["records_kept"].is_monotonic_decreasing
-    config = json.loads((out / "sweep_config.json").read_text())
-    assert config["beta"] == [0.35] and config["holdout"]["n_holdout_targets"] > 0
+    config = json.loads((out / "unified_run_config.json").read_text())
+    assert config["hyperparameters"]["beta"] == [0.35] and config["holdout"]["n_holdout_targets"] > 0
     assert main(["sweep", "--package", str(tmp_path / "p.npz"), "--lambda-l0", "0", "--output", str(out)]) == 1

@@ -20,7 +20,9 @@ def test_each_record_touches_the_documented_rows():
 
 
 def test_package_rows_follow_the_matrix():
-    package = synthetic_package(200, n_base=50, n_states=1, n_national=4, per_state=4, per_district=2, nonzeros=(2, 2, 1))
+    package = synthetic_package(
+        200, n_base=50, n_states=1, n_national=4, per_state=4, per_district=2, nonzeros=(2, 2, 1)
+    )
     assert list(package.targets["geo_level"]) == ["national"] * 4 + ["state"] * 4 + ["district"] * 2 * 7
     assert package.target_names[4] == "state/1/person_count[age]"
 

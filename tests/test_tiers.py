@@ -5,13 +5,13 @@ import json
 import jax
 import numpy as np
 import pytest
+from _fitting import fit
 from _workflow_problem import small_package
 
 import jaxcal
 import jaxcal.io
-from jaxcal.workflow import derive_tier, refit_subset, select_tier
 from jaxcal.cli import main
-from _fitting import fit
+from jaxcal.workflow import derive_tier, refit_subset, select_tier
 
 BUDGET = 60
 SEARCH = dict(lambda_l0=list(np.geomspace(1e-2, 1.0, 5)), search_epochs=150, search_rounds=2, refit_epochs=100)
@@ -20,7 +20,9 @@ SEARCH = dict(lambda_l0=list(np.geomspace(1e-2, 1.0, 5)), search_epochs=150, sea
 @pytest.fixture(scope="module")
 def parent():
     package = small_package()[0]
-    model = jaxcal.CalibrationWeights.init(package.n_records, key=jax.random.key(0), init_weights=100.0, use_gates=False)
+    model = jaxcal.CalibrationWeights.init(
+        package.n_records, key=jax.random.key(0), init_weights=100.0, use_gates=False
+    )
     fitted = fit(model, package.target_matrix(), package.target_values, key=jax.random.key(1), epochs=60, lambda_l0=0.0)
     return package, np.asarray(fitted.weights, np.float64)
 
@@ -49,9 +51,12 @@ def test_derived_child_keeps_exactly_k_and_beats_random_subsets(parent):
     assert np.array_equal(tier.child.matrix.toarray(), package.matrix.toarray()[:, tier.selected])
     # The search bracketed the budget: its ranking fit kept at least BUDGET records, a larger penalty fewer.
     kept = {row["lambda_l0"]: row["records_kept"] for row in derivation.search}
-    assert kept[derivation.lambda_l0] >= BUDGET and any(k < BUDGET for lam, k in kept.items() if lam > derivation.lambda_l0)
+    assert kept[derivation.lambda_l0] >= BUDGET and any(
+        k < BUDGET for lam, k in kept.items() if lam > derivation.lambda_l0
+    )
 
     t = package.target_values
+
     def loss(columns, w):
         return np.sum(((t - package.matrix.astype(np.float64)[:, columns] @ w) / (t + 1)) ** 2)
 

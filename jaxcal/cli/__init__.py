@@ -1,10 +1,12 @@
 """The ``jaxcal`` command.
 
 Each command module adds its subparser through ``register(subparsers)`` and sets
-``run=function(args) -> int``. Commands that live outside the engine (``build``,
-``export``, ``check-h5`` in ``builders``) arrive through the ``jaxcal.commands`` entry
-point group, so that the engine never imports them. A user mistake is one line on stderr
-and a non-zero exit code, never a traceback.
+``run=function(args) -> int``; a command parses and checks its flags, calls ``jaxcal.runs``,
+``jaxcal.workflow`` or ``jaxcal.io``, and reports. Registering imports nothing heavy, so that
+``jaxcal --help`` and ``jaxcal COMMAND --help`` load no JAX. Commands that live outside the
+engine (``build``, ``export``, ``check-h5`` in ``builders``) arrive through the
+``jaxcal.commands`` entry point group, so that the engine never imports them. A user mistake
+is one line on stderr and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-_ENGINE_COMMANDS = ("jaxcal._cli_fit", "jaxcal._cli_package", "jaxcal._cli_workflow")
+_ENGINE_COMMANDS = ("jaxcal.cli._fit", "jaxcal.cli._package", "jaxcal.cli._workflow")
 
 
 class CommandError(Exception):
@@ -55,7 +57,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(command: str, message: str, code: int) -> int:
     print(f"jaxcal {command}: error: {message}", file=sys.stderr)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

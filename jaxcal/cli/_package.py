@@ -5,42 +5,56 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from .cli import CommandError
+from . import CommandError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser("info", help="shape, density, targets by level and variable, provenance")
     info.add_argument("path", type=pathlib.Path, help="calibration package")
-    info.add_argument("--allow-pickle", action="store_true", help="read a PolicyEngine pickle (runs code: trusted files only)")
+    info.add_argument(
+        "--allow-pickle", action="store_true", help="read a PolicyEngine pickle (runs code: trusted files only)"
+    )
     info.set_defaults(run=run_info)
 
     convert = subparsers.add_parser(
-        "convert", help="import a PolicyEngine pickle package into jaxcal's safe format",
+        "convert",
+        help="import a PolicyEngine pickle package into jaxcal's safe format",
         description="Convert PolicyEngine's calibration_package.pkl to a jaxcal package (.npz, no pickle).",
-    )  # fmt: skip
+    )
     convert.add_argument("input", type=pathlib.Path, help="PolicyEngine pickle package (.pkl)")
     convert.add_argument("output", type=pathlib.Path, help="jaxcal package to write (.npz)")
-    convert.add_argument("--allow-pickle", action="store_true", help="required: unpickling runs code, so say you trust the file")
+    convert.add_argument(
+        "--allow-pickle", action="store_true", help="required: unpickling runs code, so say you trust the file"
+    )
     convert.set_defaults(run=run_convert)
 
     validate = subparsers.add_parser(
-        "validate", help="PolicyEngine's package report: impossible and hardest targets",
+        "validate",
+        help="PolicyEngine's package report: impossible and hardest targets",
         description="Exit 0 when every target is achievable, 1 for impossible targets or a missing file, "
         "2 when --strict finds targets below the ratio.",
-    )  # fmt: skip
+    )
     validate.add_argument("path", type=pathlib.Path, help="calibration package")
-    validate.add_argument("--n-hardest", type=int, default=10, metavar="K", help="hardest achievable targets to list (default 10)")
     validate.add_argument(
-        "--strict", nargs="?", const=0.01, type=float, metavar="RATIO",
+        "--n-hardest", type=int, default=10, metavar="K", help="hardest achievable targets to list (default 10)"
+    )
+    validate.add_argument(
+        "--strict",
+        nargs="?",
+        const=0.01,
+        type=float,
+        metavar="RATIO",
         help="fail (exit 2) if an achievable target has row_sum / target below RATIO (default 0.01)",
-    )  # fmt: skip
-    validate.add_argument("--allow-pickle", action="store_true", help="read a PolicyEngine pickle (runs code: trusted files only)")
+    )
+    validate.add_argument(
+        "--allow-pickle", action="store_true", help="read a PolicyEngine pickle (runs code: trusted files only)"
+    )
     validate.set_defaults(run=run_validate)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ._diagnostics import provenance_lines
-    from ._package import load_package
+    from ..io import load_package
+    from ..runs import provenance_lines
 
     package = load_package(args.path, allow_pickle=args.allow_pickle)
     cells = package.n_targets * package.n_records
@@ -65,7 +79,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ._package import import_pickle_package, is_pickle, save_package
+    from ..io import import_pickle_package, is_pickle, save_package
 
     if not args.input.is_file():
         raise CommandError(f"{args.input} not found")
@@ -85,8 +99,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from ._diagnostics import format_validation, validate_package
-    from ._package import load_package
+    from ..io import load_package
+    from ..runs import format_validation, validate_package
 
     if args.n_hardest < 0:
         raise CommandError(f"--n-hardest must not be negative, got {args.n_hardest}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
+import time
 from typing import Any
 
 
@@ -17,7 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parent's weights (ties broken by record id, the --state-floor best records of every state kept), "
         "refit them with gates off, and write a run directory that `jaxcal gates` checks.",
     )
-    derive.add_argument("--package", "--package-path", dest="package", type=pathlib.Path, required=True, help="the parent's calibration package (.npz)")
+    derive.add_argument(
+        "--package",
+        "--package-path",
+        dest="package",
+        type=pathlib.Path,
+        required=True,
+        help="the parent's calibration package (.npz)",
+    )
     derive.add_argument("--parent-weights", type=pathlib.Path, required=True, help="the parent's weights (.npy)")
     derive.add_argument("--budget", type=int, required=True, help="records the child keeps, exactly")
     derive.add_argument("--state-floor", type=int, default=0, help="keep at least this many records of every state")
@@ -27,11 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     derive.add_argument("--search-epochs", type=int, default=300)
     derive.add_argument("--search-rounds", type=int, default=3, help="grid refinements around the budget")
     derive.add_argument("--refit-epochs", type=int, default=200)
-    derive.add_argument("--beta", type=float, default=0.35, help="gate temperature of the search")
-    derive.add_argument("--learning-rate", type=float, default=0.15)
+    derive.add_argument("--beta", type=float, help="gate temperature of the search (default: policyengine-us-data's)")
+    derive.add_argument("--learning-rate", type=float, help="Adam learning rate (default: policyengine-us-data's)")
     derive.add_argument("--seed", type=int, default=0)
     _add_holdout_options(derive)
-    derive.add_argument("--early-stopping-patience", type=int, help="stop the refit this many epochs after the best held-out loss")
+    derive.add_argument(
+        "--early-stopping-patience", type=int, help="stop the refit this many epochs after the best held-out loss"
+    )
     derive.add_argument("--min-delta", type=float, default=0.0, help="smallest held-out improvement that counts")
     derive.set_defaults(run=run_derive)
 
@@ -39,14 +48,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep",
         help="fit a grid of lambda_l0 (and beta) values in one compiled program; write the frontier",
         description="One vmapped fit per beta over all --lambda-l0 values; writes frontier.csv (records kept "
-        "vs train and held-out loss), frontier.png and sweep_config.json into --output.",
+        "vs train and held-out loss), frontier.png and unified_run_config.json into --output.",
     )
-    sweep.add_argument("--package", "--package-path", dest="package", type=pathlib.Path, required=True, help="calibration package (.npz)")
-    sweep.add_argument("--lambda-l0", type=float, nargs="+", required=True, help="L0 penalties to fit side by side (one vmapped program)")
-    sweep.add_argument("--beta", type=float, nargs="+", default=[0.35], help="gate temperatures, one compiled program each (default 0.35)")
-    sweep.add_argument("--epochs", type=int, default=100, help="epochs per fit (default 100)")
-    sweep.add_argument("--learning-rate", type=float, default=0.15, help="Adam learning rate (default 0.15)")
-    sweep.add_argument("--init-keep-prob", type=float, default=0.999, help="initial gate keep probability (default 0.999)")
+    sweep.add_argument(
+        "--package",
+        "--package-path",
+        dest="package",
+        type=pathlib.Path,
+        required=True,
+        help="calibration package (.npz)",
+    )
+    sweep.add_argument(
+        "--lambda-l0",
+        type=float,
+        nargs="+",
+        required=True,
+        help="L0 penalties to fit side by side (one vmapped program)",
+    )
+    sweep.add_argument(
+        "--beta",
+        type=float,
+        nargs="+",
+        help="gate temperatures, one compiled program each (default: policyengine-us-data's)",
+    )
+    sweep.add_argument("--epochs", type=int, help="epochs per fit (default: policyengine-us-data's)")
+    sweep.add_argument("--learning-rate", type=float, help="Adam learning rate (default: policyengine-us-data's)")
+    sweep.add_argument(
+        "--init-keep-prob", type=float, help="initial gate keep probability (default: policyengine-us-data's)"
+    )
     sweep.add_argument("--seed", type=int, default=0, help="seed of the initialisation and gate draws (default 0)")
     sweep.add_argument("--output", type=pathlib.Path, required=True, help="directory to write")
     _add_holdout_options(sweep)
@@ -62,9 +91,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gates.add_argument("--output", type=pathlib.Path, help="report path (default RUN_DIR/artifact_gates.json)")
     gates.add_argument("--product", help="artifact name, e.g. mp-300k (default: the run's, else RUN_DIR's name)")
     gates.add_argument("--max-holdout-loss", type=float, help="fail when the best held-out loss is above this")
-    gates.add_argument("--max-mean-error", type=float, help="fail when the mean |relative error| (a fraction) is above this")
+    gates.add_argument(
+        "--max-mean-error", type=float, help="fail when the mean |relative error| (a fraction) is above this"
+    )
     gates.add_argument("--max-records", type=int, help="fail when more records are kept (default: a tier's budget)")
-    gates.add_argument("--min-ess-ratio", type=float, help="fail when effective sample size / positive records is below this")
+    gates.add_argument(
+        "--min-ess-ratio", type=float, help="fail when effective sample size / positive records is below this"
+    )
     gates.set_defaults(run=run_gates)
 
 
@@ -72,91 +105,118 @@ def _add_holdout_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("held-out targets")
     group.add_argument("--holdout-fraction", type=float, help="hold out this share of target families (default: none)")
     group.add_argument("--holdout-seed", type=int, default=0, help="seed of the split (default 0)")
-    group.add_argument("--family-columns", nargs="+", metavar="COLUMN",
-                       help="target columns that define a family (default: geo_level variable domain_variable)")  # fmt: skip
+    group.add_argument(
+        "--family-columns",
+        nargs="+",
+        metavar="COLUMN",
+        help="target columns that define a family (default: geo_level variable domain_variable)",
+    )
 
 
 def _split(args: argparse.Namespace, package: Any) -> Any:
     if args.holdout_fraction is None:
         return None
-    from ._holdout import FAMILY_COLUMNS, holdout_split
+    from ..workflow import FAMILY_COLUMNS, holdout_split
 
     return holdout_split(
-        package.targets, fraction=args.holdout_fraction, family_columns=args.family_columns or FAMILY_COLUMNS,
+        package.targets,
+        fraction=args.holdout_fraction,
+        family_columns=args.family_columns or FAMILY_COLUMNS,
         seed=args.holdout_seed,
-    )  # fmt: skip
+    )
+
+
+def _holdout_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The split's settings for the run record's hyperparameters."""
+    if args.holdout_fraction is None:
+        return None
+    return {"fraction": args.holdout_fraction, "seed": args.holdout_seed, "family_columns": args.family_columns}
 
 
 def run_derive(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from ._package import load_package
-    from ._tiers import DEFAULT_LAMBDA_L0, derive_tier, write_tier_run
+    from .._defaults import PE_DEFAULTS
+    from ..io import load_package
+    from ..runs import write_tier_run
+    from ..workflow import DEFAULT_LAMBDA_L0, derive_tier
 
     package = load_package(args.package)
     parent_weights = np.load(args.parent_weights, allow_pickle=False)
+    settings = {
+        "state_floor": args.state_floor,
+        "lambda_l0": list(args.lambda_l0 or DEFAULT_LAMBDA_L0),
+        "search_epochs": args.search_epochs,
+        "search_rounds": args.search_rounds,
+        "refit_epochs": args.refit_epochs,
+        "beta": PE_DEFAULTS.beta if args.beta is None else args.beta,
+        "learning_rate": PE_DEFAULTS.learning_rate if args.learning_rate is None else args.learning_rate,
+        "patience": args.early_stopping_patience,
+        "min_delta": args.min_delta,
+    }
     derivation = derive_tier(
-        package,
-        parent_weights,
-        args.budget,
-        key=jax.random.key(args.seed),
-        state_floor=args.state_floor,
-        split=_split(args, package),
-        lambda_l0=args.lambda_l0 or DEFAULT_LAMBDA_L0,
-        search_epochs=args.search_epochs,
-        search_rounds=args.search_rounds,
-        refit_epochs=args.refit_epochs,
-        beta=args.beta,
-        learning_rate=args.learning_rate,
-        patience=args.early_stopping_patience,
-        min_delta=args.min_delta,
+        package, parent_weights, args.budget, key=jax.random.key(args.seed), split=_split(args, package), **settings
     )
-    config = write_tier_run(
+    write_tier_run(
         derivation,
         args.output,
         product=args.product,
-        inputs={"package": str(args.package), "parent_weights": str(args.parent_weights), "seed": args.seed},
+        package_path=args.package,
+        parent_weights_path=args.parent_weights,
+        hyperparameters={"budget": args.budget, **settings, "seed": args.seed, "holdout": _holdout_settings(args)},
     )
     parent, child = derivation.tier.comparison["parent"], derivation.tier.comparison["child"]
     for name in ("records_kept", "train_loss", "holdout_loss", "mean_error_pct", "effective_sample_size"):
         print(f"{name:<22s} parent {_fmt(parent[name]):>12s}   child {_fmt(child[name]):>12s}")
-    print(f"wrote {config.parent}")
+    print(f"wrote {args.output}")
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     import jax
 
-    from ._package import atomic_write, load_package
-    from ._sweep import sweep_grid, write_frontier
+    from .._defaults import PE_DEFAULTS
+    from ..io import load_package
+    from ..runs import write_sweep_run
+    from ..workflow import sweep_grid
 
+    started = time.perf_counter()
     package = load_package(args.package)
     split = _split(args, package)
-    frontier, _ = sweep_grid(
-        package, args.lambda_l0, args.beta, key=jax.random.key(args.seed), split=split,
-        init_keep_prob=args.init_keep_prob, epochs=args.epochs, learning_rate=args.learning_rate,
-    )  # fmt: skip
-    paths = write_frontier(frontier, args.output)
-    config = {
-        "command": "sweep",
-        "package": str(args.package),
+    settings = {
         "lambda_l0": args.lambda_l0,
-        "beta": args.beta,
-        "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
-        "init_keep_prob": args.init_keep_prob,
-        "seed": args.seed,
-        "holdout": None if split is None else split.to_dict(),
+        "beta": args.beta or [PE_DEFAULTS.beta],
+        "epochs": PE_DEFAULTS.epochs if args.epochs is None else args.epochs,
+        "learning_rate": PE_DEFAULTS.learning_rate if args.learning_rate is None else args.learning_rate,
+        "init_keep_prob": PE_DEFAULTS.init_keep_prob if args.init_keep_prob is None else args.init_keep_prob,
     }
-    atomic_write(args.output / "sweep_config.json", lambda f: f.write(json.dumps(config, indent=2)), mode="w")
+    frontier, _ = sweep_grid(
+        package,
+        settings["lambda_l0"],
+        settings["beta"],
+        key=jax.random.key(args.seed),
+        split=split,
+        init_keep_prob=settings["init_keep_prob"],
+        epochs=settings["epochs"],
+        learning_rate=settings["learning_rate"],
+    )
+    write_sweep_run(
+        frontier,
+        args.output,
+        package=package,
+        package_path=args.package,
+        split=split,
+        hyperparameters=settings | {"seed": args.seed, "holdout": _holdout_settings(args)},
+        elapsed=time.perf_counter() - started,
+    )
     print(frontier.to_string(index=False))
-    print(f"wrote {paths['csv']}")
+    print(f"wrote {args.output / 'frontier.csv'}")
     return 0
 
 
 def run_gates(args: argparse.Namespace) -> int:
-    from ._gatereport import REPORT, exit_code, gate_report, write_gate_report
+    from ..runs import REPORT, exit_code, gate_report, write_gate_report
 
     report = gate_report(
         args.run_dir,

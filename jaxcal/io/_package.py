@@ -239,14 +239,14 @@ def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> Cali
     if str(files.get("format", "")) != FORMAT:
         raise PackageError(f"{path} is not a jaxcal package (no '{FORMAT}' marker)")
     if int(files["format_version"]) > FORMAT_VERSION:
-        raise PackageError(f"{path} has format version {int(files['format_version'])}; this jaxcal reads up to {FORMAT_VERSION}")
+        raise PackageError(
+            f"{path} has format version {int(files['format_version'])}; this jaxcal reads up to {FORMAT_VERSION}"
+        )
     try:
         from scipy import sparse
 
         shape = tuple(int(s) for s in files["matrix_shape"])
-        matrix = sparse.csr_array(
-            (files["matrix_data"], files["matrix_indices"], files["matrix_indptr"]), shape=shape
-        )
+        matrix = sparse.csr_array((files["matrix_data"], files["matrix_indices"], files["matrix_indptr"]), shape=shape)
         matrix.check_format(full_check=True)
         if not np.isfinite(matrix.data).all():
             raise PackageError("the matrix holds NaN or infinite values")

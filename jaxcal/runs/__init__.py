@@ -1,20 +1,121 @@
-"""Runs: what a fit, a derivation or a sweep leaves behind, and the checks of it (PolicyEngine's
-diagnostics and package validation, artifact gates, plots). Depends on core, io and workflow."""
+"""Runs: a fit run from a checked plan to its run directory, what a fit, a derivation or a sweep
+leaves behind (one :class:`RunRecord` schema), and the checks of it (PolicyEngine's diagnostics
+and package validation, artifact gates, plots). Depends on core, io and workflow.
 
-from ._diagnostics import PackageValidation as PackageValidation
-from ._diagnostics import format_validation as format_validation
-from ._diagnostics import provenance_lines as provenance_lines
-from ._diagnostics import target_diagnostics as target_diagnostics
-from ._diagnostics import validate_package as validate_package
-from ._gates import DIAGNOSTICS as DIAGNOSTICS
-from ._gates import REPORT as REPORT
-from ._gates import RUN_CONFIG as RUN_CONFIG
-from ._gates import exit_code as exit_code
-from ._gates import gate_report as gate_report
-from ._gates import write_gate_report as write_gate_report
-from ._plots import holdout_figure as holdout_figure
-from ._plots import loss_curve_figure as loss_curve_figure
-from ._plots import write_frontier as write_frontier
-from ._plots import write_holdout_log as write_holdout_log
-from ._plots import write_loss_curve as write_loss_curve
-from ._tier_run import write_tier_run as write_tier_run
+The names below load on first use, as ``jaxcal``'s do: a :class:`FitPlan` is made and checked
+before the engine loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._diagnostics import PackageValidation as PackageValidation
+    from ._diagnostics import format_validation as format_validation
+    from ._diagnostics import provenance_lines as provenance_lines
+    from ._diagnostics import target_diagnostics as target_diagnostics
+    from ._diagnostics import validate_package as validate_package
+    from ._fit_run import FitOutcome as FitOutcome
+    from ._fit_run import FitStart as FitStart
+    from ._fit_run import fit_observers as fit_observers
+    from ._fit_run import load_fit_package as load_fit_package
+    from ._fit_run import run_fit as run_fit
+    from ._fit_run import start as start
+    from ._gates import DIAGNOSTICS as DIAGNOSTICS
+    from ._gates import REPORT as REPORT
+    from ._gates import exit_code as exit_code
+    from ._gates import gate_report as gate_report
+    from ._gates import write_gate_report as write_gate_report
+    from ._observers import CALIBRATION_LOG as CALIBRATION_LOG
+    from ._observers import MICROCALIBRATE_LOG_COLUMNS as MICROCALIBRATE_LOG_COLUMNS
+    from ._observers import PE_LOG_COLUMNS as PE_LOG_COLUMNS
+    from ._observers import CalibrationLog as CalibrationLog
+    from ._observers import Checkpoints as Checkpoints
+    from ._observers import FitChunk as FitChunk
+    from ._observers import FitObserver as FitObserver
+    from ._observers import Observers as Observers
+    from ._observers import Progress as Progress
+    from ._plan import DEFAULT_OUTPUT as DEFAULT_OUTPUT
+    from ._plan import HYPERPARAMETERS as HYPERPARAMETERS
+    from ._plan import LOG_FORMATS as LOG_FORMATS
+    from ._plan import PLATFORMS as PLATFORMS
+    from ._plan import PROGRESS_EPOCHS as PROGRESS_EPOCHS
+    from ._plan import FitPlan as FitPlan
+    from ._plan import HoldoutPlan as HoldoutPlan
+    from ._plan import checkpoint_path_for as checkpoint_path_for
+    from ._plan import load_named_set as load_named_set
+    from ._plan import resolve_hyperparameters as resolve_hyperparameters
+    from ._plots import holdout_figure as holdout_figure
+    from ._plots import loss_curve_figure as loss_curve_figure
+    from ._plots import write_frontier as write_frontier
+    from ._plots import write_holdout_log as write_holdout_log
+    from ._plots import write_loss_curve as write_loss_curve
+    from ._record import RUN_CONFIG as RUN_CONFIG
+    from ._record import RunRecord as RunRecord
+    from ._run_dir import write_run_dir as write_run_dir
+    from ._run_dir import write_sweep_run as write_sweep_run
+    from ._run_dir import write_tier_run as write_tier_run
+
+_EXPORTS = {
+    "PackageValidation": "_diagnostics",
+    "format_validation": "_diagnostics",
+    "provenance_lines": "_diagnostics",
+    "target_diagnostics": "_diagnostics",
+    "validate_package": "_diagnostics",
+    "FitOutcome": "_fit_run",
+    "FitStart": "_fit_run",
+    "fit_observers": "_fit_run",
+    "load_fit_package": "_fit_run",
+    "run_fit": "_fit_run",
+    "start": "_fit_run",
+    "DIAGNOSTICS": "_gates",
+    "REPORT": "_gates",
+    "exit_code": "_gates",
+    "gate_report": "_gates",
+    "write_gate_report": "_gates",
+    "CALIBRATION_LOG": "_observers",
+    "MICROCALIBRATE_LOG_COLUMNS": "_observers",
+    "PE_LOG_COLUMNS": "_observers",
+    "CalibrationLog": "_observers",
+    "Checkpoints": "_observers",
+    "FitChunk": "_observers",
+    "FitObserver": "_observers",
+    "Observers": "_observers",
+    "Progress": "_observers",
+    "DEFAULT_OUTPUT": "_plan",
+    "HYPERPARAMETERS": "_plan",
+    "LOG_FORMATS": "_plan",
+    "PLATFORMS": "_plan",
+    "PROGRESS_EPOCHS": "_plan",
+    "FitPlan": "_plan",
+    "HoldoutPlan": "_plan",
+    "checkpoint_path_for": "_plan",
+    "load_named_set": "_plan",
+    "resolve_hyperparameters": "_plan",
+    "holdout_figure": "_plots",
+    "loss_curve_figure": "_plots",
+    "write_frontier": "_plots",
+    "write_holdout_log": "_plots",
+    "write_loss_curve": "_plots",
+    "RUN_CONFIG": "_record",
+    "RunRecord": "_record",
+    "write_run_dir": "_run_dir",
+    "write_sweep_run": "_run_dir",
+    "write_tier_run": "_run_dir",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jaxcal.runs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from ..io import CalibrationPackage
 
+
 def target_diagnostics(package: CalibrationPackage, weights: Any) -> pd.DataFrame:
     """PolicyEngine's ``unified_diagnostics.csv`` table, computed in float64:
     ``target, true_value, estimate, rel_error, abs_rel_error, achievable``."""
@@ -112,8 +113,11 @@ def validate_package(
             }
         ),
         impossible_by_group=(
-            impossible.groupby(group, dropna=False).size().reset_index(name="count")
-            .sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+            impossible.groupby(group, dropna=False)
+            .size()
+            .reset_index(name="count")
+            .sort_values("count", ascending=False, kind="stable")
+            .reset_index(drop=True)
         ),  # fmt: skip
         hardest_targets=pd.DataFrame(
             {
@@ -169,11 +173,15 @@ def format_validation(result: PackageValidation, package_path: str | None = None
     if len(result.hardest_targets):
         lines.append(f"--- Hardest Achievable Targets ({len(result.hardest_targets)} lowest ratio) ---")
         for row in result.hardest_targets.itertuples():
-            lines.append(f"  {row.target_name:<50s} {row.ratio:>10.4f} {row.row_sum:>14,.0f} {row.target_value:>14,.0f}")
+            lines.append(
+                f"  {row.target_name:<50s} {row.ratio:>10.4f} {row.row_sum:>14,.0f} {row.target_value:>14,.0f}"
+            )
         lines.append("")
     if len(result.group_summary):
         lines.append("--- Group Summary ---")
-        lines.append(f"  {'domain':<20s} {'variable':<25s} {'geo_level':<12s} {'total':>6s} {'ok':>6s} {'impossible':>10s}")
+        lines.append(
+            f"  {'domain':<20s} {'variable':<25s} {'geo_level':<12s} {'total':>6s} {'ok':>6s} {'impossible':>10s}"
+        )
         for row in result.group_summary.itertuples():
             lines.append(
                 f"  {row.domain_variable:<20s} {row.variable:<25s} {row.geo_level:<12s}"

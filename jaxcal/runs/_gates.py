@@ -1,9 +1,9 @@
 """Artifact gates: pass/fail checks of a run directory, written as one JSON a pipeline can trust.
 
 A run directory is what ``jaxcal fit`` or ``jaxcal derive`` writes: the weights ``.npy``,
-``unified_run_config.json`` and ``unified_diagnostics.csv``. Each gate is ``pass``,
-``fail`` or ``unmeasured`` (the run lacks what the gate needs); the report has passed
-only when every gate passed.
+``unified_run_config.json`` (its :class:`RunRecord`) and ``unified_diagnostics.csv``. Each
+gate is ``pass``, ``fail`` or ``unmeasured`` (the run lacks what the gate needs); the report
+has passed only when every gate passed.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import datetime
 import json
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..io import atomic_write, json_safe, sha256_file
 from ..workflow import weight_health
+from ._record import RUN_CONFIG, RunRecord
 
 SCHEMA_VERSION = 1
-RUN_CONFIG = "unified_run_config.json"
 DIAGNOSTICS = "unified_diagnostics.csv"
 REPORT = "artifact_gates.json"
 
@@ -46,15 +47,14 @@ def gate_report(
     run_dir = pathlib.Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory not found: {run_dir}")
-    config_path = run_dir / RUN_CONFIG
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    weights_path = _weights_path(run_dir, config)
+    record = RunRecord.read(run_dir)
+    weights_path = _weights_path(run_dir, record)
     weights = np.load(weights_path, allow_pickle=False) if weights_path else None
     health = weight_health(weights) if weights is not None else None
 
     gates = {
-        "artifacts_intact": _artifacts_gate(run_dir, config),
-        "weights_valid": _weights_gate(weights, config.get("n_records")),
+        "artifacts_intact": _artifacts_gate(run_dir, record.artifacts),
+        "weights_valid": _weights_gate(weights, record.n_records),
         "no_collapse": _gate(
             None if health is None else not health["collapse_suspected"],
             "effective sample size is a healthy share of the positive records",
@@ -62,25 +62,25 @@ def gate_report(
         ),
     }
     if max_holdout_loss is not None:
-        loss = (config.get("holdout") or {}).get("holdout_loss")
+        loss = (record.holdout or {}).get("holdout_loss")
         gates["holdout_loss"] = _limit_gate("held-out loss", loss, "<=", max_holdout_loss)
     if max_mean_error is not None:
-        gates["mean_error"] = _limit_gate("mean relative error", _mean_error(run_dir, config), "<=", max_mean_error)
+        gates["mean_error"] = _limit_gate("mean relative error", _mean_error(run_dir, record), "<=", max_mean_error)
     if min_ess_ratio is not None:
         ratio = None if health is None else health["ess_ratio"]
         gates["ess_ratio"] = _limit_gate("effective sample size / positive records", ratio, ">=", min_ess_ratio)
-    budget = max_records if max_records is not None else (config.get("tier") or {}).get("budget")
+    budget = max_records if max_records is not None else (record.tier or {}).get("budget")
     if budget is not None:
         kept = None if health is None else health["count_positive"]
         gates["records_within_budget"] = _limit_gate("records kept", kept, "<=", budget)
 
     statuses = [gate["status"] for gate in gates.values()]
     status = "failed" if "fail" in statuses else "incomplete" if "unmeasured" in statuses else "passed"
-    files = [p for p in (weights_path, config_path, run_dir / DIAGNOSTICS) if p and p.is_file()]
+    files = [p for p in (weights_path, run_dir / RUN_CONFIG, run_dir / DIAGNOSTICS) if p and p.is_file()]
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "product": product or config.get("product") or run_dir.resolve().name,
+        "product": product or record.product or run_dir.resolve().name,
         "run_dir": str(run_dir),
         "gates": gates,
         "summary": {
@@ -113,23 +113,25 @@ def _limit_gate(what: str, value: float | None, op: str, limit: float) -> dict[s
     if value is None or not np.isfinite(value):
         return _gate(None, f"the run does not record the {what}", {"limit": limit})
     passed = value <= limit if op == "<=" else value >= limit
-    return _gate(passed, f"{what} {value:.6g} {op} {limit:.6g}" if passed else f"{what} {value:.6g} is not {op} {limit:.6g}",
-                 {"value": value, "limit": limit})  # fmt: skip
+    return _gate(
+        passed,
+        f"{what} {value:.6g} {op} {limit:.6g}" if passed else f"{what} {value:.6g} is not {op} {limit:.6g}",
+        {"value": value, "limit": limit},
+    )
 
 
-def _weights_path(run_dir: pathlib.Path, config: dict[str, Any]) -> pathlib.Path | None:
-    """The run's weights: ``weights_file`` of the run config, else its one ``*weights*.npy``."""
-    if config.get("weights_file"):
-        path = run_dir / pathlib.Path(config["weights_file"]).name
+def _weights_path(run_dir: pathlib.Path, record: RunRecord) -> pathlib.Path | None:
+    """The run's weights: the record's ``weights_file``, else the directory's one ``*weights*.npy``."""
+    if record.weights_file:
+        path = run_dir / pathlib.Path(record.weights_file).name
         return path if path.is_file() else None
     candidates = sorted(run_dir.glob("*weights*.npy"))
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _artifacts_gate(run_dir: pathlib.Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Each recorded artifact: ``{file name: sha256}``, ``{name: {"path", "sha256"}}``, or
-    ``{logical name: sha256}``, which passes when some file of the run has that sha256."""
-    recorded = config.get("artifacts")
+def _artifacts_gate(run_dir: pathlib.Path, recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Each recorded artifact: ``{file name: sha256}``, ``{name: {"path", "sha256"}}``, or (older
+    runs) ``{logical name: sha256}``, which passes when some file of the run has that sha256."""
     if not recorded:
         return _gate(None, "the run config lists no artifacts", None)
     on_disk: dict[str, str] | None = None
@@ -147,7 +149,11 @@ def _artifacts_gate(run_dir: pathlib.Path, config: dict[str, Any]) -> dict[str, 
                 on_disk = {sha256_file(p): p.name for p in run_dir.iterdir() if p.is_file()}
             if digest not in on_disk:
                 problems[name] = "no file of the run has the recorded sha256 (changed or missing)"
-    summary = f"{len(recorded)} artifacts match their sha256" if not problems else f"{len(problems)} artifacts changed or missing"
+    summary = (
+        f"{len(recorded)} artifacts match their sha256"
+        if not problems
+        else f"{len(problems)} artifacts changed or missing"
+    )
     return _gate(not problems, summary, {"checked": len(recorded), "problems": problems})
 
 
@@ -170,12 +176,11 @@ def _weights_gate(weights: np.ndarray | None, n_records: int | None) -> dict[str
     return _gate(passed, "weights are finite, non-negative, one per record" if passed else "invalid weights", metrics)
 
 
-def _mean_error(run_dir: pathlib.Path, config: dict[str, Any]) -> float | None:
-    """Mean ``abs_rel_error`` of the diagnostics CSV, else the run config's ``mean_error_pct / 100``."""
+def _mean_error(run_dir: pathlib.Path, record: RunRecord) -> float | None:
+    """Mean ``abs_rel_error`` of the diagnostics CSV, else the record's ``mean_error_pct / 100``."""
     path = run_dir / DIAGNOSTICS
     if path.is_file():
         import pandas as pd
 
         return float(pd.read_csv(path, usecols=["abs_rel_error"])["abs_rel_error"].mean())
-    pct = config.get("mean_error_pct")
-    return None if pct is None else float(pct) / 100
+    return None if record.mean_error_pct is None else float(record.mean_error_pct) / 100

@@ -234,8 +234,7 @@ def derive_tier(
         grid = np.geomspace(above.max(), below.min(), grid.size + 2)[1:-1]  # same size: no recompile
     if best is None:
         raise ValueError(
-            f"even the smallest lambda_l0 ({min(lambda_l0):g}) keeps fewer than {budget} records; "
-            "give smaller values"
+            f"even the smallest lambda_l0 ({min(lambda_l0):g}) keeps fewer than {budget} records; give smaller values"
         )
     chosen_lambda, _, log_alpha, search_weights = best
     scores = np.asarray(log_alpha, np.float64)

@@ -1,0 +1,396 @@
+"""A fit run: the package a plan names, where the fit starts, and the fit with its observers.
+
+:func:`start` finds where the fit starts (fresh, from a checkpoint, or warm from weights) and
+checks that a checkpoint belongs to the problem; :func:`run_fit` runs ``jaxcal.fit`` (or
+:func:`jaxcal.workflow.fit_with_holdout`, or policyengine-us-data's restarting loop) a chunk
+at a time, calling the observer after each, and stops cleanly after the running chunk on
+SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal, final
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._adam import torch_adam
+from .._defaults import PE_DEFAULTS
+from .._fit import FitResult, fit
+from .._matrix import AbstractTargetMatrix, TargetMatrix
+from .._model import CalibrationWeights
+from .._objective import Objective
+from .._sharding import ShardedMatrix, record_mesh, select_devices
+from ..io import (
+    CalibrationPackage,
+    Checkpoint,
+    apply_target_config,
+    load_checkpoint,
+    load_package,
+    load_target_config,
+    policyengine_initial_weights,
+    signature_differences,
+)
+from ..workflow import HoldoutFit, HoldoutSplit, fit_with_holdout, holdout_split
+from ._observers import CALIBRATION_LOG, CalibrationLog, Checkpoints, FitChunk, FitObserver, Observers, Progress
+from ._plan import FitPlan, checkpoint_path_for
+
+
+def load_fit_package(plan: FitPlan) -> CalibrationPackage:
+    """The package ``plan`` fits: ``package_path``, restricted by ``target_config`` when given."""
+    package = load_package(plan.package_path, allow_pickle=plan.allow_pickle)
+    if plan.target_config is not None:
+        package = apply_target_config(package, load_target_config(plan.target_config))
+    return package
+
+
+@final
+class FitStart(eqx.Module):
+    """Where a run's fit starts: its problem, the devices, the parameters and the epochs done."""
+
+    package: CalibrationPackage
+    signature: dict[str, Any]
+    """``package.signature()``: what a checkpoint of this run belongs to."""
+    split: HoldoutSplit | None
+    mesh: Mesh | None
+    """The devices the records are split over (``--devices``), or None for one device."""
+    model: CalibrationWeights
+    opt_state: optax.OptState | None
+    """A checkpoint's optimizer state; None starts a fresh optimizer (and log-weight jitter)."""
+    key: PRNGKeyArray
+    epoch: int
+    """Epochs done before this run (a checkpoint's)."""
+    source: Literal["fresh", "checkpoint", "warm start"]
+
+
+def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
+    """Choose the devices, split the targets and find where the fit starts: a checkpoint (given,
+    or beside a weights ``.npy`` given as ``resume_from``), else the weights of a bare ``.npy``,
+    else the package's initial weights or policyengine-us-data's rule. A checkpoint of another
+    problem is a ``ValueError``; other hyperparameters than the checkpoint's are a warning."""
+    _use_platform(plan.device)
+    mesh = None if plan.devices is None else _record_mesh(plan.devices, plan.device)
+    signature = package.signature()
+    split = _holdout_split(plan, package)
+    checkpoint, warm_weights = (None, None) if plan.resume_from is None else _resume_source(plan, package.n_records)
+    use_gates = plan.hyperparameters["lambda_l0"] > 0
+    init_key, fit_key = jax.random.split(jax.random.key(plan.seed))
+    if checkpoint is not None:
+        _check_checkpoint(plan, checkpoint, signature, use_gates)
+        return FitStart(
+            package=package,
+            signature=signature,
+            split=split,
+            mesh=mesh,
+            model=checkpoint.model,
+            opt_state=checkpoint.opt_state(torch_adam()),
+            key=checkpoint.key,
+            epoch=checkpoint.epochs,
+            source="checkpoint",
+        )
+    if warm_weights is not None:
+        initial = warm_weights
+    elif package.initial_weights is not None:
+        initial = package.initial_weights
+    else:
+        initial = policyengine_initial_weights(package)
+    model = CalibrationWeights.init(
+        package.n_records,
+        key=init_key,
+        init_weights=initial,
+        init_keep_prob=PE_DEFAULTS.init_keep_prob,
+        log_alpha_jitter_sd=PE_DEFAULTS.log_alpha_jitter_sd,
+        beta=plan.hyperparameters["beta"],
+        gamma=PE_DEFAULTS.gamma,
+        zeta=PE_DEFAULTS.zeta,
+        use_gates=use_gates,
+    )
+    return FitStart(
+        package=package,
+        signature=signature,
+        split=split,
+        mesh=mesh,
+        model=model,
+        opt_state=None,
+        key=fit_key,
+        epoch=0,
+        source="fresh" if warm_weights is None else "warm start",
+    )
+
+
+def fit_observers(plan: FitPlan, begin: FitStart) -> Observers:
+    """What ``jaxcal fit`` watches a run with: progress, ``calibration_log.csv`` (with ``log_freq``)
+    and checkpoints (every chunk with ``log_freq``, else at the end)."""
+    observers: list[FitObserver] = [Progress(begin.package, begin.epoch + plan.epochs, quiet=plan.quiet)]
+    if plan.log_freq is not None:
+        observers.append(CalibrationLog(plan.output.parent / CALIBRATION_LOG, begin.package, plan.log_format))
+    observers.append(
+        Checkpoints(
+            plan.checkpoint_path,
+            key=begin.key,
+            signature=begin.signature,
+            hyperparameters=plan.fit_hyperparameters(),
+            every_chunk=plan.log_freq is not None,
+        )
+    )
+    return Observers(observers)
+
+
+@final
+class FitOutcome(eqx.Module):
+    """What :func:`run_fit` returns."""
+
+    result: FitResult
+    """The fit whose weights to keep (with held-out targets, the best epoch's)."""
+    losses: Float[np.ndarray, " epochs"]
+    """The objective of every epoch this run ran."""
+    epochs: int
+    """Epochs done when the run ended (with early stopping, past the best epoch)."""
+    holdout: HoldoutFit | None
+    stopped_by: str | None
+    """``SIGINT`` or ``SIGTERM`` when a signal stopped the run (after a checkpoint), else None."""
+
+
+def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome:
+    """Fit ``plan.epochs`` more epochs from ``begin``, ``plan.chunk_epochs`` at a time, calling
+    ``observer`` after each chunk. A signal stops the fit after the running chunk (the chunk
+    the observer sees is then ``stopping``). The observer is closed however the run ends."""
+    hyper = plan.hyperparameters
+    objective = Objective.create(begin.package.n_targets, lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"])
+    settings = dict(learning_rate=hyper["learning_rate"], log_weight_jitter_sd=PE_DEFAULTS.log_weight_jitter_sd)
+    chunks = _Chunks(observer, begin, final_epoch=begin.epoch + plan.epochs)
+    holdout = None
+    completed = False
+    try:
+        with chunks.stop:
+            if begin.split is not None:
+                holdout = fit_with_holdout(
+                    begin.model,
+                    begin.package,
+                    begin.split,
+                    objective,
+                    key=begin.key,
+                    epochs=plan.epochs,
+                    eval_every=plan.chunk_epochs,
+                    patience=plan.holdout.patience,
+                    min_delta=plan.holdout.min_delta,
+                    callback=lambda result, row: chunks(result),
+                    opt_state=begin.opt_state,
+                    start_epoch=begin.epoch,
+                    **settings,
+                )
+                result = holdout.result
+            else:
+                matrix = _fit_matrix(begin)
+                run = _fit_with_restarts if plan.pe_compat_adam_restarts else _fit_continuing
+                result = run(begin, matrix, objective, plan.epochs, plan.chunk_epochs, chunks, settings)
+        completed = True
+    finally:
+        observer.close(completed)
+    return FitOutcome(
+        result=result, losses=chunks.losses(), epochs=chunks.epoch, holdout=holdout, stopped_by=chunks.stop.requested_by
+    )
+
+
+def _fit_matrix(begin: FitStart) -> AbstractTargetMatrix:
+    """The package's matrix on the run's devices: split by records straight from the host copy."""
+    if begin.mesh is None:
+        return begin.package.target_matrix()
+    return ShardedMatrix.from_scipy(begin.package.matrix, begin.mesh)
+
+
+def _fit_continuing(
+    begin: FitStart,
+    matrix: AbstractTargetMatrix,
+    objective: Objective,
+    epochs: int,
+    chunk: int,
+    callback: Callable[[FitResult], bool],
+    settings: dict[str, Any],
+) -> FitResult:
+    return fit(
+        begin.model,
+        matrix,
+        begin.package.target_values,
+        objective,
+        key=begin.key,
+        opt_state=begin.opt_state,
+        start_epoch=begin.epoch,
+        epochs=epochs,
+        chunk_epochs=chunk,
+        callback=callback,
+        **settings,
+    )
+
+
+def _fit_with_restarts(
+    begin: FitStart,
+    matrix: AbstractTargetMatrix,
+    objective: Objective,
+    epochs: int,
+    chunk: int,
+    callback: Callable[[FitResult], bool],
+    settings: dict[str, Any],
+) -> FitResult:
+    """policyengine-us-data's loop: one l0-python ``fit`` per log chunk, each with a fresh Adam and
+    fresh log-weight jitter (drawn from the key folded with the chunk's first epoch)."""
+    model, done = begin.model, 0
+    while True:
+        n = min(chunk, epochs - done)
+        first = begin.epoch + done
+        result = fit(
+            model,
+            matrix,
+            begin.package.target_values,
+            objective,
+            key=jax.random.fold_in(begin.key, first),
+            epochs=n,
+            start_epoch=first,
+            **settings,
+        )
+        model, done = result.model, done + n
+        if (n > 0 and callback(result)) or done >= epochs:
+            return result
+
+
+class _Chunks:
+    """The fits' callback: shows each chunk to the observer, keeps the losses (on the device until
+    the end) and returns whether a signal asked the run to stop."""
+
+    def __init__(self, observer: FitObserver, begin: FitStart, *, final_epoch: int) -> None:
+        self.observer, self.final_epoch = observer, final_epoch
+        self.epoch = begin.epoch
+        self.parts: list[Array] = []
+        self.stop = _StopOnSignal()
+        self.estimate = _estimator(begin)
+
+    def __call__(self, result: FitResult) -> bool:
+        self.parts.append(result.history.total[-(result.epochs - self.epoch) :])
+        self.epoch = result.epochs
+        stopping = self.stop.requested
+        chunk = FitChunk(result, final=result.epochs == self.final_epoch, stopping=stopping, estimate=self.estimate)
+        self.observer.chunk_done(chunk)
+        return stopping
+
+    def losses(self) -> Float[np.ndarray, " epochs"]:
+        return np.concatenate([np.asarray(part) for part in self.parts]) if self.parts else np.zeros(0, np.float32)
+
+
+def _estimator(begin: FitStart) -> Callable[[FitResult], Array]:
+    """Every target's estimate from a chunk's result: its predictions, or with held-out targets
+    (which the fit does not predict) the package's matrix times its weights, that matrix
+    placed on the device the first time it is needed."""
+    if begin.split is None:
+        return lambda result: result.predictions
+    matrix: list[TargetMatrix] = []
+
+    def estimate(result: FitResult) -> Array:
+        if not matrix:
+            matrix.append(begin.package.target_matrix())
+        return _mv(matrix[0], result.weights)
+
+    return estimate
+
+
+@eqx.filter_jit
+def _mv(matrix: TargetMatrix, weights: Float[Array, " n_records"]) -> Float[Array, " n_targets"]:
+    return matrix.mv(weights)
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM, while inside, ask the fit to stop after the running chunk (only in the
+    main thread, the one signals reach)."""
+
+    def __init__(self) -> None:
+        self.requested_by: str | None = None
+        self.previous: dict[signal.Signals, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_by is not None
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested_by = signal.Signals(signum).name
+
+
+def _use_platform(device: str) -> None:
+    """Make the requested platform's first device JAX's default (``auto``: JAX's choice)."""
+    if device == "auto":
+        return
+    try:
+        chosen = select_devices(1, device)[0]
+    except ValueError as error:
+        raise ValueError(f"--device {device}: {error}") from None
+    jax.config.update("jax_default_device", chosen)
+
+
+def _record_mesh(devices: int | str, platform: str) -> Mesh:
+    try:
+        return record_mesh(devices, platform)
+    except ValueError as error:
+        raise ValueError(f"--devices {devices}: {error}") from None
+
+
+def _holdout_split(plan: FitPlan, package: CalibrationPackage) -> HoldoutSplit | None:
+    if plan.holdout is None:
+        return None
+    columns = {"family_columns": (plan.holdout.family_column,)} if plan.holdout.family_column else {}
+    return holdout_split(package.targets, fraction=plan.holdout.fraction, seed=plan.holdout.seed, **columns)
+
+
+def _resume_source(plan: FitPlan, n_records: int) -> tuple[Checkpoint | None, np.ndarray | None]:
+    """A checkpoint (given, or beside a weights .npy), or else weights to warm-start from."""
+    path = plan.resume_from
+    if not path.is_file():
+        raise ValueError(f"--resume-from: {path} not found")
+    if path.suffix == ".npz":
+        return load_checkpoint(path), None
+    sibling = checkpoint_path_for(path)
+    if sibling.is_file():
+        return load_checkpoint(sibling), None
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise ValueError(f"--resume-from: {path} is neither a checkpoint nor a weights .npy ({error})") from None
+    if weights.shape != (n_records,) or not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(
+            f"--resume-from: {path} must hold {n_records} finite non-negative weights, got shape {weights.shape}"
+        )
+    return None, weights.astype(np.float64)
+
+
+def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str, Any], use_gates: bool) -> None:
+    differences = signature_differences(checkpoint.signature, signature)
+    if differences:
+        raise ValueError(
+            f"the checkpoint {plan.resume_from} belongs to another problem: {', '.join(differences)} differ"
+        )
+    if checkpoint.model.use_gates != use_gates:
+        raise ValueError(
+            "cannot resume a fit with gates as one without (or back): keep --lambda-l0 on the same side of 0"
+        )
+    hyper = plan.fit_hyperparameters()
+    changed = [k for k in sorted(hyper) if k != "epochs" and checkpoint.hyperparameters.get(k) != hyper[k]]
+    if changed:
+        warnings.warn(
+            "resuming with other hyperparameters than the checkpoint's: "
+            + ", ".join(f"{k} {checkpoint.hyperparameters.get(k)} -> {hyper[k]}" for k in changed),
+            stacklevel=2,
+        )

@@ -1,0 +1,213 @@
+"""What a fit run is asked to do, checked before any device work: ``jaxcal fit``'s flags as one value.
+
+This module imports no JAX: a plan is made and checked (and its mistakes reported) before the
+engine loads. The defaults come from :data:`jaxcal.PE_DEFAULTS` when the hyperparameters are
+resolved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any, Literal, final
+
+HYPERPARAMETERS = ("epochs", "beta", "lambda_l0", "lambda_l2", "learning_rate")
+"""What a named set, a preset and the flags choose (policyengine-us-data's ``fit_l0_weights`` settings)."""
+PROGRESS_EPOCHS = 10
+"""Epochs between progress updates when no ``log_freq`` is given."""
+LOG_FORMATS = ("pe", "microcalibrate")
+PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+DEFAULT_OUTPUT = pathlib.Path("storage/calibration/calibration_weights.npy")
+
+
+def checkpoint_path_for(weights_path: str | os.PathLike) -> pathlib.Path:
+    """The checkpoint written beside a weights file: ``w.npy`` -> ``w.checkpoint.npz``."""
+    return pathlib.Path(weights_path).with_suffix(".checkpoint.npz")
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class HoldoutPlan:
+    """Hold out ``fraction`` of the target families (``family_column``'s values, default geography
+    level x variable x domain), drawn with ``seed``; stop ``patience`` epochs after the best
+    held-out loss (an improvement must exceed ``min_delta``)."""
+
+    fraction: float
+    seed: int
+    family_column: str | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"--holdout-fraction must lie in (0, 1), got {self.fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"--early-stopping-patience must be a positive number of epochs, got {self.patience}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"--min-delta must not be negative, got {self.min_delta}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run record's and the checkpoint's ``holdout`` hyperparameters."""
+        return {"fraction": self.fraction, "seed": self.seed, "family_column": self.family_column}
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class FitPlan:
+    """A fit run, checked: every mistake in it raises ``ValueError`` (naming the flag) on creation.
+
+    ``hyperparameters`` holds every name of :data:`HYPERPARAMETERS` (see
+    :func:`resolve_hyperparameters`). The outputs go beside ``output`` (the weights ``.npy``);
+    its directory need not exist, but must be creatable and writable. With ``log_freq``, every
+    that many epochs a row per target goes to ``calibration_log.csv`` and a checkpoint is
+    written; without it, progress is reported every :data:`PROGRESS_EPOCHS` epochs.
+    """
+
+    package_path: pathlib.Path
+    hyperparameters: Mapping[str, float | int]
+    output: pathlib.Path = DEFAULT_OUTPUT
+    seed: int = 42
+    device: str = "auto"
+    devices: int | Literal["all"] | None = None
+    log_freq: int | None = None
+    log_format: str = "pe"
+    target_config: pathlib.Path | None = None
+    resume_from: pathlib.Path | None = None
+    checkpoint_output: pathlib.Path | None = None
+    pe_compat_adam_restarts: bool = False
+    holdout: HoldoutPlan | None = None
+    allow_pickle: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _check_hyperparameters(self.hyperparameters)
+        if self.device not in PLATFORMS:
+            raise ValueError(f"--device must be one of {', '.join(PLATFORMS)}, got {self.device!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.log_freq is not None and self.log_freq < 1:
+            raise ValueError(f"--log-freq must be a positive number of epochs, got {self.log_freq}")
+        if self.pe_compat_adam_restarts and self.log_freq is None:
+            raise ValueError(
+                "--pe-compat-adam-restarts needs --log-freq (PolicyEngine restarts Adam at every log chunk)"
+            )
+        if self.holdout is not None and self.pe_compat_adam_restarts:
+            raise ValueError("--pe-compat-adam-restarts cannot be combined with held-out targets")
+        if self.holdout is not None and self.devices is not None:
+            raise ValueError("--devices cannot be combined with held-out targets (the held-out fit runs on one device)")
+        if pathlib.Path(self.output).suffix != ".npy":
+            raise ValueError(f"--output must name a .npy file, got {self.output}")
+        _check_writable(self.output.parent)
+        _check_writable(self.checkpoint_path.parent)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.hyperparameters["epochs"])
+
+    @property
+    def chunk_epochs(self) -> int:
+        """Epochs a compiled chunk runs between reports: ``log_freq``, else :data:`PROGRESS_EPOCHS`."""
+        return self.log_freq or PROGRESS_EPOCHS
+
+    @property
+    def checkpoint_path(self) -> pathlib.Path:
+        return self.checkpoint_output or checkpoint_path_for(self.output)
+
+    def fit_hyperparameters(self) -> dict[str, Any]:
+        """What a checkpoint records and a resumed fit compares: the hyperparameters and the split."""
+        return dict(self.hyperparameters) | ({"holdout": self.holdout.to_dict()} if self.holdout else {})
+
+    def record_hyperparameters(self) -> dict[str, Any]:
+        """The run record's ``hyperparameters``: :meth:`fit_hyperparameters` and where and how it ran."""
+        return self.fit_hyperparameters() | {
+            "seed": self.seed,
+            "device": self.device,
+            "devices": self.devices,
+            "pe_compat_adam_restarts": self.pe_compat_adam_restarts,
+        }
+
+
+def resolve_hyperparameters(
+    flags: Mapping[str, Any],
+    *,
+    named_set: str | None = None,
+    presets_file: str | os.PathLike | None = None,
+    preset: str | None = None,
+) -> dict[str, float | int]:
+    """policyengine-us-data's defaults (:data:`jaxcal.PE_DEFAULTS`), then the named set of
+    ``presets_file`` (default ``configs/presets.yaml``), then ``preset``'s lambda_l0
+    (:data:`jaxcal.PE_PRESETS`), then the ``flags`` that are not None."""
+    from .._defaults import PE_DEFAULTS, PE_PRESETS
+
+    chosen: dict[str, Any] = {name: getattr(PE_DEFAULTS, name) for name in HYPERPARAMETERS}
+    if named_set is not None:
+        chosen |= load_named_set(named_set, presets_file)
+    if preset is not None:
+        if preset not in PE_PRESETS:
+            raise ValueError(f"unknown --preset {preset!r}; choose {' or '.join(PE_PRESETS)}")
+        chosen["lambda_l0"] = PE_PRESETS[preset]
+    chosen |= {name: flags[name] for name in HYPERPARAMETERS if flags.get(name) is not None}
+    _check_hyperparameters(chosen)
+    return {name: int(value) if name == "epochs" else float(value) for name, value in chosen.items()}
+
+
+def load_named_set(name: str, presets_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The hyperparameters named ``name`` in a presets YAML (a mapping of names to settings)."""
+    import yaml
+
+    path = pathlib.Path(presets_file) if presets_file is not None else _default_presets_file()
+    try:
+        sets = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"presets file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"presets file {path} is not valid YAML: {error}") from None
+    if name not in sets:
+        raise ValueError(f"unknown hyperparameter set {name!r}; {path} has: {', '.join(sorted(sets))}")
+    chosen = sets[name] or {}
+    unknown = set(chosen) - set(HYPERPARAMETERS)
+    if unknown:
+        raise ValueError(
+            f"set {name!r} in {path} has unknown keys {sorted(unknown)}; allowed: {sorted(HYPERPARAMETERS)}"
+        )
+    return chosen
+
+
+def _default_presets_file() -> pathlib.Path:
+    local = pathlib.Path("configs/presets.yaml")
+    return local if local.is_file() else pathlib.Path(__file__).resolve().parents[2] / "configs" / "presets.yaml"
+
+
+def _check_hyperparameters(hyper: Mapping[str, Any]) -> None:
+    missing = [name for name in HYPERPARAMETERS if name not in hyper]
+    if missing:
+        raise ValueError(f"hyperparameters lack {', '.join(missing)}")
+    epochs = hyper["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"--epochs must be a non-negative whole number, got {epochs}")
+    for name in ("lambda_l0", "lambda_l2"):
+        if not _is_number(hyper[name]) or not math.isfinite(hyper[name]) or hyper[name] < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {hyper[name]}")
+    for name in ("beta", "learning_rate"):
+        if not _is_number(hyper[name]) or not math.isfinite(hyper[name]) or hyper[name] <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {hyper[name]}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_writable(directory: pathlib.Path) -> None:
+    """That ``directory`` exists and is writable, or could be created: nothing is created here."""
+    existing = pathlib.Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the output directory {directory}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == pathlib.Path(directory):
+            raise ValueError(f"the output directory {directory} is not writable")
+        raise ValueError(f"cannot create the output directory {directory}: {existing} is not writable")

@@ -1,0 +1,178 @@
+"""Run directories: what ``fit``, ``derive`` and ``sweep`` leave behind, each with its :class:`RunRecord`.
+
+Every file is written to a temporary file and renamed into place; the record is written last,
+with every other file's sha256, so that ``jaxcal gates`` can tell a complete, untouched run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..io import CalibrationPackage, atomic_write, file_provenance, json_safe, save_package
+from ..workflow import HoldoutFit
+from ._diagnostics import target_diagnostics
+from ._gates import DIAGNOSTICS
+from ._observers import CALIBRATION_LOG
+from ._plots import write_frontier, write_holdout_log, write_loss_curve
+from ._record import RunRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..workflow import HoldoutSplit, TierDerivation
+    from ._fit_run import FitOutcome, FitStart
+    from ._plan import FitPlan
+
+LOSS_CURVE = "loss_curve.png"
+TIER_WEIGHTS = "calibration_weights.npy"
+
+
+def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapsed: float) -> RunRecord:
+    """A fit's run directory, beside ``plan.output``: the weights (float32 ``.npy``),
+    ``unified_diagnostics.csv``, ``loss_curve.png``, the held-out log with a split, and the
+    record, which also lists the observers' ``calibration_log.csv`` and checkpoint (when it is
+    in the directory)."""
+    directory = plan.output.parent
+    weights = np.asarray(outcome.result.weights, np.float32)
+    diagnostics = _write_weights(directory, plan.output.name, begin.package, weights)
+    write_loss_curve(directory / LOSS_CURVE, outcome.losses, begin.epoch)
+    files = [plan.output.name, DIAGNOSTICS, LOSS_CURVE]
+    if outcome.holdout is not None:
+        files += _holdout_files(outcome.holdout, directory)
+    if plan.log_freq is not None:
+        files.append(CALIBRATION_LOG)
+    if plan.checkpoint_path.parent == directory and plan.checkpoint_path.is_file():
+        files.append(plan.checkpoint_path.name)
+    record = RunRecord.create(
+        "fit",
+        directory,
+        files,
+        problem=begin.package,
+        weights=weights,
+        diagnostics=diagnostics,
+        package=str(plan.package_path),
+        package_signature=begin.signature,
+        inputs=_inputs(package=plan.package_path, target_config=plan.target_config, resume_from=plan.resume_from),
+        hyperparameters=plan.record_hyperparameters(),
+        epochs_completed=outcome.epochs,
+        final_loss=float(outcome.losses[-1]) if len(outcome.losses) else None,
+        weights_file=plan.output.name,
+        holdout=None if outcome.holdout is None else outcome.holdout.summary(),
+        elapsed_seconds=elapsed,
+    )
+    record.write(directory)
+    return record
+
+
+def write_tier_run(
+    derivation: TierDerivation,
+    directory: str | os.PathLike,
+    *,
+    product: str | None = None,
+    package_path: str | os.PathLike | None = None,
+    parent_weights_path: str | os.PathLike | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+) -> RunRecord:
+    """A derived tier's run directory: ``calibration_weights.npy`` (the child's),
+    ``child_columns.npy`` (their parent columns), ``child_package.npz``,
+    ``unified_diagnostics.csv``, ``tier_report.json``, the held-out log when there was a split,
+    and the record."""
+    directory = pathlib.Path(directory)
+    tier = derivation.tier
+    weights = tier.weights.astype(np.float32)
+    diagnostics = _write_weights(directory, TIER_WEIGHTS, tier.child, weights)
+    atomic_write(directory / "child_columns.npy", lambda f: np.save(f, tier.selected.astype(np.int64)))
+    save_package(tier.child, directory / "child_package.npz")
+    settings = {"budget": derivation.budget, "state_floor": derivation.state_floor, "lambda_l0": derivation.lambda_l0}
+    report = settings | {"search": derivation.search, **tier.comparison}
+    atomic_write(directory / "tier_report.json", lambda f: f.write(json.dumps(json_safe(report), indent=2)), mode="w")
+    files = [TIER_WEIGHTS, "child_columns.npy", "child_package.npz", DIAGNOSTICS, "tier_report.json"]
+    refit = tier.refit
+    if isinstance(refit, HoldoutFit):
+        files += _holdout_files(refit, directory)
+        epochs, final_loss = refit.stopped_epoch, float(refit.log["objective_train_loss"].iloc[-1])
+    else:
+        epochs, final_loss = refit.epochs, float(refit.history.total[-1]) if refit.epochs else None
+    record = RunRecord.create(
+        "derive",
+        directory,
+        files,
+        problem=tier.child,
+        weights=weights,
+        diagnostics=diagnostics,
+        product=product,
+        package=_text(package_path),
+        inputs=_inputs(package=package_path, parent_weights=parent_weights_path),
+        hyperparameters=hyperparameters or {},
+        package_signature=tier.child.signature(),
+        epochs_completed=epochs,
+        final_loss=final_loss,
+        weights_file=TIER_WEIGHTS,
+        tier=settings,
+        holdout=refit.summary() if isinstance(refit, HoldoutFit) else None,
+        elapsed_seconds=derivation.elapsed_seconds,
+    )
+    record.write(directory)
+    return record
+
+
+def write_sweep_run(
+    frontier: pd.DataFrame,
+    directory: str | os.PathLike,
+    *,
+    package: CalibrationPackage,
+    package_path: str | os.PathLike | None = None,
+    split: HoldoutSplit | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    elapsed: float | None = None,
+) -> RunRecord:
+    """A sweep's run directory: ``frontier.csv``, ``frontier.png`` and the record (no weights: a
+    sweep keeps one fit per grid point)."""
+    directory = pathlib.Path(directory)
+    files = [pathlib.Path(path).name for path in write_frontier(frontier, directory).values()]
+    record = RunRecord.create(
+        "sweep",
+        directory,
+        files,
+        problem=package,
+        package=_text(package_path),
+        inputs=_inputs(package=package_path),
+        hyperparameters=hyperparameters or {},
+        package_signature=package.signature(),
+        epochs_completed=(hyperparameters or {}).get("epochs"),
+        holdout=None if split is None else split.to_dict(),
+        elapsed_seconds=elapsed,
+    )
+    record.write(directory)
+    return record
+
+
+def _write_weights(
+    directory: pathlib.Path, name: str, package: CalibrationPackage, weights: np.ndarray
+) -> pd.DataFrame:
+    """The weights ``.npy`` and ``unified_diagnostics.csv``; the diagnostics table."""
+    diagnostics = target_diagnostics(package, weights)
+    atomic_write(directory / name, lambda f: np.save(f, weights))
+    atomic_write(directory / DIAGNOSTICS, lambda f: diagnostics.to_csv(f, index=False), mode="w")
+    return diagnostics
+
+
+def _holdout_files(holdout: HoldoutFit, directory: pathlib.Path) -> list[str]:
+    return [pathlib.Path(path).name for path in write_holdout_log(holdout, directory).values()]
+
+
+def _text(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _inputs(**paths: str | os.PathLike | None) -> dict[str, Any]:
+    """The provenance of each input file, by role."""
+    inputs: dict[str, Any] = {}
+    for role, path in paths.items():
+        inputs |= file_provenance(role, path)
+    return inputs
