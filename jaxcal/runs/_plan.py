@@ -59,8 +59,8 @@ class HoldoutPlan:
 class FitPlan:
     """A fit run, checked: every mistake in it raises ``ValueError`` (naming the flag) on creation.
 
-    ``hyperparameters`` holds every name of :data:`HYPERPARAMETERS` (see
-    :func:`resolve_hyperparameters`). The outputs go beside ``output`` (the weights ``.npy``);
+    Paths may be given as text. ``hyperparameters`` holds every name of :data:`HYPERPARAMETERS`
+    (see :func:`resolve_hyperparameters`). The outputs go beside ``output`` (the weights ``.npy``);
     its directory need not exist, but must be creatable and writable. With ``log_freq``, every
     that many epochs a row per target goes to ``calibration_log.csv`` and a checkpoint is
     written; without it, progress is reported every :data:`PROGRESS_EPOCHS` epochs.
@@ -83,6 +83,9 @@ class FitPlan:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("package_path", "output", "target_config", "resume_from", "checkpoint_output"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, pathlib.Path(getattr(self, name)))
         _check_hyperparameters(self.hyperparameters)
         if self.device not in PLATFORMS:
             raise ValueError(f"--device must be one of {', '.join(PLATFORMS)}, got {self.device!r}")
@@ -98,7 +101,7 @@ class FitPlan:
             raise ValueError("--pe-compat-adam-restarts cannot be combined with held-out targets")
         if self.holdout is not None and self.devices is not None:
             raise ValueError("--devices cannot be combined with held-out targets (the held-out fit runs on one device)")
-        if pathlib.Path(self.output).suffix != ".npy":
+        if self.output.suffix != ".npy":
             raise ValueError(f"--output must name a .npy file, got {self.output}")
         _check_writable(self.output.parent)
         _check_writable(self.checkpoint_path.parent)
