@@ -53,15 +53,22 @@ def synthetic_households(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     persons = household + 1
     return {
         "person_id": np.arange(household.size) + 1,
-        "household_id": ids, "person_household_id": persons,
-        "tax_unit_id": ids, "person_tax_unit_id": persons,
-        "spm_unit_id": ids, "person_spm_unit_id": persons,
-        "family_id": ids, "person_family_id": persons,
-        "marital_unit_id": np.arange(marital_ids.max() + 1) + 1, "person_marital_unit_id": marital_ids + 1,
-        "age": age, "employment_income": earnings,
-        "is_tax_unit_head": is_head, "is_tax_unit_spouse": is_spouse,
+        "household_id": ids,
+        "person_household_id": persons,
+        "tax_unit_id": ids,
+        "person_tax_unit_id": persons,
+        "spm_unit_id": ids,
+        "person_spm_unit_id": persons,
+        "family_id": ids,
+        "person_family_id": persons,
+        "marital_unit_id": np.arange(marital_ids.max() + 1) + 1,
+        "person_marital_unit_id": marital_ids + 1,
+        "age": age,
+        "employment_income": earnings,
+        "is_tax_unit_head": is_head,
+        "is_tax_unit_spouse": is_spouse,
         "state_fips": np.full(n, 6),
-    }  # fmt: skip
+    }
 
 
 def write_targets(path: pathlib.Path, states: list[int]) -> None:
@@ -103,25 +110,38 @@ def main() -> None:
         )
         started = time.perf_counter()
         package, report = build_calibration_package(
-            dataset, tmp / "targets.db", n_clones=args.clones, seed=0, places=places,
+            dataset,
+            tmp / "targets.db",
+            n_clones=args.clones,
+            seed=0,
+            places=places,
             rerandomize_takeup=not args.skip_takeup_rerandomize,
-        )  # fmt: skip
+        )
         total = time.perf_counter() - started
     stages = report.stages
     per_state = stages["simulate"] / (args.households / 1000 * len(args.states))
     per_clone = stages["assemble"] / (args.households / 1000 * args.clones)
     result = {
-        "households": args.households, "clones": args.clones, "states": args.states,
-        "targets": package.n_targets, "columns": package.n_records, "nonzeros": package.nnz,
-        "stages_s": stages, "total_s": round(total, 1), "peak_memory_mb": round(report.peak_memory_mb),
+        "households": args.households,
+        "clones": args.clones,
+        "states": args.states,
+        "targets": package.n_targets,
+        "columns": package.n_records,
+        "nonzeros": package.nnz,
+        "stages_s": stages,
+        "total_s": round(total, 1),
+        "peak_memory_mb": round(report.peak_memory_mb),
         "simulate_s_per_1000_households_x_state": round(per_state, 2),
         "assemble_s_per_1000_households_x_clone": round(per_clone, 3),
-        "takeup_rerandomized": not args.skip_takeup_rerandomize, "machine": platform.processor() or platform.machine(),
-    }  # fmt: skip
+        "takeup_rerandomized": not args.skip_takeup_rerandomize,
+        "machine": platform.processor() or platform.machine(),
+    }
     print(json.dumps(result), file=sys.stderr)
-    print(f"| {args.households:,} x {args.clones} clones, {len(args.states)} states | {package.n_targets:,} | "
-          f"{package.nnz:,} | {stages['import policyengine_us']:.0f} | {stages['simulate']:.1f} | "
-          f"{stages['assemble']:.2f} | {per_state:.1f} | {per_clone:.3f} | {report.peak_memory_mb:,.0f} |")  # fmt: skip
+    print(
+        f"| {args.households:,} x {args.clones} clones, {len(args.states)} states | {package.n_targets:,} | "
+        f"{package.nnz:,} | {stages['import policyengine_us']:.0f} | {stages['simulate']:.1f} | "
+        f"{stages['assemble']:.2f} | {per_state:.1f} | {per_clone:.3f} | {report.peak_memory_mb:,.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -242,9 +242,13 @@ def l0_python_epoch(size: str, epochs: int, platform: str = "auto") -> tuple[flo
 
     def run(n: int) -> None:
         model.fit(
-            problem.matrix, problem.targets, epochs=n, lr=LEARNING_RATE,
-            loss_type="relative", **FIT,
-        )  # fmt: skip
+            problem.matrix,
+            problem.targets,
+            epochs=n,
+            lr=LEARNING_RATE,
+            loss_type="relative",
+            **FIT,
+        )
         if cuda:
             torch.cuda.synchronize()
 
@@ -347,7 +351,7 @@ def main() -> None:
     parser.add_argument("--ftz-atomics", action="store_true", help=f"also time the jaxcal rows with {FTZ_ATOMICS}")
     parser.add_argument("--skip-floor", action="store_true", help="do not time scipy (slow at mp-30m)")
     parser.add_argument("--skip-rows-layout", action="store_true", help="do not time the rows layout")
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     if args.ftz_atomics and args.device == "cpu":
         parser.error("--ftz-atomics is an NVPTX (GPU) flag")
     if min(args.epochs, args.torch_epochs) < 1:
@@ -369,8 +373,10 @@ def main() -> None:
             jaxcal_rows.append((f"jaxcal ({args.devices} devices)", ("interleaved", None, args.devices, *place)))
         benches += [(name, args.epochs, jaxcal_epoch, extra) for name, extra in jaxcal_rows]
         if args.ftz_atomics:
-            benches += [(f"{name}, ftz atomics", args.epochs, jaxcal_epoch, (*extra, FTZ_ATOMICS))
-                        for name, extra in jaxcal_rows]  # fmt: skip
+            benches += [
+                (f"{name}, ftz atomics", args.epochs, jaxcal_epoch, (*extra, FTZ_ATOMICS))
+                for name, extra in jaxcal_rows
+            ]
         if args.kernels:
             for layout, hint in (("interleaved", False), ("rows", True), ("rows", False)):
                 name = f"products only ({layout}, indices_are_sorted={hint})"

@@ -78,8 +78,14 @@ def assemble_matrix(
 class _GroupValues:
     """Per-column values of a (variable, constraints) group; caches take-up decisions per clone."""
 
-    def __init__(self, structure: EntityStructure, values: StateValues, geography: GeographyAssignment,
-                 state_row: np.ndarray, rerandomize_takeup: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        structure: EntityStructure,
+        values: StateValues,
+        geography: GeographyAssignment,
+        state_row: np.ndarray,
+        rerandomize_takeup: bool,
+    ) -> None:
         self.structure, self.values, self.geography, self.state_row = structure, values, geography, state_row
         self.drawn = set(values.eligible) if rerandomize_takeup else set()
         self._takes_up: dict[tuple[str, int], np.ndarray] = {}
@@ -98,8 +104,9 @@ class _GroupValues:
         )
         return per_state[self.state_row, np.tile(np.arange(n_base), n_clones)]
 
-    def _household_values(self, variable: str, constraints: tuple[Constraint, ...], household_state: np.ndarray,
-                          clone: int | None) -> np.ndarray:  # fmt: skip
+    def _household_values(
+        self, variable: str, constraints: tuple[Constraint, ...], household_state: np.ndarray, clone: int | None
+    ) -> np.ndarray:
         s = self.structure
         person_state = household_state[s.person_household]
         persons = np.arange(s.n_persons)

@@ -30,14 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=42, help="seed of the geography draws (default 42)")
     build.add_argument("--year", type=int, help="target year (default: the dataset's period)")
     build.add_argument("--target-config", type=pathlib.Path, help="target-config YAML (include/exclude rules)")
-    build.add_argument("--geography", type=pathlib.Path,
-                       help="CSV of places: cd_geoid, population[, block_geoid] (default: the 436 districts, "
-                            "equal populations)")  # fmt: skip
-    build.add_argument("--skip-takeup-rerandomize", action="store_true",
-                       help="keep the dataset's take-up instead of drawing it per clone")  # fmt: skip
-    build.add_argument("--simulation", choices=("auto", "per-clone", "per-state"), default="auto",
-                       help="run PolicyEngine once per clone (exact) or once per state (approximate take-up); "
-                            "auto: whichever is fewer runs (default)")  # fmt: skip
+    build.add_argument(
+        "--geography",
+        type=pathlib.Path,
+        help="CSV of places: cd_geoid, population[, block_geoid] (default: the 436 districts, equal populations)",
+    )
+    build.add_argument(
+        "--skip-takeup-rerandomize",
+        action="store_true",
+        help="keep the dataset's take-up instead of drawing it per clone",
+    )
+    build.add_argument(
+        "--simulation",
+        choices=("auto", "per-clone", "per-state"),
+        default="auto",
+        help="run PolicyEngine once per clone (exact) or once per state (approximate take-up); "
+        "auto: whichever is fewer runs (default)",
+    )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
     build.set_defaults(run=run_build)
@@ -49,8 +58,15 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.demo:
         return run_build_demo(args)
-    missing = [flag for flag, value in (("--dataset", args.dataset), ("--db-path", args.db_path),
-               ("--package-output", args.package_output)) if value is None]  # fmt: skip
+    missing = [
+        flag
+        for flag, value in (
+            ("--dataset", args.dataset),
+            ("--db-path", args.db_path),
+            ("--package-output", args.package_output),
+        )
+        if value is None
+    ]
     if missing:
         raise CommandError(f"{', '.join(missing)} required (or --demo for the default package)", 2)
     if args.n_clones < 1:

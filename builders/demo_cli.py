@@ -56,13 +56,21 @@ def build_demo_package(
     directory = pathlib.Path(directory)
     from importlib import metadata as installed
 
-    settings = {"n_households": n_households, "n_clones": n_clones, "seed": seed, "year": year, "states": states,
-                "simulation": simulation,
-                "policyengine_us": policyengine.package_version(), "jaxcal": installed.version("jaxcal")}  # fmt: skip
+    settings = {
+        "n_households": n_households,
+        "n_clones": n_clones,
+        "seed": seed,
+        "year": year,
+        "states": states,
+        "simulation": simulation,
+        "policyengine_us": policyengine.package_version(),
+        "jaxcal": installed.version("jaxcal"),
+    }
     targets = demo_targets(year)
     if states is not None:
-        records = tuple(r for r in targets.records
-                        if not any(c[0] == "state_fips" and c[2] not in states for c in r.constraints))  # fmt: skip
+        records = tuple(
+            r for r in targets.records if not any(c[0] == "state_fips" and c[2] not in states for c in r.constraints)
+        )
         targets = dataclasses.replace(targets, records=records)
     fingerprint = hashlib.sha256(
         json.dumps([settings, [dataclasses.astuple(r) for r in targets.records]], default=str).encode()
@@ -81,18 +89,29 @@ def build_demo_package(
     dataset = generate_demo_h5(directory / "households.h5", n_households, seed=seed, year=year, states=states)
     db = write_target_db(targets, directory / "targets.db", overwrite=True)
     package, _ = build_calibration_package(
-        dataset, db, n_clones=n_clones, seed=seed, year=year, rerandomize_takeup=True,
-        places=equal_population_districts(states), simulation=simulation, log=log,
-    )  # fmt: skip
+        dataset,
+        db,
+        n_clones=n_clones,
+        seed=seed,
+        year=year,
+        rerandomize_takeup=True,
+        places=equal_population_districts(states),
+        simulation=simulation,
+        log=log,
+    )
     metadata = dict(package.metadata) | {
         "demo_settings": settings,
         "demo_fingerprint": fingerprint,
         "demo_excluded_series": [e.series for e in targets.excluded],
     }
     package = CalibrationPackage(
-        matrix=package.matrix, targets=package.targets, target_names=package.target_names,
-        initial_weights=package.initial_weights, geography=package.geography, metadata=metadata,
-    )  # fmt: skip
+        matrix=package.matrix,
+        targets=package.targets,
+        target_names=package.target_names,
+        initial_weights=package.initial_weights,
+        geography=package.geography,
+        metadata=metadata,
+    )
     save_package(package, package_path)
     log(
         f"built {package_path}: {package.n_targets} targets x {package.n_records} columns in "
@@ -103,13 +122,22 @@ def build_demo_package(
 
 def add_demo_build_arguments(parser: argparse.ArgumentParser) -> None:
     """``--demo`` and its settings, for the ``build`` command's parser."""
-    parser.add_argument("--demo", action="store_true",
-                        help="build (or reuse) the default package: synthetic households, real targets")  # fmt: skip
+    parser.add_argument(
+        "--demo", action="store_true", help="build (or reuse) the default package: synthetic households, real targets"
+    )
     parser.add_argument("--demo-dir", type=pathlib.Path, default=DEMO_DIR, help=f"where (default {DEMO_DIR})")
-    parser.add_argument("--demo-households", type=int, default=DEMO_SETTINGS["n_households"],
-                        help=f"base households (default {DEMO_SETTINGS['n_households']})")  # fmt: skip
-    parser.add_argument("--demo-clones", type=int, default=DEMO_SETTINGS["n_clones"],
-                        help=f"clones of each household (default {DEMO_SETTINGS['n_clones']})")  # fmt: skip
+    parser.add_argument(
+        "--demo-households",
+        type=int,
+        default=DEMO_SETTINGS["n_households"],
+        help=f"base households (default {DEMO_SETTINGS['n_households']})",
+    )
+    parser.add_argument(
+        "--demo-clones",
+        type=int,
+        default=DEMO_SETTINGS["n_clones"],
+        help=f"clones of each household (default {DEMO_SETTINGS['n_clones']})",
+    )
     parser.add_argument(
         "--demo-states",
         help="only these state FIPS codes, comma-separated (default all 50 and DC); "
@@ -131,9 +159,13 @@ def run_build_demo(args: argparse.Namespace) -> int:
         except ValueError:
             raise CommandError(f"--demo-states takes comma-separated FIPS codes, got {args.demo_states!r}", 2) from None
     path = build_demo_package(
-        args.demo_dir, n_households=args.demo_households, n_clones=args.demo_clones, states=states,
-        simulation=getattr(args, "simulation", "auto").replace("-", "_"), force=args.force,
-    )  # fmt: skip
+        args.demo_dir,
+        n_households=args.demo_households,
+        n_clones=args.demo_clones,
+        states=states,
+        simulation=getattr(args, "simulation", "auto").replace("-", "_"),
+        force=args.force,
+    )
     print(path)
     return 0
 

@@ -268,10 +268,15 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
         counts = [p.at(returns_file, "brackets", i, "amount", year=year) for i in range(len(bands))]
         amounts = [p.at(agi_file, "brackets", i, "amount", year=year) for i in range(len(bands))]
         # Checks: the bands (positive AGI only) hold most returns; AGI per return lies inside its band.
-        filing = sum(p.at("gov/irs/soi/returns_by_filing_status.yaml", s, year=year)[0]
-                     for s in ("SINGLE", "JOINT", "HEAD_OF_HOUSEHOLD", "SEPARATE"))  # fmt: skip
-        out = [check_ratio(sum(c for c, _ in counts), filing, name="SOI returns in AGI bands / all returns",
-                           bounds=(0.9, 1.0))]  # fmt: skip
+        filing = sum(
+            p.at("gov/irs/soi/returns_by_filing_status.yaml", s, year=year)[0]
+            for s in ("SINGLE", "JOINT", "HEAD_OF_HOUSEHOLD", "SEPARATE")
+        )
+        out = [
+            check_ratio(
+                sum(c for c, _ in counts), filing, name="SOI returns in AGI bands / all returns", bounds=(0.9, 1.0)
+            )
+        ]
         cbo_agi, _ = national("gov/cbo/income_by_source.yaml", "adjusted_gross_income")
         out.append(
             check_ratio(sum(a for a, _ in amounts), cbo_agi, name="SOI AGI in bands / CBO AGI", bounds=(0.9, 1.1))
@@ -321,8 +326,14 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
                     check_ratio(values[s], other[s], name=f"{relpath} / {other_file} in {s}", bounds=bounds)
                 out.append(f"{relpath} per {other_file}: every state within {bounds}")
             for s in sorted(values, key=STATE_FIPS.get):
-                add(variable, relpath, (s,), [*constraints, ("state_fips", "==", STATE_FIPS[s])],
-                    values[s], "; ".join(sorted(notes)))  # fmt: skip
+                add(
+                    variable,
+                    relpath,
+                    (s,),
+                    [*constraints, ("state_fips", "==", STATE_FIPS[s])],
+                    values[s],
+                    "; ".join(sorted(notes)),
+                )
             return out
 
         return build
@@ -339,12 +350,34 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
         relpath = f"gov/irs/soi/{variable}.yaml"
         guarded(relpath, income(variable, relpath, bounds))
     # Programs: dollars per recipient a year, recipients per person.
-    guarded("gov/cbo/social_security.yaml", program("social_security", "gov/cbo/social_security.yaml",
-            "gov/ssa/social_security/participation.yaml", ("social_security", ">", 0), (10_000, 35_000), (0.1, 0.3)))  # fmt: skip
-    guarded("gov/cbo/ssi.yaml", program("ssi", "gov/cbo/ssi.yaml", "gov/ssa/ssi/participation.yaml",
-            ("ssi", ">", 0), (4_000, 15_000), (0.01, 0.04)))  # fmt: skip
-    guarded("gov/cbo/snap.yaml", program("snap", "gov/cbo/snap.yaml", "gov/usda/snap/participation.yaml",
-            ("snap", ">", 0), (1_000, 4_000), (0.05, 0.2)))  # fmt: skip
+    guarded(
+        "gov/cbo/social_security.yaml",
+        program(
+            "social_security",
+            "gov/cbo/social_security.yaml",
+            "gov/ssa/social_security/participation.yaml",
+            ("social_security", ">", 0),
+            (10_000, 35_000),
+            (0.1, 0.3),
+        ),
+    )
+    guarded(
+        "gov/cbo/ssi.yaml",
+        program(
+            "ssi", "gov/cbo/ssi.yaml", "gov/ssa/ssi/participation.yaml", ("ssi", ">", 0), (4_000, 15_000), (0.01, 0.04)
+        ),
+    )
+    guarded(
+        "gov/cbo/snap.yaml",
+        program(
+            "snap",
+            "gov/cbo/snap.yaml",
+            "gov/usda/snap/participation.yaml",
+            ("snap", ">", 0),
+            (1_000, 4_000),
+            (0.05, 0.2),
+        ),
+    )
 
     def eitc():
         value, _ = national("gov/treasury/tax_expenditures/eitc.yaml")
@@ -354,12 +387,26 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
     guarded("gov/treasury/tax_expenditures/eitc.yaml", eitc)
     # State series: enrollment within 0.25-4x a state's seat share (observed 0.35-1.42 for Medicaid,
     # 0.23-3.06 for ACA, where Florida's marketplace is three times its size).
-    guarded("gov/hhs/medicaid/totals/enrollment.yaml", state_series(
-        "gov/hhs/medicaid/totals/enrollment.yaml", "person_count", [("medicaid_enrolled", "==", 1)], (0.25, 4)))  # fmt: skip
-    guarded("gov/aca/enrollment/state.yaml", state_series(
-        "gov/aca/enrollment/state.yaml", "person_count", [("aca_ptc", ">", 0)], (0.15, 4)))  # fmt: skip
-    guarded("gov/aca/spending/state.yaml", state_series(
-        "gov/aca/spending/state.yaml", "aca_ptc", [], (0.02, 5), per=("gov/aca/enrollment/state.yaml", (300, 15_000))))  # fmt: skip
+    guarded(
+        "gov/hhs/medicaid/totals/enrollment.yaml",
+        state_series(
+            "gov/hhs/medicaid/totals/enrollment.yaml", "person_count", [("medicaid_enrolled", "==", 1)], (0.25, 4)
+        ),
+    )
+    guarded(
+        "gov/aca/enrollment/state.yaml",
+        state_series("gov/aca/enrollment/state.yaml", "person_count", [("aca_ptc", ">", 0)], (0.15, 4)),
+    )
+    guarded(
+        "gov/aca/spending/state.yaml",
+        state_series(
+            "gov/aca/spending/state.yaml",
+            "aca_ptc",
+            [],
+            (0.02, 5),
+            per=("gov/aca/enrollment/state.yaml", (300, 15_000)),
+        ),
+    )
     return DemoTargets(tuple(records), tuple(excluded), tuple(checks))
 
 

@@ -25,9 +25,25 @@ from builders.h5_check import check_h5, read_h5_arrays
 from builders.takeup import TAKEUP_BY_VARIABLE, takes_up
 
 ENTITIES = ("person",) + GROUP_ENTITIES
-GEOGRAPHY_INPUTS = ("state_fips", "congressional_district_geoid", "block_geoid", "state_code", "state_name",
-                    "county_fips", "county", "zip_code", "tract_geoid", "cbsa_code", "place_fips", "sldu", "sldl",
-                    "puma", "zcta", "vtd", "in_nyc")  # fmt: skip
+GEOGRAPHY_INPUTS = (
+    "state_fips",
+    "congressional_district_geoid",
+    "block_geoid",
+    "state_code",
+    "state_name",
+    "county_fips",
+    "county",
+    "zip_code",
+    "tract_geoid",
+    "cbsa_code",
+    "place_fips",
+    "sldu",
+    "sldl",
+    "puma",
+    "zcta",
+    "vtd",
+    "in_nyc",
+)
 """Inputs that place a household: the base dataset's are dropped, the column's geography is set."""
 
 

@@ -107,8 +107,11 @@ def compute_state_values(
     amounts: dict[str, list] = {v: [] for v in amount_variables}
     person_values: dict[str, list] = {v: [] for v in constraint_variables}
     eligible: dict[str, list] = {s.variable: [] for s in specs}
-    ungated = [s for s in specs if s.takeup_variable in dataset_takeup
-               and not simulation.pays_only_takers(s.variable, s.takeup_variable)]  # fmt: skip
+    ungated = [
+        s
+        for s in specs
+        if s.takeup_variable in dataset_takeup and not simulation.pays_only_takers(s.variable, s.takeup_variable)
+    ]
     declined: dict[str, list] = {s.variable: [] for s in ungated}
     for i, state in enumerate(states):
         started = time.perf_counter()
@@ -166,8 +169,11 @@ def compute_clone_values(
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables))
     amount_variables = [v for v in amount_variables if v in entities]
     constraint_variables = [v for v in constraint_variables if v in entities]
-    specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables
-             if TAKEUP_BY_VARIABLE[v].takeup_variable in simulation.variable_entities]  # fmt: skip
+    specs = [
+        TAKEUP_BY_VARIABLE[v]
+        for v in takeup_variables
+        if TAKEUP_BY_VARIABLE[v].takeup_variable in simulation.variable_entities
+    ]
     n_base = structure.n_households
     if geography.n_base != n_base:
         raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")

@@ -15,8 +15,20 @@ from .target_db import GEO_LEVEL_ORDER, Constraint
 if TYPE_CHECKING:
     import pandas as pd
 
-TARGET_COLUMNS = ("target_id", "target_name", "variable", "geo_level", "geographic_id", "domain_variable", "value",
-                  "original_value", "uprating_factor", "period", "source", "stratum_id")  # fmt: skip
+TARGET_COLUMNS = (
+    "target_id",
+    "target_name",
+    "variable",
+    "geo_level",
+    "geographic_id",
+    "domain_variable",
+    "value",
+    "original_value",
+    "uprating_factor",
+    "period",
+    "source",
+    "stratum_id",
+)
 """The columns of a built package's targets table, in order."""
 PLACE_VARIABLES = frozenset({"state_fips", "state_code", "congressional_district_geoid"})
 """Constraints a column's geography settles (policyengine-us-data's ``_GEO_VARS``)."""

@@ -124,11 +124,13 @@ def build_calibration_package(
     with clock("simulate"):
         log(f"  PolicyEngine {'once per clone' if mode == 'per_clone' else 'once per state'} ({mode})")
         if mode == "per_clone":
-            values = compute_clone_values(model, year, geography, structure, amount_variables, constraint_variables,
-                                          takeup_variables, log)  # fmt: skip
+            values = compute_clone_values(
+                model, year, geography, structure, amount_variables, constraint_variables, takeup_variables, log
+            )
         else:
-            values = compute_state_values(model, year, states, amount_variables, constraint_variables,
-                                          takeup_variables, log)  # fmt: skip
+            values = compute_state_values(
+                model, year, states, amount_variables, constraint_variables, takeup_variables, log
+            )
         count_variables = {v for v in rows.table["variable"] if v.endswith("_count")}
         values.entities.update(known_entities(model, count_variables))
         report.unknown_variables = sorted(
@@ -138,11 +140,14 @@ def build_calibration_package(
             unknown = ", ".join(report.unknown_variables)
             log(f"  warning: PolicyEngine-US does not know {unknown}: their rows stay empty")
     with clock("assemble"):
-        matrix = to_bcoo(*assemble_matrix(rows, geography, structure, values, rerandomize_takeup),
-                         shape=(len(rows.table), geography.n_columns))  # fmt: skip
+        matrix = to_bcoo(
+            *assemble_matrix(rows, geography, structure, values, rerandomize_takeup),
+            shape=(len(rows.table), geography.n_columns),
+        )
     with clock("package"):
-        unweighted = CalibrationPackage.create(matrix, rows.table, rows.table["target_name"],
-                                               geography=geography.as_package_geography())  # fmt: skip
+        unweighted = CalibrationPackage.create(
+            matrix, rows.table, rows.table["target_name"], geography=geography.as_package_geography()
+        )
         initial_weights = policyengine_initial_weights(unweighted)
     report.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metadata = _provenance(dataset, db_path, target_config, year, n_clones, seed, structure, rerandomize_takeup, report)

@@ -180,9 +180,16 @@ def fit(
             f"uniforms must have shape (epochs, n_records) = {(epochs, model.n_records)}, got {draws.shape}"
         )
     step, model, state = prepare_step(
-        model, matrix, targets, objective, key=key, optimizer=optimizer, learning_rate=learning_rate,
-        opt_state=opt_state, log_weight_jitter_sd=log_weight_jitter_sd,
-    )  # fmt: skip
+        model,
+        matrix,
+        targets,
+        objective,
+        key=key,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        opt_state=opt_state,
+        log_weight_jitter_sd=log_weight_jitter_sd,
+    )
     model, state, shared, draws = matrix.place_state(
         (model, state, (step.targets, step.objective, step.draw_key), draws), step.optimizer
     )

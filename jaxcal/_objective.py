@@ -92,15 +92,24 @@ class Objective(eqx.Module):
         if groups is not None:
             multipliers = {g: m for g, m in multipliers.items() if g in set(groups.tolist())}
         selected = Objective.create(
-            int(rows.sum()), loss=self.kind, lambda_l0=float(self.lambda_l0), lambda_l2=float(self.lambda_l2),
-            target_groups=groups, normalize_groups=self.normalize_groups, group_multipliers=multipliers or None,
+            int(rows.sum()),
+            loss=self.kind,
+            lambda_l0=float(self.lambda_l0),
+            lambda_l2=float(self.lambda_l2),
+            target_groups=groups,
+            normalize_groups=self.normalize_groups,
+            group_multipliers=multipliers or None,
             dtype=self.loss_weights.dtype,
-        )  # fmt: skip
+        )
         if not keep_length:
             return selected
         full = jnp.zeros(self.n_targets, self.loss_weights.dtype).at[np.flatnonzero(rows)].set(selected.loss_weights)
-        return eqx.tree_at(lambda o: (o.loss_weights, o.target_groups), selected, (full, self.target_groups),
-                           is_leaf=lambda x: x is None)  # fmt: skip
+        return eqx.tree_at(
+            lambda o: (o.loss_weights, o.target_groups),
+            selected,
+            (full, self.target_groups),
+            is_leaf=lambda x: x is None,
+        )
 
     @property
     def n_targets(self) -> int:

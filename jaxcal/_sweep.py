@@ -88,9 +88,16 @@ def sweep(
     targets = _check_problem(model, matrix, targets, objective)
     model = _gates_for(model, objective)
     step, model, opt_state = prepare_step(
-        model, matrix, targets, objective, key=key, optimizer=optimizer, learning_rate=learning_rate,
-        opt_state=None, log_weight_jitter_sd=log_weight_jitter_sd,
-    )  # fmt: skip
+        model,
+        matrix,
+        targets,
+        objective,
+        key=key,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        opt_state=None,
+        log_weight_jitter_sd=log_weight_jitter_sd,
+    )
     grid = jnp.asarray(lambdas, matrix.dtype)
     models, weights, history = _run_sweep(step, grid, model, opt_state, jnp.arange(epochs, dtype=jnp.int32))
     return SweepResult(lambda_l0=grid, weights=weights, models=models, history=history, beta=model.beta)

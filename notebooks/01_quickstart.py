@@ -93,14 +93,20 @@ init_key, fit_key = jax.random.split(jax.random.key(42))
 initial = jaxcal.io.policyengine_initial_weights(package)
 model = jaxcal.CalibrationWeights.init(
     package.n_records, key=init_key, init_weights=initial, init_keep_prob=defaults.init_keep_prob, beta=defaults.beta
-)  # fmt: skip
+)
 objective = jaxcal.Objective.create(
     package.n_targets, loss="relative", lambda_l0=jaxcal.PE_PRESETS["local"], lambda_l2=defaults.lambda_l2
-)  # fmt: skip
+)
 result = jaxcal.fit(
-    model, package.target_matrix(), package.target_values, objective, key=fit_key, epochs=EPOCHS,
-    learning_rate=defaults.learning_rate, log_weight_jitter_sd=defaults.log_weight_jitter_sd,
-)  # fmt: skip
+    model,
+    package.target_matrix(),
+    package.target_values,
+    objective,
+    key=fit_key,
+    epochs=EPOCHS,
+    learning_rate=defaults.learning_rate,
+    log_weight_jitter_sd=defaults.log_weight_jitter_sd,
+)
 weights = np.asarray(result.weights, np.float64)
 np.save(OUT / "calibration_weights.npy", weights)
 print(f"{result.n_active} of {package.n_records} records kept, weight sum {weights.sum():,.0f}")
@@ -166,12 +172,14 @@ rows = rows[
     rows["variable"].isin(["employment_income", "self_employment_income", "taxable_interest_income", "social_security"])
 ]
 predicted = package.matrix.astype(np.float64) @ weights
-check = pd.DataFrame({
-    "variable": rows["variable"],
-    "target": rows["value"],
-    "X @ w": predicted[rows.index],
-    "policyengine_us": [float(sim.calculate(v, year).sum()) for v in rows["variable"]],
-})  # fmt: skip
+check = pd.DataFrame(
+    {
+        "variable": rows["variable"],
+        "target": rows["value"],
+        "X @ w": predicted[rows.index],
+        "policyengine_us": [float(sim.calculate(v, year).sum()) for v in rows["variable"]],
+    }
+)
 check["ratio"] = check["policyengine_us"] / check["X @ w"]
 households = float(np.asarray(sim.calculate("household_weight", year)).sum())
 print(f"household weights in the file: {households:,.0f} (fitted: {weights.sum():,.0f})")

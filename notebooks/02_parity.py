@@ -114,9 +114,15 @@ def torch_fit(n_steps, *, seed, beta, init_weights, init_keep_prob, every=1, thr
 EXACT = dict(beta=2 / 3, init_keep_prob=0.9, lambda_l0=1e-3, lambda_l2=0.0, lr=0.15)
 init_weights = np.random.default_rng(3).uniform(20, 200, n).astype(np.float32)
 start, uniforms, torch_steps = torch_fit(
-    EXACT_STEPS, seed=7, beta=EXACT["beta"], init_weights=init_weights, init_keep_prob=EXACT["init_keep_prob"],
-    lambda_l0=EXACT["lambda_l0"], lambda_l2=EXACT["lambda_l2"], lr=EXACT["lr"],
-)  # fmt: skip
+    EXACT_STEPS,
+    seed=7,
+    beta=EXACT["beta"],
+    init_weights=init_weights,
+    init_keep_prob=EXACT["init_keep_prob"],
+    lambda_l0=EXACT["lambda_l0"],
+    lambda_l2=EXACT["lambda_l2"],
+    lr=EXACT["lr"],
+)
 
 jax_steps = []
 exact_objective = jaxcal.Objective.create(
@@ -124,10 +130,16 @@ exact_objective = jaxcal.Objective.create(
 )
 jaxcal.fit(
     jaxcal.CalibrationWeights(jax.numpy.asarray(start[0]), jax.numpy.asarray(start[1]), beta=EXACT["beta"]),
-    jaxcal.TargetMatrix.from_scipy(X, layout="rows"), targets, exact_objective, key=jax.random.key(0),
-    epochs=EXACT_STEPS, learning_rate=EXACT["lr"], uniforms=np.stack(uniforms), chunk_epochs=1,
+    jaxcal.TargetMatrix.from_scipy(X, layout="rows"),
+    targets,
+    exact_objective,
+    key=jax.random.key(0),
+    epochs=EXACT_STEPS,
+    learning_rate=EXACT["lr"],
+    uniforms=np.stack(uniforms),
+    chunk_epochs=1,
     callback=lambda r: jax_steps.append((np.asarray(r.model.log_weight), np.asarray(r.model.log_alpha))),
-)  # fmt: skip
+)
 
 
 def relative_difference(ours, reference):
@@ -144,8 +156,10 @@ for ours, reference in zip(jax_steps, torch_steps, strict=True):
 exact_max = max(max(v["max"]) for v in per_step.values())
 exact_q999 = max(max(v["q999"]) for v in per_step.values())
 moved = float(np.abs(torch_steps[-1][0] - start[0]).max())
-print(f"{EXACT_STEPS} steps: max relative difference {exact_max:.2e}, 99.9% quantile {exact_q999:.2e} "
-      f"(the parameters moved by up to {moved:.2f})")  # fmt: skip
+print(
+    f"{EXACT_STEPS} steps: max relative difference {exact_max:.2e}, 99.9% quantile {exact_q999:.2e} "
+    f"(the parameters moved by up to {moved:.2f})"
+)
 
 
 # %%
@@ -198,10 +212,19 @@ for seed in range(SEEDS):
     ours = jaxcal.CalibrationWeights.init(n, key=init_key, **STAT)
     points = []
     jaxcal.fit(
-        ours, matrix, targets, objective, key=fit_key, epochs=EPOCHS, log_weight_jitter_sd=0.0,
-        learning_rate=STAT_FIT["lr"], chunk_epochs=EVERY,
-        callback=lambda r: points.append(data_loss(np.asarray(r.model.log_weight), np.asarray(r.model.log_alpha), STAT["beta"])),
-    )  # fmt: skip
+        ours,
+        matrix,
+        targets,
+        objective,
+        key=fit_key,
+        epochs=EPOCHS,
+        log_weight_jitter_sd=0.0,
+        learning_rate=STAT_FIT["lr"],
+        chunk_epochs=EVERY,
+        callback=lambda r: points.append(
+            data_loss(np.asarray(r.model.log_weight), np.asarray(r.model.log_alpha), STAT["beta"])
+        ),
+    )
     trajectories["jaxcal"].append(points)
 
 epochs_axis = np.arange(1, EPOCHS // EVERY + 1) * EVERY

@@ -64,8 +64,10 @@ import jaxcal.workflow
 from builders.synthetic_problem import synthetic_package
 
 package = synthetic_package(N_RECORDS, seed=0, **SETTINGS)
-print(f"{package.n_targets} targets x {package.n_records} records; levels:",
-      package.targets["geo_level"].value_counts().to_dict())  # fmt: skip
+print(
+    f"{package.n_targets} targets x {package.n_records} records; levels:",
+    package.targets["geo_level"].value_counts().to_dict(),
+)
 
 # %% [markdown]
 # ## 1. A parent fit with held-out families and early stopping
@@ -84,14 +86,24 @@ print(f"held out {int((~split.train).sum())} of {package.n_targets} targets")
 key = jax.random.key(0)
 init_key, fit_key, sweep_key, tier_key = jax.random.split(key, 4)
 parent_model = jaxcal.CalibrationWeights.init(
-    package.n_records, key=init_key, init_weights=jaxcal.io.policyengine_initial_weights(package),
-    init_keep_prob=0.999, beta=0.35,
-)  # fmt: skip
+    package.n_records,
+    key=init_key,
+    init_weights=jaxcal.io.policyengine_initial_weights(package),
+    init_keep_prob=0.999,
+    beta=0.35,
+)
 parent_objective = jaxcal.Objective.create(package.n_targets, lambda_l0=1e-8, lambda_l2=1e-12)
 parent = jaxcal.workflow.fit_with_holdout(
-    parent_model, package, split, parent_objective, key=fit_key, epochs=PARENT_EPOCHS, eval_every=10,
-    patience=PARENT_EPOCHS // 5, log_weight_jitter_sd=0.05,
-)  # fmt: skip
+    parent_model,
+    package,
+    split,
+    parent_objective,
+    key=fit_key,
+    epochs=PARENT_EPOCHS,
+    eval_every=10,
+    patience=PARENT_EPOCHS // 5,
+    log_weight_jitter_sd=0.05,
+)
 print(parent.summary() | {"holdout_families": "..."})
 jaxcal.runs.holdout_figure(parent)
 
@@ -108,7 +120,7 @@ jaxcal.runs.holdout_figure(parent)
 objective = jaxcal.Objective.create(package.n_targets)  # relative loss, every target weighs 1
 frontier, sweeps = jaxcal.workflow.sweep_grid(
     package, LAMBDAS, [0.35], key=sweep_key, split=split, objective=objective, epochs=SWEEP_EPOCHS
-)  # fmt: skip
+)
 frontier
 
 # %%
@@ -138,9 +150,17 @@ plt.show()
 # %%
 parent_weights = np.asarray(parent.weights, np.float64)
 derivation = jaxcal.workflow.derive_tier(
-    package, parent_weights, BUDGET, key=tier_key, state_floor=10, split=split, objective=objective,
-    search_epochs=SEARCH_EPOCHS, refit_epochs=REFIT_EPOCHS, patience=REFIT_EPOCHS // 4,
-)  # fmt: skip
+    package,
+    parent_weights,
+    BUDGET,
+    key=tier_key,
+    state_floor=10,
+    split=split,
+    objective=objective,
+    search_epochs=SEARCH_EPOCHS,
+    refit_epochs=REFIT_EPOCHS,
+    patience=REFIT_EPOCHS // 4,
+)
 tier = derivation.tier
 print(
     f"child: {tier.child.n_records} records (lambda_l0 {derivation.lambda_l0:g} ranked them) in {derivation.elapsed_seconds:.1f} s"
@@ -155,12 +175,16 @@ def abs_relative_errors(pkg, weights):
     return np.abs(estimates - pkg.target_values) / np.abs(pkg.target_values)
 
 
-errors = pd.DataFrame({
-    "geo_level": np.concatenate([package.targets["geo_level"]] * 2),
-    "held_out": np.concatenate([~split.train] * 2),
-    "fit": ["parent"] * package.n_targets + [f"child ({BUDGET} records)"] * package.n_targets,
-    "abs_rel_error": np.concatenate([abs_relative_errors(package, parent_weights), abs_relative_errors(tier.child, tier.weights)]),
-})  # fmt: skip
+errors = pd.DataFrame(
+    {
+        "geo_level": np.concatenate([package.targets["geo_level"]] * 2),
+        "held_out": np.concatenate([~split.train] * 2),
+        "fit": ["parent"] * package.n_targets + [f"child ({BUDGET} records)"] * package.n_targets,
+        "abs_rel_error": np.concatenate(
+            [abs_relative_errors(package, parent_weights), abs_relative_errors(tier.child, tier.weights)]
+        ),
+    }
+)
 table = errors.groupby(["geo_level", "held_out", "fit"])["abs_rel_error"].median().unstack("fit")
 fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 table.plot.bar(ax=axes[0], logy=True, rot=0)

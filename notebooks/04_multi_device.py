@@ -86,7 +86,7 @@ print("device counts:", counts)
 matrix = jaxcal.TargetMatrix.from_scipy(problem.matrix)
 matrices = {1: matrix} | {
     n: jaxcal.ShardedMatrix.from_scipy(problem.matrix, jaxcal.record_mesh(devices[:n])) for n in counts if n > 1
-}  # fmt: skip
+}
 for n, m in matrices.items():
     print(f"{n} device{'s' if n > 1 else ''}: {type(m).__name__}" + (f", {m.block} records a block" if n > 1 else ""))
 

@@ -11,9 +11,16 @@ def small_package(n_records=400, *, n_states=2, n_national=20, per_state=8, per_
     """A package over ``policyengine_shaped_problem``: row ``k`` of a block is variable
     ``v{k}_count`` (even ``k``, counts) or ``v{k}_income`` (odd ``k``, amounts)."""
     problem = policyengine_shaped_problem(
-        n_records, n_base=min(n_records, 200), n_states=n_states, n_national=n_national,
-        per_state=per_state, per_district=per_district, nonzeros=(6, 4, 3), seed=seed, **kwargs,
-    )  # fmt: skip
+        n_records,
+        n_base=min(n_records, 200),
+        n_states=n_states,
+        n_national=n_national,
+        per_state=per_state,
+        per_district=per_district,
+        nonzeros=(6, 4, 3),
+        seed=seed,
+        **kwargs,
+    )
     states = sorted(DISTRICTS_PER_STATE)[:n_states]
     districts = [f"{s:02d}{d + 1:02d}" for s in states for d in range(DISTRICTS_PER_STATE[s])]
     rows = [("national", "US", k) for k in range(n_national)]

@@ -52,9 +52,17 @@ def db(tmp_path):
                 ("tax_unit_is_filer", "==", 1),
             ],
         )  # 5 district, only later periods
-        w.add_target("person_count", 2026, 6.0,
-                     constraints=[("state_fips", "==", 6), ("age", "<", 18), ("congressional_district_geoid", "==", 601),
-                                  ("tax_unit_is_filer", "==", 1)])  # 6 later still: dropped  # fmt: skip
+        w.add_target(
+            "person_count",
+            2026,
+            6.0,
+            constraints=[
+                ("state_fips", "==", 6),
+                ("age", "<", 18),
+                ("congressional_district_geoid", "==", 601),
+                ("tax_unit_is_filer", "==", 1),
+            ],
+        )  # 6 later still: dropped
         w.add_target("household_count", 2024, 7.0, constraints=[("snap", ">", 0), ("age", ">=", 65)])  # 7
         w.add_target("snap", 2023, 50.0, constraints=[("state_fips", "==", 6)], reform_id=1)  # 8 other reform
     return path
@@ -69,8 +77,18 @@ def test_writer_shares_strata_and_writes_the_schema(db):
     assert {"strata", "stratum_constraints", "targets"} <= tables
     # national, state 6, district 601 (constraint order ignored), snap/age domain: 4 strata
     assert n_strata == 4 and n_constraints == 1 + 4 + 2
-    assert columns == ["target_id", "variable", "period", "stratum_id", "reform_id", "value", "active",
-                       "tolerance", "source", "notes"]  # fmt: skip
+    assert columns == [
+        "target_id",
+        "variable",
+        "period",
+        "stratum_id",
+        "reform_id",
+        "value",
+        "active",
+        "tolerance",
+        "source",
+        "notes",
+    ]
 
 
 def test_target_overview_derives_geography_and_domain(db):
@@ -158,8 +176,12 @@ def test_vectorized_generators_equal_numpys_bit_for_bit():
     from builders._pcg64 import uniforms
     from builders.takeup import stable_string_hashes
 
-    seeds = np.concatenate([np.random.default_rng(3).integers(0, 2**63, 300, dtype=np.uint64),
-                            np.array([0, 1, 2**32 - 1, 2**32, 2**63 - 1], np.uint64)])  # fmt: skip
+    seeds = np.concatenate(
+        [
+            np.random.default_rng(3).integers(0, 2**63, 300, dtype=np.uint64),
+            np.array([0, 1, 2**32 - 1, 2**32, 2**63 - 1], np.uint64),
+        ]
+    )
     expected = np.stack([np.random.default_rng(int(seed)).random(4) for seed in seeds])
     np.testing.assert_array_equal(uniforms(seeds, 4), expected)
     salts = np.array(["", "a", "12345:0", "987654321:17"])
@@ -203,8 +225,13 @@ def test_geography_gives_up_redrawing_after_fifty_rounds():
 
 
 def test_geography_with_blocks():
-    blocks = pd.DataFrame({"block_geoid": ["060010001001000", "060010001001001", "360010001001000"],
-                           "cd_geoid": [601, 601, 3601], "population": [1.0, 0.0, 1.0]})  # fmt: skip
+    blocks = pd.DataFrame(
+        {
+            "block_geoid": ["060010001001000", "060010001001001", "360010001001000"],
+            "cd_geoid": [601, 601, 3601],
+            "population": [1.0, 0.0, 1.0],
+        }
+    )
     geo = assign_geography(50, 2, blocks, seed=1)
     assert set(geo.block_geoid) == {"060010001001000", "360010001001000"}
     np.testing.assert_array_equal(geo.cd_geoid, np.where(geo.block_geoid == "060010001001000", 601, 3601))
@@ -237,13 +264,13 @@ STRUCTURE = EntityStructure(
         "household": np.array([0, 0, 1, 1]),
         "tax_unit": np.array([0, 0, 1, 2]),
         "spm_unit": np.array([0, 0, 1, 1]),
-    },  # fmt: skip
+    },
     entity_household={
         "person": np.array([0, 0, 1, 1]),
         "household": np.array([0, 1]),
         "tax_unit": np.array([0, 1, 1]),
         "spm_unit": np.array([0, 1]),
-    },  # fmt: skip
+    },
 )
 AGE = np.array([30, 5, 70, 40], np.float32)
 
@@ -257,8 +284,14 @@ def _household(constraints, entity, amounts=None):
 def test_constraint_operations_and_value_parsing():
     ages = np.array([17, 18, 19], np.float32)
     results = {op: satisfies(ages, Constraint("age", op, "18")).tolist() for op in ("==", "!=", ">", ">=", "<", "<=")}
-    assert results == {"==": [False, True, False], "!=": [True, False, True], ">": [False, False, True],
-                       ">=": [False, True, True], "<": [True, False, False], "<=": [True, True, False]}  # fmt: skip
+    assert results == {
+        "==": [False, True, False],
+        "!=": [True, False, True],
+        ">": [False, False, True],
+        ">=": [False, True, True],
+        "<": [True, False, False],
+        "<=": [True, True, False],
+    }
     assert satisfies(np.array([0.0, 1.0], np.float32), Constraint("flag", "==", "True")).tolist() == [False, True]
     assert satisfies(np.array([2.5, 3.0]), Constraint("x", ">", "2.75")).tolist() == [False, True]
     assert satisfies(np.array(["SINGLE", "JOINT"]), Constraint("filing_status", "==", "JOINT")).tolist() == [
@@ -298,7 +331,7 @@ STATE_VALUES = StateValues(
         "employment_income": np.array([[10.0, 0, 0, 40]] * 2),
         "snap": np.array([[100.0, 20], [150, 30]]),
         "adjusted_gross_income": np.array([[5.0, 7, 11]] * 2),
-    },  # fmt: skip
+    },
     person_values={
         "age": np.stack([AGE, AGE]),
         "snap": np.array([[100.0, 100, 20, 20], [150, 150, 30, 30]], np.float32),
@@ -311,7 +344,7 @@ STATE_VALUES = StateValues(
         "age": "person",
         "person_count": "person",
         "household_count": "household",
-    },  # fmt: skip
+    },
 )
 # columns: (clone 0, hh0) in CA-1, (0, hh1) in NY-1, (1, hh0) in NY-2, (1, hh1) in CA-2
 GEOGRAPHY = GeographyAssignment(
@@ -325,9 +358,16 @@ GEOGRAPHY = GeographyAssignment(
 
 def _rows(specs):
     """Target rows from (variable, geo_level, geographic_id, constraints)."""
-    table = pd.DataFrame({"variable": [s[0] for s in specs], "geo_level": [s[1] for s in specs],
-                          "geographic_id": [s[2] for s in specs], "stratum_id": range(len(specs)),
-                          "reform_id": 0, "target_id": range(len(specs))})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "variable": [s[0] for s in specs],
+            "geo_level": [s[1] for s in specs],
+            "geographic_id": [s[2] for s in specs],
+            "stratum_id": range(len(specs)),
+            "reform_id": 0,
+            "target_id": range(len(specs)),
+        }
+    )
     constraints = {i: [Constraint(*c) for c in s[3]] for i, s in enumerate(specs)}
     return plan_target_rows(table, constraints)
 
@@ -341,17 +381,27 @@ def _dense(rows, takeup):
 
 
 def test_matrix_by_hand_without_takeup():
-    rows = _rows([
-        ("person_count", "national", "US", [("age", "<", "18")]),
-        ("household_count", "state", "6", [("state_fips", "==", "6"), ("age", ">=", "65")]),
-        ("employment_income", "district", "3601", [("congressional_district_geoid", "==", "3601"), ("age", ">=", "18")]),
-        ("snap", "state", "36", [("state_fips", "==", "36")]),
-        ("adjusted_gross_income", "national", "US", [("age", ">=", "65")]),
-    ])  # fmt: skip
+    rows = _rows(
+        [
+            ("person_count", "national", "US", [("age", "<", "18")]),
+            ("household_count", "state", "6", [("state_fips", "==", "6"), ("age", ">=", "65")]),
+            (
+                "employment_income",
+                "district",
+                "3601",
+                [("congressional_district_geoid", "==", "3601"), ("age", ">=", "18")],
+            ),
+            ("snap", "state", "36", [("state_fips", "==", "36")]),
+            ("adjusted_gross_income", "national", "US", [("age", ">=", "65")]),
+        ]
+    )
     assert rows.table["target_name"].tolist() == [
-        "national/adjusted_gross_income/[age>=65]", "national/person_count/[age<18]",
-        "state_6/household_count/[age>=65]", "state_36/snap", "cd_3601/employment_income/[age>=18]",
-    ]  # fmt: skip
+        "national/adjusted_gross_income/[age>=65]",
+        "national/person_count/[age<18]",
+        "state_6/household_count/[age>=65]",
+        "state_36/snap",
+        "cd_3601/employment_income/[age>=18]",
+    ]
     np.testing.assert_array_equal(
         _dense(rows, takeup=False),
         [
@@ -380,8 +430,12 @@ def test_matrix_by_hand_with_takeup_draws():
 
 
 def test_target_name_follows_policyengine():
-    constraints = [Constraint("congressional_district_geoid", "==", "601"), Constraint("state_fips", "==", "6"),
-                   Constraint("age", "<", "18"), Constraint("tax_unit_is_filer", "==", "1")]  # fmt: skip
+    constraints = [
+        Constraint("congressional_district_geoid", "==", "601"),
+        Constraint("state_fips", "==", "6"),
+        Constraint("age", "<", "18"),
+        Constraint("tax_unit_is_filer", "==", "1"),
+    ]
     assert target_name("person_count", constraints) == "cd_601/state_6/person_count/[age<18,tax_unit_is_filer==1]"
     assert target_name("snap", []) == "national/snap"
 
@@ -390,12 +444,15 @@ def test_target_name_follows_policyengine():
 
 
 def test_dataset_round_trip_and_errors(tmp_path):
-    arrays = {
-        "person_id": np.array([1, 2, 3]), "household_id": np.array([10, 20]),
-        "person_household_id": np.array([20, 10, 20]),
-    } | {f"{e}_id": np.array([10, 20]) for e in ("tax_unit", "spm_unit", "family", "marital_unit")} | {
-        f"person_{e}_id": np.array([20, 10, 20]) for e in ("tax_unit", "spm_unit", "family", "marital_unit")
-    }  # fmt: skip
+    arrays = (
+        {
+            "person_id": np.array([1, 2, 3]),
+            "household_id": np.array([10, 20]),
+            "person_household_id": np.array([20, 10, 20]),
+        }
+        | {f"{e}_id": np.array([10, 20]) for e in ("tax_unit", "spm_unit", "family", "marital_unit")}
+        | {f"person_{e}_id": np.array([20, 10, 20]) for e in ("tax_unit", "spm_unit", "family", "marital_unit")}
+    )
     path = write_dataset_h5(tmp_path / "d.h5", arrays, 2024)
     structure = read_entity_structure(path)
     assert structure.person_household.tolist() == [1, 0, 1]
@@ -454,11 +511,20 @@ def test_declined_amounts_replace_zero_for_non_takers():
 def test_matrix_per_clone_takes_each_clone_row():
     """Per-clone values (row c = clone c, take-up already in the amounts): no draws, no state lookup."""
     values = StateValues(
-        states=np.array([6, 36]), amounts={"snap": np.array([[100.0, 20], [150, 30]])},
-        person_values={"age": np.stack([AGE, AGE])}, eligible={}, entities=STATE_VALUES.entities, per_clone=True,
-    )  # fmt: skip
-    rows = _rows([("snap", "national", "US", []), ("snap", "state", "36", [("state_fips", "==", "36")]),
-                  ("person_count", "district", "3602", [("congressional_district_geoid", "==", "3602"), ("age", "<", "18")])])  # fmt: skip
+        states=np.array([6, 36]),
+        amounts={"snap": np.array([[100.0, 20], [150, 30]])},
+        person_values={"age": np.stack([AGE, AGE])},
+        eligible={},
+        entities=STATE_VALUES.entities,
+        per_clone=True,
+    )
+    rows = _rows(
+        [
+            ("snap", "national", "US", []),
+            ("snap", "state", "36", [("state_fips", "==", "36")]),
+            ("person_count", "district", "3602", [("congressional_district_geoid", "==", "3602"), ("age", "<", "18")]),
+        ]
+    )
     for takeup in (True, False):
         r, c, v = assemble_matrix(rows, GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=takeup)
         dense = np.zeros((3, 4))
@@ -466,8 +532,14 @@ def test_matrix_per_clone_takes_each_clone_row():
         # columns (clone 0, hh0) CA, (0, hh1) NY, (1, hh0) NY-2, (1, hh1) CA: each clone's own amounts
         np.testing.assert_array_equal(dense, [[100, 20, 150, 30], [0, 20, 150, 0], [0, 0, 1, 0]])
     with pytest.raises(ValueError, match="3 clones, the geography 2"):
-        bad = StateValues(states=values.states, amounts={"snap": np.zeros((3, 2))}, person_values={}, eligible={},
-                          entities=values.entities, per_clone=True)  # fmt: skip
+        bad = StateValues(
+            states=values.states,
+            amounts={"snap": np.zeros((3, 2))},
+            person_values={},
+            eligible={},
+            entities=values.entities,
+            per_clone=True,
+        )
         assemble_matrix(rows, GEOGRAPHY, STRUCTURE, bad)
 
 

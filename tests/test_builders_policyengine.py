@@ -23,17 +23,22 @@ YEAR = 2024
 # hh 2 (id 33): a couple (40 and 38) filing jointly, and a 19-year-old filing alone.
 DATASET = dict(
     person_id=np.array([1, 2, 3, 4, 5, 6]),
-    household_id=np.array([11, 22, 33]), person_household_id=np.array([11, 11, 22, 33, 33, 33]),
-    tax_unit_id=np.array([1, 2, 3, 4]), person_tax_unit_id=np.array([1, 1, 2, 3, 3, 4]),
-    spm_unit_id=np.array([1, 2, 3]), person_spm_unit_id=np.array([1, 1, 2, 3, 3, 3]),
-    family_id=np.array([1, 2, 3]), person_family_id=np.array([1, 1, 2, 3, 3, 3]),
-    marital_unit_id=np.array([1, 2, 3, 4, 5]), person_marital_unit_id=np.array([1, 2, 3, 4, 4, 5]),
+    household_id=np.array([11, 22, 33]),
+    person_household_id=np.array([11, 11, 22, 33, 33, 33]),
+    tax_unit_id=np.array([1, 2, 3, 4]),
+    person_tax_unit_id=np.array([1, 1, 2, 3, 3, 4]),
+    spm_unit_id=np.array([1, 2, 3]),
+    person_spm_unit_id=np.array([1, 1, 2, 3, 3, 3]),
+    family_id=np.array([1, 2, 3]),
+    person_family_id=np.array([1, 1, 2, 3, 3, 3]),
+    marital_unit_id=np.array([1, 2, 3, 4, 5]),
+    person_marital_unit_id=np.array([1, 2, 3, 4, 4, 5]),
     age=np.array([30, 5, 70, 40, 38, 19]),
     employment_income=np.array([12_000.0, 0, 0, 50_000, 3_000, 8_000]),
     is_tax_unit_head=np.array([True, False, True, True, False, True]),
     is_tax_unit_spouse=np.array([False, False, False, False, True, False]),
     state_fips=np.array([6, 6, 6]),
-)  # fmt: skip
+)
 PERSONS_PER_HOUSEHOLD = np.array([2, 1, 3])
 pytestmark = pytest.mark.xdist_group("policyengine")
 PLACES = pd.DataFrame({"cd_geoid": [601, 602, 3601], "population": [1.0, 1.0, 2.0]})
@@ -49,14 +54,33 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
         w.add_target("adjusted_gross_income", YEAR, 2e7, constraints=[("age", "<", 30)])
         w.add_target("snap", YEAR - 2, 1e6)  # uprated by CPI-U from 2022
         w.add_target("household_count", YEAR, 900.0, constraints=[("state_fips", "==", 6), ("age", ">=", 65)])
-        w.add_target("employment_income", YEAR, 3e7,
-                     constraints=[("state_fips", "==", 6), ("congressional_district_geoid", "==", 601)])  # fmt: skip
+        w.add_target(
+            "employment_income",
+            YEAR,
+            3e7,
+            constraints=[("state_fips", "==", 6), ("congressional_district_geoid", "==", 601)],
+        )
         w.add_target("no_such_variable", YEAR, 1.0)
     places = tmp_path / "places.csv"
     PLACES.to_csv(places, index=False)
     output = tmp_path / "package.npz"
-    code = main(["build", "--dataset", str(dataset), "--db-path", str(db), "--n-clones", "2", "--seed", "3",
-                 "--geography", str(places), "--package-output", str(output)])  # fmt: skip
+    code = main(
+        [
+            "build",
+            "--dataset",
+            str(dataset),
+            "--db-path",
+            str(db),
+            "--n-clones",
+            "2",
+            "--seed",
+            "3",
+            "--geography",
+            str(places),
+            "--package-output",
+            str(output),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1, err  # validate's verdict: the unknown variable's row is impossible
     assert "no_such_variable" in err and "simulate:" in err
@@ -65,10 +89,15 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     package = load_package(output)
     targets = package.targets
     assert list(package.target_names) == [
-        "national/adjusted_gross_income/[age<30]", "national/no_such_variable", "national/person_count",
-        "national/person_count/[age<18]", "national/snap", "national/tax_unit_count/[age<65,age>=18]",
-        "state_6/household_count/[age>=65]", "cd_601/state_6/employment_income",
-    ]  # fmt: skip
+        "national/adjusted_gross_income/[age<30]",
+        "national/no_such_variable",
+        "national/person_count",
+        "national/person_count/[age<18]",
+        "national/snap",
+        "national/tax_unit_count/[age<65,age>=18]",
+        "state_6/household_count/[age>=65]",
+        "cd_601/state_6/employment_income",
+    ]
     snap = targets.iloc[4]
     assert snap["original_value"] == 1e6 and snap["period"] == YEAR - 2
     np.testing.assert_allclose(snap["uprating_factor"], 309.794 / 281.148, rtol=1e-6)  # policyengine-us CPI-U
@@ -93,8 +122,28 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     assert metadata["simulation"] == "per_clone"  # auto: 2 clones, 2 states
     # Per state (policyengine-us-data's way) gives the same matrix here: nothing else drawn touches SNAP.
     per_state = tmp_path / "per_state.npz"
-    assert main(["build", "--dataset", str(dataset), "--db-path", str(db), "--n-clones", "2", "--seed", "3",
-                 "--geography", str(places), "--package-output", str(per_state), "--simulation", "per-state"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "build",
+                "--dataset",
+                str(dataset),
+                "--db-path",
+                str(db),
+                "--n-clones",
+                "2",
+                "--seed",
+                "3",
+                "--geography",
+                str(places),
+                "--package-output",
+                str(per_state),
+                "--simulation",
+                "per-state",
+            ]
+        )
+        == 1
+    )
     capsys.readouterr()
     again = load_package(per_state)
     assert again.metadata["simulation"] == "per_state"
@@ -124,7 +173,10 @@ def _snap_after_takeup(dataset, column_state, household):
     assert any(e.sum() > 0 for e in eligible.values())  # the test exercises real SNAP amounts
     ids = DATASET["household_id"]
     rate = TAKEUP_BY_VARIABLE["snap"].rate
-    return np.array([
-        eligible[column_state[c]][h] * (seeded_rng("takes_up_snap_if_eligible", f"{ids[h]}:{c // 3}").random() < rate)
-        for c, h in enumerate(household)
-    ])  # fmt: skip
+    return np.array(
+        [
+            eligible[column_state[c]][h]
+            * (seeded_rng("takes_up_snap_if_eligible", f"{ids[h]}:{c // 3}").random() < rate)
+            for c, h in enumerate(household)
+        ]
+    )

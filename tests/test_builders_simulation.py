@@ -32,23 +32,31 @@ STRUCTURE = EntityStructure(
         "household": np.array([0, 0, 1]),
         "tax_unit": np.array([0, 0, 1]),
         "spm_unit": np.array([0, 0, 1]),
-    },  # fmt: skip
+    },
     entity_household={
         "person": np.array([0, 0, 1]),
         "household": np.array([0, 1]),
         "tax_unit": np.array([0, 1]),
         "spm_unit": np.array([0, 1]),
-    },  # fmt: skip
+    },
 )
 # columns: (clone 0, hh0) in CA-1, (0, hh1) in NY-1, (1, hh0) in NY-2, (1, hh1) in CA-2
-GEOGRAPHY = GeographyAssignment(state_fips=np.array([6, 36, 36, 6]), cd_geoid=np.array([601, 3601, 3602, 602]),
-                                block_geoid=None, n_base=2, n_clones=2)  # fmt: skip
+GEOGRAPHY = GeographyAssignment(
+    state_fips=np.array([6, 36, 36, 6]),
+    cd_geoid=np.array([601, 3601, 3602, 602]),
+    block_geoid=None,
+    n_base=2,
+    n_clones=2,
+)
 DATASET_INPUTS = {
-    "household_id": np.array([142, 114]), "state_fips": np.array([6, 6]),
+    "household_id": np.array([142, 114]),
+    "state_fips": np.array([6, 6]),
     "congressional_district_geoid": np.array([601, 601]),
-    "age": np.array([30, 5, 70]), "filing_status": np.array(["HEAD_OF_HOUSEHOLD", "SINGLE"]),
-    "takes_up_snap_if_eligible": np.array([True, False]), "takes_up_aca_if_eligible": np.array([True, False]),
-}  # fmt: skip
+    "age": np.array([30, 5, 70]),
+    "filing_status": np.array(["HEAD_OF_HOUSEHOLD", "SINGLE"]),
+    "takes_up_snap_if_eligible": np.array([True, False]),
+    "takes_up_aca_if_eligible": np.array([True, False]),
+}
 
 
 class FakeSimulation:
@@ -60,12 +68,16 @@ class FakeSimulation:
     :meth:`drop_computed`, so a stage that forgets to drop reads stale values.
     """
 
-    variable_entities = {name: entity for entity, names in {
-        "person": ["age", "person_count"],
-        "tax_unit": ["filing_status", "aca_ptc", "takes_up_aca_if_eligible", "tax_unit_count"],
-        "spm_unit": ["snap", "takes_up_snap_if_eligible"],
-        "household": ["household_id", "state_fips", "congressional_district_geoid", "household_count"],
-    }.items() for name in names}  # fmt: skip
+    variable_entities = {
+        name: entity
+        for entity, names in {
+            "person": ["age", "person_count"],
+            "tax_unit": ["filing_status", "aca_ptc", "takes_up_aca_if_eligible", "tax_unit_count"],
+            "spm_unit": ["snap", "takes_up_snap_if_eligible"],
+            "household": ["household_id", "state_fips", "congressional_district_geoid", "household_count"],
+        }.items()
+        for name in names
+    }
 
     def __init__(self) -> None:
         self.inputs = {name: values.copy() for name, values in DATASET_INPUTS.items()}
@@ -108,20 +120,33 @@ AMOUNTS, CONSTRAINTS, TAKEUP = ["aca_ptc", "no_such_variable", "snap"], ["filing
 
 def _rows(specs):
     """Target rows from (variable, geo_level, geographic_id, constraints)."""
-    table = pd.DataFrame({"variable": [s[0] for s in specs], "geo_level": [s[1] for s in specs],
-                          "geographic_id": [s[2] for s in specs], "stratum_id": range(len(specs)),
-                          "reform_id": 0, "target_id": range(len(specs))})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "variable": [s[0] for s in specs],
+            "geo_level": [s[1] for s in specs],
+            "geographic_id": [s[2] for s in specs],
+            "stratum_id": range(len(specs)),
+            "reform_id": 0,
+            "target_id": range(len(specs)),
+        }
+    )
     return plan_target_rows(table, {i: [Constraint(*c) for c in s[3]] for i, s in enumerate(specs)})
 
 
-ROWS = _rows([
-    ("snap", "national", "US", []),
-    ("aca_ptc", "state", "36", [("state_fips", "==", "36")]),
-    ("household_count", "national", "US", [("snap", ">", "0")]),
-    ("tax_unit_count", "district", "602",
-     [("congressional_district_geoid", "==", "602"), ("filing_status", "==", "SINGLE")]),
-    ("no_such_variable", "national", "US", []),
-])  # fmt: skip
+ROWS = _rows(
+    [
+        ("snap", "national", "US", []),
+        ("aca_ptc", "state", "36", [("state_fips", "==", "36")]),
+        ("household_count", "national", "US", [("snap", ">", "0")]),
+        (
+            "tax_unit_count",
+            "district",
+            "602",
+            [("congressional_district_geoid", "==", "602"), ("filing_status", "==", "SINGLE")],
+        ),
+        ("no_such_variable", "national", "US", []),
+    ]
+)
 
 
 def _takes_up(variable, household_id, clone):
@@ -202,9 +227,12 @@ DATASET_TAKEUP = [
 @pytest.mark.parametrize("rerandomize", [True, False])
 def test_matrix_by_hand_through_both_modes(mode, rerandomize):
     assert ROWS.table["target_name"].tolist() == [
-        "national/household_count/[snap>0]", "national/no_such_variable", "national/snap", "state_36/aca_ptc",
+        "national/household_count/[snap>0]",
+        "national/no_such_variable",
+        "national/snap",
+        "state_36/aca_ptc",
         "cd_602/tax_unit_count/[filing_status==SINGLE]",
-    ]  # fmt: skip
+    ]
     simulation = FakeSimulation()
     takeup = TAKEUP if rerandomize else []
     if mode == "per_state":
@@ -233,9 +261,10 @@ def test_policyengine_adapter_over_a_core_like_simulation():
 
     series = {"2022-01-01": 281.148, "2024-01-01": 309.794}.__getitem__
     population = SimpleNamespace(total=lambda date: 3e8 + int(date[:4]))
-    parameters = SimpleNamespace(gov=SimpleNamespace(bls=SimpleNamespace(cpi=SimpleNamespace(cpi_u=series))),
-                                 calibration=SimpleNamespace(gov=SimpleNamespace(census=SimpleNamespace(
-                                     populations=population))))  # fmt: skip
+    parameters = SimpleNamespace(
+        gov=SimpleNamespace(bls=SimpleNamespace(cpi=SimpleNamespace(cpi_u=series))),
+        calibration=SimpleNamespace(gov=SimpleNamespace(census=SimpleNamespace(populations=population))),
+    )
     variables = {
         "snap": variable("spm_unit", defined_for=SimpleNamespace(name="takes_up_snap_if_eligible")),
         "ssi": variable("person", defined_for="takes_up_ssi_if_eligible"),
@@ -262,18 +291,29 @@ def test_policyengine_adapter_over_a_core_like_simulation():
 
     core = CoreSimulation()
     simulation = PolicyEngineSimulation(core)
-    assert simulation.variable_entities == {"snap": "spm_unit", "ssi": "person", "medicaid_enrolled": "person",
-                                            "aca_ptc": "tax_unit", "filing_status": "tax_unit"}  # fmt: skip
+    assert simulation.variable_entities == {
+        "snap": "spm_unit",
+        "ssi": "person",
+        "medicaid_enrolled": "person",
+        "aca_ptc": "tax_unit",
+        "filing_status": "tax_unit",
+    }
     assert simulation.calculate("filing_status", YEAR).tolist() == ["SINGLE", "JOINT"]
     result = simulation.calculate("snap", YEAR, map_to="person")
     assert isinstance(result, np.ndarray) and result.tolist() == [1.5, 2.5]
     simulation.set_input("state_fips", YEAR, [6])
     simulation.drop_computed()
-    assert core.calls == [("filing_status", YEAR, None), ("snap", YEAR, "person"),
-                          ("set_input", "state_fips", YEAR, [6]), "dropped"]  # fmt: skip
+    assert core.calls == [
+        ("filing_status", YEAR, None),
+        ("snap", YEAR, "person"),
+        ("set_input", "state_fips", YEAR, [6]),
+        "dropped",
+    ]
     assert core.branches == {}
-    assert [simulation.pays_only_takers(v, TAKEUP_BY_VARIABLE[v].takeup_variable)
-            for v in ("snap", "ssi", "medicaid_enrolled", "aca_ptc")] == [True, True, True, False]  # fmt: skip
+    assert [
+        simulation.pays_only_takers(v, TAKEUP_BY_VARIABLE[v].takeup_variable)
+        for v in ("snap", "ssi", "medicaid_enrolled", "aca_ptc")
+    ] == [True, True, True, False]
     cpi, population = simulation.uprating_indices()
     assert cpi(2024) / cpi(2022) == pytest.approx(309.794 / 281.148) and population(2024) == 3e8 + 2024
 
@@ -284,8 +324,9 @@ def test_only_the_adapter_names_policyengine_us():
             return any(alias.name.split(".")[0] == "policyengine_us" for alias in node.names)
         if isinstance(node, ast.ImportFrom):
             return (node.module or "").split(".")[0] == "policyengine_us"
-        return isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value == "policyengine_us"
-                                                  for a in node.args)  # fmt: skip
+        return isinstance(node, ast.Call) and any(
+            isinstance(a, ast.Constant) and a.value == "policyengine_us" for a in node.args
+        )
 
     modules = pathlib.Path(builders.__file__).parent.glob("*.py")
     touching = {m.name for m in modules if any(map(reaches_the_model, ast.walk(ast.parse(m.read_text()))))}

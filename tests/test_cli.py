@@ -52,10 +52,13 @@ def package_path(package, tmp_path_factory):
 
 def test_package_round_trip_is_exact(package, tmp_path):
     package = jaxcal.io.CalibrationPackage.create(
-        package.matrix, package.targets, package.target_names,
-        initial_weights=np.linspace(1, 2, package.n_records), geography=dict(package.geography),
+        package.matrix,
+        package.targets,
+        package.target_names,
+        initial_weights=np.linspace(1, 2, package.n_records),
+        geography=dict(package.geography),
         metadata={"seed": 5, "note": "round trip"},
-    )  # fmt: skip
+    )
     loaded = jaxcal.io.load_package(jaxcal.io.save_package(package, tmp_path / "p.npz"))
     assert (loaded.matrix != package.matrix).nnz == 0
     assert loaded.matrix.indices.dtype == np.int32 and loaded.matrix.data.dtype == np.float32
@@ -71,10 +74,14 @@ def test_package_round_trip_is_exact(package, tmp_path):
 
 def test_pickle_is_refused_without_opt_in_and_converted_with_it(package, tmp_path):
     raw = {
-        "X_sparse": package.matrix, "targets_df": package.targets, "target_names": list(package.target_names),
-        "metadata": {"n_clones": 3}, "initial_weights": np.full(package.n_records, 7.0),
-        "cd_geoid": package.geography["cd_geoid"], "block_geoid": None,
-    }  # fmt: skip
+        "X_sparse": package.matrix,
+        "targets_df": package.targets,
+        "target_names": list(package.target_names),
+        "metadata": {"n_clones": 3},
+        "initial_weights": np.full(package.n_records, 7.0),
+        "cd_geoid": package.geography["cd_geoid"],
+        "block_geoid": None,
+    }
     pkl = tmp_path / "calibration_package.pkl"
     pkl.write_bytes(pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL))
     for command in (["info", pkl], ["validate", pkl], ["fit", "--package-path", pkl, "--output", tmp_path / "w.npy"]):
@@ -146,9 +153,22 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
     config.write_text("exclude:\n  - variable: v1_income\n    geo_level: state\n")
     output = tmp_path / "run" / "weights.npy"
     result = jaxcal_cli(
-        "fit", "--package-path", package_path, "--output", output, "--epochs", 12, "--log-freq", 5,
-        "--target-config", config, "--lambda-l0", 1e-4, "--seed", 3,
-    )  # fmt: skip
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        output,
+        "--epochs",
+        12,
+        "--log-freq",
+        5,
+        "--target-config",
+        config,
+        "--lambda-l0",
+        1e-4,
+        "--seed",
+        3,
+    )
     assert "mean rel error" in result.stdout and str(output) in result.stdout
     kept = ~((package.targets["variable"] == "v1_income") & (package.targets["geo_level"] == "state")).to_numpy()
     weights = np.load(output)
@@ -172,9 +192,16 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
     record = json.loads((output.parent / "unified_run_config.json").read_text())
     assert record["n_targets"] == kept.sum() and record["n_records"] == package.n_records
     assert record["hyperparameters"] == {
-        "epochs": 12, "beta": 0.35, "lambda_l0": 1e-4, "lambda_l2": 1e-12, "learning_rate": 0.15,
-        "seed": 3, "device": "auto", "devices": None, "pe_compat_adam_restarts": False,
-    }  # fmt: skip
+        "epochs": 12,
+        "beta": 0.35,
+        "lambda_l0": 1e-4,
+        "lambda_l2": 1e-12,
+        "learning_rate": 0.15,
+        "seed": 3,
+        "device": "auto",
+        "devices": None,
+        "pe_compat_adam_restarts": False,
+    }
     assert record["weight_nonzero"] == int((weights > 0).sum())
     assert record["weight_sum"] == pytest.approx(float(weights.astype(np.float64).sum()), rel=1e-9)
     assert record["mean_error_pct"] == pytest.approx(100 * np.abs((estimate - truth) / truth).mean(), rel=1e-6)
@@ -192,8 +219,20 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
 
 def test_microcalibrate_log_format(package_path, tmp_path):
     output = tmp_path / "w.npy"
-    jaxcal_cli("fit", "--package-path", package_path, "--output", output, "--epochs", 4, "--log-freq", 2,
-               "--log-format", "microcalibrate", "--quiet")  # fmt: skip
+    jaxcal_cli(
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        output,
+        "--epochs",
+        4,
+        "--log-freq",
+        2,
+        "--log-format",
+        "microcalibrate",
+        "--quiet",
+    )
     header = (tmp_path / "calibration_log.csv").read_text().splitlines()[0]
     assert header == ",epoch,loss,target_name,target,estimate,error,abs_error,rel_abs_error"
 
@@ -219,8 +258,16 @@ def test_resume_is_bitwise_exact(package_path, tmp_path):
     jaxcal_cli("fit", *common, "--output", tmp_path / "first" / "w.npy", "--epochs", 60, "--log-freq", 20)
     checkpoint = tmp_path / "first" / "w.checkpoint.npz"
     jaxcal_cli("fit", *common, "--output", tmp_path / "resumed" / "w.npy", "--epochs", 40, "--resume-from", checkpoint)
-    jaxcal_cli("fit", *common, "--output", tmp_path / "via_npy" / "w.npy", "--epochs", 40,
-               "--resume-from", tmp_path / "first" / "w.npy")  # fmt: skip
+    jaxcal_cli(
+        "fit",
+        *common,
+        "--output",
+        tmp_path / "via_npy" / "w.npy",
+        "--epochs",
+        40,
+        "--resume-from",
+        tmp_path / "first" / "w.npy",
+    )
     straight = np.load(tmp_path / "straight" / "w.npy")
     assert 0 < (straight > 0).sum() < straight.size  # the gates did something
     np.testing.assert_array_equal(np.load(tmp_path / "resumed" / "w.npy"), straight)
@@ -242,14 +289,38 @@ def test_resume_checks_the_problem_and_warns_on_hyperparameters(package, package
     assert_user_error(result, "another problem", "target_values")
     assert not (tmp_path / "x" / "w.npy").exists()
 
-    warned = jaxcal_cli("fit", "--package-path", package_path, "--output", tmp_path / "y" / "w.npy", "--epochs", 2,
-                        "--resume-from", checkpoint, "--learning-rate", 0.1, "--quiet")  # fmt: skip
+    warned = jaxcal_cli(
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        tmp_path / "y" / "w.npy",
+        "--epochs",
+        2,
+        "--resume-from",
+        checkpoint,
+        "--learning-rate",
+        0.1,
+        "--quiet",
+    )
     assert "learning_rate 0.15 -> 0.1" in warned.stderr
 
     bare = tmp_path / "bare.npy"
     np.save(bare, np.full(package.n_records, 3.0))
-    jaxcal_cli("fit", "--package-path", package_path, "--output", tmp_path / "z" / "w.npy", "--epochs", 0,
-               "--resume-from", bare, "--lambda-l0", 0, "--quiet")  # fmt: skip
+    jaxcal_cli(
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        tmp_path / "z" / "w.npy",
+        "--epochs",
+        0,
+        "--resume-from",
+        bare,
+        "--lambda-l0",
+        0,
+        "--quiet",
+    )
     # A warm start with no epochs: the weights, times the fit's log-weight jitter exp(N(0, 0.05)).
     log_ratio = np.log(np.load(tmp_path / "z" / "w.npy") / 3.0)
     assert abs(log_ratio.mean()) < 0.01 and 0.04 < log_ratio.std() < 0.06
@@ -257,15 +328,33 @@ def test_resume_checks_the_problem_and_warns_on_hyperparameters(package, package
 
 def test_pe_compat_restarts_reproduce_a_fresh_fit_per_chunk(package, package_path, tmp_path):
     output = tmp_path / "w.npy"
-    jaxcal_cli("fit", "--package-path", package_path, "--output", output, "--epochs", 9, "--log-freq", 4,
-               "--pe-compat-adam-restarts", "--lambda-l0", 1e-4, "--seed", 7, "--quiet")  # fmt: skip
+    jaxcal_cli(
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        output,
+        "--epochs",
+        9,
+        "--log-freq",
+        4,
+        "--pe-compat-adam-restarts",
+        "--lambda-l0",
+        1e-4,
+        "--seed",
+        7,
+        "--quiet",
+    )
     import jax
 
     init_key, key = jax.random.split(jax.random.key(7))
     model = jaxcal.CalibrationWeights.init(
-        package.n_records, key=init_key, init_weights=jaxcal.io.policyengine_initial_weights(package),
-        init_keep_prob=0.999, beta=0.35,
-    )  # fmt: skip
+        package.n_records,
+        key=init_key,
+        init_weights=jaxcal.io.policyengine_initial_weights(package),
+        init_keep_prob=0.999,
+        beta=0.35,
+    )
     matrix, objective = package.target_matrix(), jaxcal.Objective.create(package.n_targets, lambda_l0=1e-4)
     for first, n in ((0, 4), (4, 4), (8, 1)):  # l0-python's fit per chunk: new Adam, new jitter
         key_n = jax.random.fold_in(key, first)
@@ -307,18 +396,32 @@ def test_validate_exit_codes(package, package_path, tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing package", "corrupt package", "wrong array lengths", "nan targets", "weights of wrong length",
-     "unwritable output", "unknown preset", "negative epochs", "config keeps nothing"],
-)  # fmt: skip
+    [
+        "missing package",
+        "corrupt package",
+        "wrong array lengths",
+        "nan targets",
+        "weights of wrong length",
+        "unwritable output",
+        "unknown preset",
+        "negative epochs",
+        "config keeps nothing",
+    ],
+)
 def test_bad_input_is_one_line_and_no_output(case, package, package_path, tmp_path):
     output = tmp_path / "out" / "w.npy"
     args = ["fit", "--package-path", package_path, "--output", output, "--epochs", 2]
     phrase = {
-        "missing package": "not found", "corrupt package": "not a readable jaxcal package",
-        "wrong array lengths": "targets", "nan targets": "finite", "weights of wrong length": f"{package.n_records}",
-        "unwritable output": "not writable", "unknown preset": "unknown hyperparameter set", "negative epochs": "--epochs",
+        "missing package": "not found",
+        "corrupt package": "not a readable jaxcal package",
+        "wrong array lengths": "targets",
+        "nan targets": "finite",
+        "weights of wrong length": f"{package.n_records}",
+        "unwritable output": "not writable",
+        "unknown preset": "unknown hyperparameter set",
+        "negative epochs": "--epochs",
         "config keeps nothing": "keeps none",
-    }[case]  # fmt: skip
+    }[case]
     if case == "missing package":
         args[2] = tmp_path / "nope.npz"
     elif case == "corrupt package":
@@ -357,22 +460,56 @@ def test_bad_input_is_one_line_and_no_output(case, package, package_path, tmp_pa
 
 
 def test_named_hyperparameter_sets(package_path, tmp_path):
-    jaxcal_cli("fit", "--package-path", package_path, "--output", tmp_path / "w.npy", "--hyperparameters",
-               "production-national", "--epochs", 3, "--quiet")  # fmt: skip
+    jaxcal_cli(
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        tmp_path / "w.npy",
+        "--hyperparameters",
+        "production-national",
+        "--epochs",
+        3,
+        "--quiet",
+    )
     record = json.loads((tmp_path / "unified_run_config.json").read_text())["hyperparameters"]
     assert (record["beta"], record["lambda_l0"], record["lambda_l2"], record["epochs"]) == (0.65, 2e-2, 1e-12, 3)
-    jaxcal_cli("fit", "--package-path", package_path, "--output", tmp_path / "p" / "w.npy", "--preset", "national",
-               "--epochs", 1, "--quiet")  # fmt: skip
+    jaxcal_cli(
+        "fit",
+        "--package-path",
+        package_path,
+        "--output",
+        tmp_path / "p" / "w.npy",
+        "--preset",
+        "national",
+        "--epochs",
+        1,
+        "--quiet",
+    )
     assert json.loads((tmp_path / "p" / "unified_run_config.json").read_text())["hyperparameters"]["lambda_l0"] == 1e-4
 
 
 def test_sigterm_writes_a_checkpoint_that_resumes(package_path, tmp_path):
     output = tmp_path / "w.npy"
     process = subprocess.Popen(
-        [str(JAXCAL), "fit", "--package-path", str(package_path), "--output", str(output), "--epochs", "200000",
-         "--log-freq", "50", "--lambda-l0", "1e-4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(JAXCAL),
+            "fit",
+            "--package-path",
+            str(package_path),
+            "--output",
+            str(output),
+            "--epochs",
+            "200000",
+            "--log-freq",
+            "50",
+            "--lambda-l0",
+            "1e-4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     checkpoint = tmp_path / "w.checkpoint.npz"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -414,8 +551,22 @@ def test_devices_split_the_records_and_match_one_device(package_path, tmp_path):
     common = ("fit", "--package-path", package_path, "--lambda-l0", 0, "--epochs", 30, "--quiet")
     jaxcal_cli(*common, "--output", tmp_path / "one" / "w.npy")
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_NUM_CPU_DEVICES": "4"}
-    four = subprocess.run([str(JAXCAL), *map(str, common), "--output", str(tmp_path / "four" / "w.npy"), "--devices", "4",
-                           "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    four = subprocess.run(
+        [
+            str(JAXCAL),
+            *map(str, common),
+            "--output",
+            str(tmp_path / "four" / "w.npy"),
+            "--devices",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert four.returncode == 0, four.stderr
     one, sharded = np.load(tmp_path / "one" / "w.npy"), np.load(tmp_path / "four" / "w.npy")
     np.testing.assert_allclose(sharded, one, rtol=1e-4)
@@ -423,8 +574,12 @@ def test_devices_split_the_records_and_match_one_device(package_path, tmp_path):
     assert_user_error(
         jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--devices", 3, check=False), "3 devices"
     )
-    if "cuda" not in subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                                    capture_output=True, text=True).stdout:  # fmt: skip
+    if (
+        "cuda"
+        not in subprocess.run(
+            [sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True, text=True
+        ).stdout
+    ):
         no_gpu = jaxcal_cli(*common, "--output", tmp_path / "x" / "w.npy", "--device", "gpu", check=False)
         assert_user_error(no_gpu, "--device gpu", "no gpu devices")
     assert not (tmp_path / "x").exists()
@@ -490,12 +645,41 @@ def test_fit_derive_and_sweep_write_one_run_record_schema(package_path, tmp_path
 
     fit = tmp_path / "fit" / "calibration_weights.npy"
     assert main(["fit", "--package-path", str(package_path), "--output", str(fit), "--epochs", "5", "--quiet"]) == 0
-    derive = ["derive", "--package", str(package_path), "--parent-weights", str(fit), "--budget", "300",
-              "--output", str(tmp_path / "derive"), "--lambda-l0", "1e-6", "1e-5", "--search-epochs", "5",
-              "--search-rounds", "1", "--refit-epochs", "5", "--product", "mp-300"]  # fmt: skip
+    derive = [
+        "derive",
+        "--package",
+        str(package_path),
+        "--parent-weights",
+        str(fit),
+        "--budget",
+        "300",
+        "--output",
+        str(tmp_path / "derive"),
+        "--lambda-l0",
+        "1e-6",
+        "1e-5",
+        "--search-epochs",
+        "5",
+        "--search-rounds",
+        "1",
+        "--refit-epochs",
+        "5",
+        "--product",
+        "mp-300",
+    ]
     assert main(derive) == 0
-    sweep = ["sweep", "--package", str(package_path), "--lambda-l0", "1e-4", "1e-2", "--epochs", "5",
-             "--output", str(tmp_path / "sweep")]  # fmt: skip
+    sweep = [
+        "sweep",
+        "--package",
+        str(package_path),
+        "--lambda-l0",
+        "1e-4",
+        "1e-2",
+        "--epochs",
+        "5",
+        "--output",
+        str(tmp_path / "sweep"),
+    ]
     assert main(sweep) == 0
     schema = {field.name for field in dataclasses.fields(jaxcal.runs.RunRecord)}
     for command in ("fit", "derive", "sweep"):

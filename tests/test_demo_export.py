@@ -29,8 +29,11 @@ OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge
 
 def _records():
     """The demo's national rows and the two states' rows, plus district and entity-kind test rows."""
-    real = [r for r in demo_targets(YEAR).records
-            if r.geo_level == "national" or any(c[0] == "state_fips" and c[2] in STATES for c in r.constraints)]  # fmt: skip
+    real = [
+        r
+        for r in demo_targets(YEAR).records
+        if r.geo_level == "national" or any(c[0] == "state_fips" and c[2] in STATES for c in r.constraints)
+    ]
     extra = [
         ("household_count", ()),
         ("spm_unit_count", (("snap", ">", 0),)),
@@ -57,8 +60,9 @@ def exported(tmp_path_factory):
     dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))
     db = write_target_db(_records(), directory / "targets.db")
     places = districts_from_state_populations({s: float(n) for s, n in STATES.items()}, STATES)
-    package, _ = build_calibration_package(dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone",
-                                           log=lambda m: None)  # fmt: skip
+    package, _ = build_calibration_package(
+        dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone", log=lambda m: None
+    )
     save_package(package, directory / "package.npz")
     rng = np.random.default_rng(0)
     weights = np.where(rng.random(package.n_records) < 0.3, 0.0, rng.uniform(50, 150, package.n_records))
@@ -115,10 +119,16 @@ def comparison(exported):
     predicted = package.matrix @ weights
     table = package.targets
     return [
-        (package.target_names[i], table["variable"][i], table["geo_level"][i], table["domain_variable"][i],
-         float(predicted[i]), _reference_sum(sim, table["variable"][i], constraints.get(int(table["stratum_id"][i]), [])))
+        (
+            package.target_names[i],
+            table["variable"][i],
+            table["geo_level"][i],
+            table["domain_variable"][i],
+            float(predicted[i]),
+            _reference_sum(sim, table["variable"][i], constraints.get(int(table["stratum_id"][i]), [])),
+        )
         for i in range(package.n_targets)
-    ]  # fmt: skip
+    ]
 
 
 def _mismatches(rows):
@@ -134,8 +144,20 @@ def test_x_times_w_matches_policyengine_on_the_export(comparison):
     # Not vacuous: every kind of row is nonzero somewhere.
     nonzero = [row for row in comparison if row[5] != 0]
     kinds = {row[1] for row in nonzero} | {row[3] for row in nonzero if isinstance(row[3], str)}
-    assert {"person_count", "tax_unit_count", "spm_unit_count", "household_count", "adjusted_gross_income",
-            "snap", "ssi", "medicaid_enrolled", "aca_ptc", "eitc", "employment_income", "social_security"} <= kinds  # fmt: skip
+    assert {
+        "person_count",
+        "tax_unit_count",
+        "spm_unit_count",
+        "household_count",
+        "adjusted_gross_income",
+        "snap",
+        "ssi",
+        "medicaid_enrolled",
+        "aca_ptc",
+        "eitc",
+        "employment_income",
+        "social_security",
+    } <= kinds
     assert {row[2] for row in nonzero} == {"national", "state", "district"}
     # The take-up interactions per-state values miss: aca_ptc (filers get it without take-up) and snap
     # (an SSI non-taker gets more SNAP): national and district snap, the two states' ACA rows.
@@ -146,8 +168,12 @@ def test_x_times_w_matches_policyengine_on_the_export(comparison):
 def test_build_ran_per_clone(exported):
     package = exported[0]
     assert package.metadata["simulation"] == "per_clone"  # forced: auto runs 3 clones in 2 states per state
-    assert set(package.metadata["takeup_inputs"]) == {"takes_up_snap_if_eligible", "takes_up_ssi_if_eligible",
-                                                       "takes_up_medicaid_if_eligible", "takes_up_aca_if_eligible"}  # fmt: skip
+    assert set(package.metadata["takeup_inputs"]) == {
+        "takes_up_snap_if_eligible",
+        "takes_up_ssi_if_eligible",
+        "takes_up_medicaid_if_eligible",
+        "takes_up_aca_if_eligible",
+    }
 
 
 def test_export_of_one_state(exported):
@@ -177,8 +203,9 @@ def test_demo_build_is_cached(tmp_path, exported, capsys):  # after the module's
     # `jaxcal build --demo` with the same settings reuses it.
     parser = argparse.ArgumentParser(prog="jaxcal build")
     add_demo_build_arguments(parser)
-    args = parser.parse_args(["--demo", "--demo-dir", str(tmp_path), "--demo-households", "20",
-                              "--demo-clones", "2", "--demo-states", "11"])  # fmt: skip
+    args = parser.parse_args(
+        ["--demo", "--demo-dir", str(tmp_path), "--demo-households", "20", "--demo-clones", "2", "--demo-states", "11"]
+    )
     assert run_build_demo(args) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(path) and f"using the cached demo package {path}" in captured.err

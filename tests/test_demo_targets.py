@@ -67,8 +67,13 @@ def test_values_are_the_shipped_ones(targets):
     # Older values carried forward by their own uprating parameter, as PolicyEngine does.
     population = {d.year: v for d, v in _yaml("gov/census/populations/total.yaml")["values"].items()}
     returns_1 = _yaml("gov/irs/soi/agi/number_of_returns.yaml")["brackets"][1]["amount"]["values"]
-    band = _find(targets, "tax_unit_count", ("tax_unit_is_filer", "==", 1),
-                 ("adjusted_gross_income", ">=", 5_000), ("adjusted_gross_income", "<", 10_000))  # fmt: skip
+    band = _find(
+        targets,
+        "tax_unit_count",
+        ("tax_unit_is_filer", "==", 1),
+        ("adjusted_gross_income", ">=", 5_000),
+        ("adjusted_gross_income", "<", 10_000),
+    )
     assert band.value == pytest.approx(8_944_908 * population[2024] / population[2021], rel=1e-12)
     assert list(returns_1.values()) == [8_944_908]
     assert "uprated to 2024 by calibration.gov.census.populations.total" in band.notes

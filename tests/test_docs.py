@@ -73,9 +73,17 @@ def test_guide_bash_examples_run(tmp_path, tmp_path_factory):
     failed = [line for line in result.stderr.splitlines() if line.startswith("### example")][-1:]
     assert result.returncode == 0, f"{failed} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
     # What the examples claim to write is there.
-    for path in ("runs/fit/calibration_weights.npy", "runs/fit/unified_run_config.json", "runs/holdout/holdout_log.csv",
-                 "runs/sweep/frontier.csv", "runs/tier/calibration_weights.npy", "runs/tier/artifact_gates.json",
-                 "runs/calibrated.h5", "runs/california.h5", "converted.npz"):  # fmt: skip
+    for path in (
+        "runs/fit/calibration_weights.npy",
+        "runs/fit/unified_run_config.json",
+        "runs/holdout/holdout_log.csv",
+        "runs/sweep/frontier.csv",
+        "runs/tier/calibration_weights.npy",
+        "runs/tier/artifact_gates.json",
+        "runs/calibrated.h5",
+        "runs/california.h5",
+        "converted.npz",
+    ):
         assert (tmp_path / path).is_file(), path
     assert "ok" in result.stdout
 

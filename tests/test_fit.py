@@ -43,9 +43,16 @@ def test_first_epoch_objective_matches_numpy(problem, matrix):
     uniforms = np.random.default_rng(0).uniform(size=(3, n)).astype(np.float32)
     groups = problem.target_groups % 3
     result = _fit(
-        model, matrix, problem.targets, epochs=3, uniforms=uniforms, lambda_l2=1e-6,
-        log_weight_jitter_sd=0.0, target_groups=groups, group_multipliers={1: 2.0},
-    )  # fmt: skip
+        model,
+        matrix,
+        problem.targets,
+        epochs=3,
+        uniforms=uniforms,
+        lambda_l2=1e-6,
+        log_weight_jitter_sd=0.0,
+        target_groups=groups,
+        group_multipliers={1: 2.0},
+    )
 
     log_weight = np.asarray(model.log_weight, np.float64)
     log_alpha = np.clip(np.asarray(model.log_alpha, np.float64), -20, 20)
@@ -69,8 +76,17 @@ def test_first_epoch_objective_matches_numpy(problem, matrix):
 def test_sgd_step_is_minus_learning_rate_times_the_numpy_gradient(problem, matrix):
     """Through a plain optimizer, one epoch moves log_weight by -lr * d(mse)/d(log_weight)."""
     model = _model(matrix.n_records, use_gates=False)
-    result = _fit(model, matrix, problem.targets, epochs=1, lambda_l0=0.0, lambda_l2=0.0,
-                  loss="mse", optimizer=optax.sgd(1e-14), log_weight_jitter_sd=0.0)  # fmt: skip
+    result = _fit(
+        model,
+        matrix,
+        problem.targets,
+        epochs=1,
+        lambda_l0=0.0,
+        lambda_l2=0.0,
+        loss="mse",
+        optimizer=optax.sgd(1e-14),
+        log_weight_jitter_sd=0.0,
+    )
     w = np.exp(np.asarray(model.log_weight, np.float64))
     residual = problem.targets - problem.matrix @ w
     gradient = -2 * w * (problem.matrix.T @ residual)
@@ -128,8 +144,9 @@ def test_chunks_and_callback(problem, matrix):
 
 
 def test_callback_can_stop_the_fit(problem, matrix):
-    result = _fit(_model(matrix.n_records), matrix, problem.targets, epochs=30, chunk_epochs=5,
-                  callback=lambda r: r.epochs >= 10)  # fmt: skip
+    result = _fit(
+        _model(matrix.n_records), matrix, problem.targets, epochs=30, chunk_epochs=5, callback=lambda r: r.epochs >= 10
+    )
     assert result.epochs == 10 and result.history.total.shape == (10,)
 
 

@@ -16,9 +16,14 @@ from jaxcal.workflow import residualize
 def _tiny():
     matrix = sparse.csr_array(np.array([[1.0, 2, 0, 1], [0, 1, 1, 0], [3, 0, 0, 2]]))
     targets = pd.DataFrame(
-        {"variable": ["a", "b", "c"], "geo_level": "national", "geographic_id": "US",
-         "domain_variable": None, "value": [10.0, 5.0, 4.0]}
-    )  # fmt: skip
+        {
+            "variable": ["a", "b", "c"],
+            "geo_level": "national",
+            "geographic_id": "US",
+            "domain_variable": None,
+            "value": [10.0, 5.0, 4.0],
+        }
+    )
     return jaxcal.io.CalibrationPackage.create(matrix, targets, ["a", "b", "c"])
 
 
@@ -73,5 +78,9 @@ def test_fit_around_a_spine_reproduces_the_original_targets():
     weights = result.combine(fitted.weights)
     np.testing.assert_array_equal(weights[spine], problem.true_weights[spine].astype(np.float64))
     X = package.matrix.astype(np.float64)
-    np.testing.assert_allclose(X @ weights, X[:, result.free_columns] @ np.asarray(fitted.weights, np.float64)
-                               + result.report["fixed_contribution"].to_numpy(), rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        X @ weights,
+        X[:, result.free_columns] @ np.asarray(fitted.weights, np.float64)
+        + result.report["fixed_contribution"].to_numpy(),
+        rtol=1e-12,
+    )

@@ -89,9 +89,14 @@ def test_fit_sees_train_targets_only_and_logs_numpy_losses(package):
         objective[result.epochs] = float(result.history.total[-1])
 
     fit(
-        _model(package.n_records), train.target_matrix(), train.target_values,
-        target_groups=groups[split.train], chunk_epochs=4, callback=keep, **settings,
-    )  # fmt: skip
+        _model(package.n_records),
+        train.target_matrix(),
+        train.target_values,
+        target_groups=groups[split.train],
+        chunk_epochs=4,
+        callback=keep,
+        **settings,
+    )
     assert watched.log.columns.tolist() == list(LOG_COLUMNS) and watched.log["epoch"].tolist() == [4, 8, 12]
     everything = np.ones(package.n_targets, bool)
     for row in watched.log.itertuples():
@@ -116,9 +121,11 @@ def _overfitting_package(package, split):
 
 def eqx_replace_values(package, values):
     return jaxcal.io.CalibrationPackage.create(
-        package.matrix, package.targets.assign(value=values), package.target_names,
+        package.matrix,
+        package.targets.assign(value=values),
+        package.target_names,
         geography=package.geography,
-    )  # fmt: skip
+    )
 
 
 def test_early_stopping_picks_the_epoch_a_replay_computes(package):
@@ -131,10 +138,14 @@ def test_early_stopping_picks_the_epoch_a_replay_computes(package):
     weights = {}
     train = package.select_targets(split.train)
     fit(
-        _model(package.n_records, 30.0, use_gates=False), train.target_matrix(), train.target_values,
-        epochs=epochs, chunk_epochs=1, callback=lambda r: weights.update({r.epochs: np.asarray(r.weights)}),
+        _model(package.n_records, 30.0, use_gates=False),
+        train.target_matrix(),
+        train.target_values,
+        epochs=epochs,
+        chunk_epochs=1,
+        callback=lambda r: weights.update({r.epochs: np.asarray(r.weights)}),
         **settings,
-    )  # fmt: skip
+    )
     best, best_epoch, stop = np.inf, None, epochs
     for epoch in range(1, epochs + 1):
         loss = _relative_loss(package, split.holdout, weights[epoch])
@@ -146,9 +157,14 @@ def test_early_stopping_picks_the_epoch_a_replay_computes(package):
     assert 5 < best_epoch < stop < epochs  # the held-out curve really turns
 
     watched = fit_with_holdout(
-        _model(package.n_records, 30.0, use_gates=False), package, split, epochs=epochs,
-        patience=patience, min_delta=min_delta, **settings,
-    )  # fmt: skip
+        _model(package.n_records, 30.0, use_gates=False),
+        package,
+        split,
+        epochs=epochs,
+        patience=patience,
+        min_delta=min_delta,
+        **settings,
+    )
     assert (watched.best_epoch, watched.stopped_epoch, watched.stop_reason) == (best_epoch, stop, "early_stopping")
     np.testing.assert_array_equal(watched.weights, weights[best_epoch])
     assert watched.result.epochs == best_epoch and watched.log["epoch"].iloc[-1] == stop
@@ -165,9 +181,15 @@ def test_log_files_and_callback_stop(package, tmp_path):
     split = holdout_split(package.targets, seed=0)
     seen = []
     watched = fit_with_holdout(
-        _model(package.n_records), package, split, key=jax.random.key(0), epochs=30, eval_every=2,
-        lambda_l0=0.0, callback=lambda result, row: seen.append((result.epochs, row["epoch"])) or row["epoch"] >= 6,
-    )  # fmt: skip
+        _model(package.n_records),
+        package,
+        split,
+        key=jax.random.key(0),
+        epochs=30,
+        eval_every=2,
+        lambda_l0=0.0,
+        callback=lambda result, row: seen.append((result.epochs, row["epoch"])) or row["epoch"] >= 6,
+    )
     assert seen == [(2, 2), (4, 4), (6, 6)] and watched.stop_reason == "callback" and watched.stopped_epoch == 6
     paths = write_holdout_log(watched, tmp_path)
     record = json.loads(open(paths["json"]).read())

@@ -81,8 +81,11 @@ def test_builders_use_only_core_and_io_public_names():
 def _modules_after(code: str) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-c", f"import sys\n{code}\nprint('\\n'.join(sys.modules))"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return set(result.stdout.split())
 
 

@@ -97,9 +97,13 @@ def _torch_run(problem, case: Case, init_weights, keep_prob, float64=False):
             torch.set_default_dtype(default_dtype)
     n = problem.matrix.shape[1]
     model = l0_calibration.SparseCalibrationWeights(
-        n, beta=case.beta, init_weights=init_weights, init_keep_prob=keep_prob,
-        use_gates=case.use_gates, seed=7,
-    )  # fmt: skip
+        n,
+        beta=case.beta,
+        init_weights=init_weights,
+        init_keep_prob=keep_prob,
+        use_gates=case.use_gates,
+        seed=7,
+    )
     start = (model.log_weight.detach().numpy().copy(), model.log_alpha.detach().numpy().copy())
     uniforms, steps = [], []
     rand_like, adam_step = torch.rand_like, torch.optim.Adam.step
@@ -122,10 +126,17 @@ def _torch_run(problem, case: Case, init_weights, keep_prob, float64=False):
             patch.setattr(torch, "rand_like", recording_rand_like)
             patch.setattr(torch.optim.Adam, "step", recording_step)
             model.fit(
-                problem.matrix, problem.targets, lambda_l0=case.lambda_l0, lambda_l2=case.lambda_l2, lr=0.15,
-                epochs=STEPS, loss_type=case.loss, target_groups=_groups(problem, case),
-                normalize_groups=case.normalize_groups, group_multipliers=case.multipliers,
-            )  # fmt: skip
+                problem.matrix,
+                problem.targets,
+                lambda_l0=case.lambda_l0,
+                lambda_l2=case.lambda_l2,
+                lr=0.15,
+                epochs=STEPS,
+                loss_type=case.loss,
+                target_groups=_groups(problem, case),
+                normalize_groups=case.normalize_groups,
+                group_multipliers=case.multipliers,
+            )
     finally:
         torch.set_num_threads(threads)
     return start, uniforms, steps
@@ -150,12 +161,22 @@ def _jax_run(problem, case: Case, start, uniforms, layout="rows"):
         steps.append((np.asarray(result.model.log_weight), np.asarray(result.model.log_alpha)))
 
     fit(
-        model, matrix, problem.targets, key=jax.random.key(0),
-        epochs=STEPS, lambda_l0=case.lambda_l0, lambda_l2=case.lambda_l2, learning_rate=0.15, loss=case.loss,
-        target_groups=_groups(problem, case), normalize_groups=case.normalize_groups,
-        group_multipliers=case.multipliers, uniforms=np.stack(uniforms) if uniforms else None,
-        chunk_epochs=1, callback=record,
-    )  # fmt: skip
+        model,
+        matrix,
+        problem.targets,
+        key=jax.random.key(0),
+        epochs=STEPS,
+        lambda_l0=case.lambda_l0,
+        lambda_l2=case.lambda_l2,
+        learning_rate=0.15,
+        loss=case.loss,
+        target_groups=_groups(problem, case),
+        normalize_groups=case.normalize_groups,
+        group_multipliers=case.multipliers,
+        uniforms=np.stack(uniforms) if uniforms else None,
+        chunk_epochs=1,
+        callback=record,
+    )
     return steps
 
 
@@ -257,10 +278,16 @@ def test_statistical_parity(stat_problem):
         init_key, fit_key = jax.random.split(jax.random.key(seed))
         ours = jaxcal.CalibrationWeights.init(n, key=init_key, **STAT_MODEL)
         result = fit(
-            ours, matrix, stat_problem.targets, key=fit_key, epochs=STAT_EPOCHS, log_weight_jitter_sd=0.05,
-            lambda_l0=STAT_SETTINGS["lambda_l0"], lambda_l2=STAT_SETTINGS["lambda_l2"],
+            ours,
+            matrix,
+            stat_problem.targets,
+            key=fit_key,
+            epochs=STAT_EPOCHS,
+            log_weight_jitter_sd=0.05,
+            lambda_l0=STAT_SETTINGS["lambda_l0"],
+            lambda_l2=STAT_SETTINGS["lambda_l2"],
             learning_rate=STAT_SETTINGS["lr"],
-        )  # fmt: skip
+        )
         jax_runs.append(
             _final_loss(stat_problem, np.asarray(result.model.log_weight), np.asarray(result.model.log_alpha))
         )

@@ -45,13 +45,17 @@ def _cases(problem):
     common = dict(key=jax.random.key(0), epochs=EPOCHS, log_weight_jitter_sd=0.05)
     return {
         # Gates with the same draws; a penalty that drops records; L2, groups, multipliers.
-        "gates": common | dict(
-            uniforms=_uniforms(), lambda_l0=1e-2, lambda_l2=1e-6,
-            target_groups=problem.target_groups % 3, group_multipliers={1: 2.0},
+        "gates": common
+        | dict(
+            uniforms=_uniforms(),
+            lambda_l0=1e-2,
+            lambda_l2=1e-6,
+            target_groups=problem.target_groups % 3,
+            group_multipliers={1: 2.0},
         ),
         # No gates, no draws: the key only jitters the start.
         "no_gates": common | dict(lambda_l0=0.0, loss="mse", learning_rate=0.05),
-    }  # fmt: skip
+    }
 
 
 def _arrays(result):
@@ -102,9 +106,15 @@ def _worker(devices: int, out: str) -> None:
     again = fit(model, matrix, problem.targets, epochs=30, devices=devices, **kwargs)
     first = fit(model, matrix, problem.targets, epochs=15, devices=devices, **kwargs)
     rest = fit(
-        first.model, matrix, problem.targets, epochs=15, devices=devices,
-        opt_state=first.opt_state, start_epoch=first.epochs, **kwargs,
-    )  # fmt: skip
+        first.model,
+        matrix,
+        problem.targets,
+        epochs=15,
+        devices=devices,
+        opt_state=first.opt_state,
+        start_epoch=first.epochs,
+        **kwargs,
+    )
     saved |= {
         "keyed/weights": np.asarray(straight.weights),
         "keyed/again": np.asarray(again.weights),
@@ -199,9 +209,15 @@ def test_sharded_fit_matches_the_single_device_fit(devices, problem, matrix, ref
         ]
     )
     by_hand = fit(
-        model, matrix, problem.targets, key=jax.random.key(3), epochs=30, lambda_l0=1e-2,
-        log_weight_jitter_sd=0.05, uniforms=draws,
-    )  # fmt: skip
+        model,
+        matrix,
+        problem.targets,
+        key=jax.random.key(3),
+        epochs=30,
+        lambda_l0=1e-2,
+        log_weight_jitter_sd=0.05,
+        uniforms=draws,
+    )
     _close(sharded["keyed/weights"], by_hand.weights, 1e-5)
     _close(sharded["keyed/total"], by_hand.history.total, 1e-5)
     np.testing.assert_array_equal(sharded["keyed/again"], sharded["keyed/weights"])
@@ -221,9 +237,14 @@ def test_one_device_mesh_matches_the_plain_fit(problem, matrix, references):
     kwargs = _cases(problem)["gates"]
     seen = []
     result = fit(
-        _model(), matrix, problem.targets, devices=1, chunk_epochs=25,
-        callback=lambda r: seen.append((r.epochs, r.weights.shape, r.history.total.shape)), **kwargs,
-    )  # fmt: skip
+        _model(),
+        matrix,
+        problem.targets,
+        devices=1,
+        chunk_epochs=25,
+        callback=lambda r: seen.append((r.epochs, r.weights.shape, r.history.total.shape)),
+        **kwargs,
+    )
     assert seen == [(25, (N_RECORDS,), (25,)), (50, (N_RECORDS,), (50,))]
     _close(result.weights, references["gates"]["weights"], 1e-5)
     assert result.weights.shape == (N_RECORDS,) and result.model.n_records == N_RECORDS

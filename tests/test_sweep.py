@@ -73,8 +73,19 @@ def test_sweep_command(package, tmp_path):
 
     jaxcal.io.save_package(package, tmp_path / "p.npz")
     out = tmp_path / "sweep"
-    args = ["sweep", "--package", str(tmp_path / "p.npz"), "--lambda-l0", *map(str, LAMBDAS), "--epochs", "20",
-            "--holdout-fraction", "0.2", "--output", str(out)]  # fmt: skip
+    args = [
+        "sweep",
+        "--package",
+        str(tmp_path / "p.npz"),
+        "--lambda-l0",
+        *map(str, LAMBDAS),
+        "--epochs",
+        "20",
+        "--holdout-fraction",
+        "0.2",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     frontier = pd.read_csv(out / "frontier.csv")
     assert frontier["lambda_l0"].tolist() == LAMBDAS and frontier["holdout_loss"].notna().all()

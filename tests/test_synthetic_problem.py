@@ -7,8 +7,9 @@ from builders.synthetic_problem import DISTRICTS_PER_STATE, policyengine_shaped_
 
 
 def test_each_record_touches_the_documented_rows():
-    problem = policyengine_shaped_problem(300, n_base=100, n_states=2, n_national=10, per_state=6, per_district=5,
-                                          nonzeros=(4, 3, 2), seed=1)  # fmt: skip
+    problem = policyengine_shaped_problem(
+        300, n_base=100, n_states=2, n_national=10, per_state=6, per_district=5, nonzeros=(4, 3, 2), seed=1
+    )
     n_districts = sum(DISTRICTS_PER_STATE[s] for s in sorted(DISTRICTS_PER_STATE)[:2])
     assert problem.matrix.shape == (10 + 2 * 6 + n_districts * 5, 300)
     np.testing.assert_array_equal(np.diff(problem.matrix.tocsc().indptr), 4 + 3 + 2)

@@ -74,10 +74,31 @@ def test_derive_command_writes_a_run_that_passes_gates(parent, tmp_path):
     jaxcal.io.save_package(package, tmp_path / "parent.npz")
     np.save(tmp_path / "parent_weights.npy", weights.astype(np.float32))
     run = tmp_path / "mp-60"
-    args = ["derive", "--package", str(tmp_path / "parent.npz"), "--parent-weights", str(tmp_path / "parent_weights.npy"),
-            "--budget", str(BUDGET), "--state-floor", "25", "--output", str(run), "--holdout-fraction", "0.2",
-            "--early-stopping-patience", "10", "--lambda-l0", *map(str, SEARCH["lambda_l0"]),
-            "--search-epochs", "150", "--search-rounds", "2", "--refit-epochs", "40"]  # fmt: skip
+    args = [
+        "derive",
+        "--package",
+        str(tmp_path / "parent.npz"),
+        "--parent-weights",
+        str(tmp_path / "parent_weights.npy"),
+        "--budget",
+        str(BUDGET),
+        "--state-floor",
+        "25",
+        "--output",
+        str(run),
+        "--holdout-fraction",
+        "0.2",
+        "--early-stopping-patience",
+        "10",
+        "--lambda-l0",
+        *map(str, SEARCH["lambda_l0"]),
+        "--search-epochs",
+        "150",
+        "--search-rounds",
+        "2",
+        "--refit-epochs",
+        "40",
+    ]
     assert main(args) == 0
     columns = np.load(run / "child_columns.npy")
     child_weights = np.load(run / "calibration_weights.npy")

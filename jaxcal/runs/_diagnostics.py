@@ -118,7 +118,7 @@ def validate_package(
             .reset_index(name="count")
             .sort_values("count", ascending=False, kind="stable")
             .reset_index(drop=True)
-        ),  # fmt: skip
+        ),
         hardest_targets=pd.DataFrame(
             {
                 "target_name": names[hardest],

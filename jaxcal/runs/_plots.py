@@ -81,8 +81,14 @@ def write_frontier(frontier: pd.DataFrame, directory: str | os.PathLike) -> dict
         rows = rows.sort_values("records_kept")
         line = axes.plot(rows["records_kept"], rows["train_loss"], marker="o", label=f"train, beta {beta:g}")[0]
         if rows["holdout_loss"].notna().any():
-            axes.plot(rows["records_kept"], rows["holdout_loss"], marker="x", linestyle="--",
-                      color=line.get_color(), label=f"held out, beta {beta:g}")  # fmt: skip
+            axes.plot(
+                rows["records_kept"],
+                rows["holdout_loss"],
+                marker="x",
+                linestyle="--",
+                color=line.get_color(),
+                label=f"held out, beta {beta:g}",
+            )
     axes.set_xlabel("records kept")
     axes.set_ylabel("data loss")
     axes.set_yscale("log")

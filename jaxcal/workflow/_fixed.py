@@ -87,10 +87,14 @@ def residualize(
     residual = np.where(additive, np.maximum(difference, 0.0), original)
     free = np.setdiff1d(np.arange(package.n_records), columns)
     rest = package.select_records(free)
-    rest = eqx.tree_at(lambda p: (p.targets, p.metadata), rest, (
-        rest.targets.assign(value=residual),
-        dict(rest.metadata) | {"fixed_records": int(columns.size), "clamped_targets": int(clamped.sum())},
-    ))  # fmt: skip
+    rest = eqx.tree_at(
+        lambda p: (p.targets, p.metadata),
+        rest,
+        (
+            rest.targets.assign(value=residual),
+            dict(rest.metadata) | {"fixed_records": int(columns.size), "clamped_targets": int(clamped.sum())},
+        ),
+    )
     report = pd.DataFrame(
         {
             "target": package.target_names,

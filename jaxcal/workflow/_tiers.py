@@ -220,9 +220,15 @@ def derive_tier(
     grid = np.asarray(lambda_l0, np.float64)
     for _ in range(search_rounds):
         path = sweep(
-            model, matrix, targets, search_objective, grid, key=search_key, epochs=search_epochs,
+            model,
+            matrix,
+            targets,
+            search_objective,
+            grid,
+            key=search_key,
+            epochs=search_epochs,
             learning_rate=learning_rate,
-        )  # fmt: skip
+        )
         kept = path.n_active
         search += [{"lambda_l0": float(lam), "records_kept": int(k)} for lam, k in zip(grid, kept, strict=True)]
         for i in np.flatnonzero(kept >= budget):
@@ -242,9 +248,18 @@ def derive_tier(
     start = np.asarray(search_weights, np.float64)[selected]
     start = np.where(start > 0, start, parent_weights[selected])  # floor records the search dropped
     tier = refit_subset(
-        package, parent_weights, selected, key=refit_key, split=split, objective=objective, epochs=refit_epochs,
-        learning_rate=learning_rate, patience=patience, min_delta=min_delta, start_weights=start,
-    )  # fmt: skip
+        package,
+        parent_weights,
+        selected,
+        key=refit_key,
+        split=split,
+        objective=objective,
+        epochs=refit_epochs,
+        learning_rate=learning_rate,
+        patience=patience,
+        min_delta=min_delta,
+        start_weights=start,
+    )
     return TierDerivation(
         tier=tier,
         budget=int(budget),
