@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import final
 
-import equinox as eqx
-
 
 @final
-class FitDefaults(eqx.Module):
+@dataclasses.dataclass(frozen=True)
+class FitDefaults:
     """The settings of policyengine-us-data 1.115.4's ``fit_l0_weights`` and its CLI.
 
     ``CalibrationWeights.init`` keeps l0-python's own defaults (beta 2/3, keep 0.5); these are
-    what a PolicyEngine user gets, and what ``jaxcal fit`` uses unless told otherwise.
+    what a PolicyEngine user gets, and what ``jaxcal fit`` uses unless told otherwise. A frozen
+    dataclass rather than an ``eqx.Module``: it holds no arrays, and the CLI reads it before JAX loads.
     """
 
     epochs: int = 100

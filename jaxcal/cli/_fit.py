@@ -16,6 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from .._defaults import PE_DEFAULTS, PE_PRESETS
 from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORMS
 from . import CommandError
 
@@ -64,10 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"weights .npy; the other outputs go beside it (default {DEFAULT_OUTPUT})",
     )
     parser.add_argument(
-        "--epochs", type=int, help=f"epochs to run; with --resume-from, additional epochs ({PE} default)"
+        "--epochs",
+        type=int,
+        help=f"epochs to run; with --resume-from, additional epochs (default {PE_DEFAULTS.epochs})",
     )
     parser.add_argument(
-        "--preset", metavar="{local,national}", help=f"{PE} lambda_l0 preset, local or national (jaxcal.PE_PRESETS)"
+        "--preset",
+        metavar="{local,national}",
+        help=f"{PE} lambda_l0 preset: " + ", ".join(f"{k} {v:g}" for k, v in PE_PRESETS.items()),
     )
     parser.add_argument(
         "--hyperparameters", metavar="NAME", help="a named set from configs/presets.yaml (flags override it)"
@@ -76,11 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--presets-file", type=pathlib.Path, help="where the named sets are (default configs/presets.yaml)"
     )
     parser.add_argument(
-        "--lambda-l0", type=float, help=f"L0 penalty, overrides --preset ({PE} default); 0 turns the gates off"
+        "--lambda-l0",
+        type=float,
+        help=f"L0 penalty, overrides --preset (default {PE_DEFAULTS.lambda_l0:g}); 0 turns the gates off",
     )
-    parser.add_argument("--beta", type=float, help=f"gate temperature ({PE} default)")
-    parser.add_argument("--lambda-l2", type=float, help=f"L2 penalty ({PE} default)")
-    parser.add_argument("--learning-rate", type=float, help=f"Adam learning rate ({PE} default)")
+    parser.add_argument("--beta", type=float, help=f"gate temperature (default {PE_DEFAULTS.beta:g})")
+    parser.add_argument("--lambda-l2", type=float, help=f"L2 penalty (default {PE_DEFAULTS.lambda_l2:g})")
+    parser.add_argument(
+        "--learning-rate", type=float, help=f"Adam learning rate (default {PE_DEFAULTS.learning_rate:g})"
+    )
     parser.add_argument("--device", choices=PLATFORMS, default="auto", help="where to run (default: JAX's choice)")
     parser.add_argument(
         "--devices",

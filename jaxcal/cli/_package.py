@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+from typing import cast
 
 from . import CommandError
 
@@ -72,7 +73,8 @@ def run_info(args: argparse.Namespace) -> int:
     for level, count in targets.groupby("geo_level", sort=True).size().items():
         lines.append(f"  {level:<12s} {count:>8,}")
     lines += ["", "--- Targets by variable and geo level ---"]
-    for (variable, level), count in targets.groupby(["variable", "geo_level"], sort=True).size().items():
+    for key, count in targets.groupby(["variable", "geo_level"], sort=True).size().items():
+        variable, level = cast(tuple[str, str], key)
         lines.append(f"  {variable:<35s} {level:<12s} {count:>8,}")
     print("\n".join(lines))
     return 0

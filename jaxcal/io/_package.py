@@ -55,7 +55,7 @@ class CalibrationPackage(eqx.Module):
     metadata: Mapping[str, Any] = eqx.field(default_factory=dict)
 
     def __check_init__(self) -> None:
-        n_targets, n_records = self.matrix.shape
+        n_targets, n_records = _shape(self.matrix)
         missing = [c for c in TARGET_COLUMNS if c not in self.targets.columns]
         if missing:
             raise PackageError(f"the targets table lacks column(s) {', '.join(missing)}")
@@ -112,11 +112,11 @@ class CalibrationPackage(eqx.Module):
 
     @property
     def n_targets(self) -> int:
-        return int(self.matrix.shape[0])
+        return _shape(self.matrix)[0]
 
     @property
     def n_records(self) -> int:
-        return int(self.matrix.shape[1])
+        return _shape(self.matrix)[1]
 
     @property
     def nnz(self) -> int:
@@ -184,7 +184,7 @@ def save_package(package: CalibrationPackage, path: str | os.PathLike) -> pathli
     path = pathlib.Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {
         "format": np.array(FORMAT),
         "format_version": np.array(FORMAT_VERSION),
         "matrix_indptr": package.matrix.indptr,
@@ -304,6 +304,12 @@ def is_pickle(path: str | os.PathLike) -> bool:
         return True
     with open(path, "rb") as f:
         return f.read(1) == _PICKLE_MAGIC
+
+
+def _shape(matrix: Any) -> tuple[int, int]:
+    """A sparse matrix's (rows, columns); scipy's stubs allow None."""
+    rows, columns = matrix.shape
+    return int(rows), int(columns)
 
 
 def _as_csr(matrix: Any) -> sparse.csr_array:

@@ -76,7 +76,7 @@ def validate_package(
     row_sums = package.row_sums()
     values = package.target_values
     achievable = row_sums > 0
-    impossible = targets[~achievable]
+    impossible = targets.loc[~achievable]
     group = ["domain_variable", "variable", "geo_level"]
 
     achievable_idx = np.flatnonzero(achievable)
@@ -115,7 +115,8 @@ def validate_package(
         impossible_by_group=(
             impossible.groupby(group, dropna=False)
             .size()
-            .reset_index(name="count")
+            .rename("count")
+            .reset_index()
             .sort_values("count", ascending=False, kind="stable")
             .reset_index(drop=True)
         ),
@@ -162,19 +163,21 @@ def format_validation(result: PackageValidation, package_path: str | None = None
     ]
     if len(result.impossible_targets):
         lines.append("--- Impossible Targets ---")
-        for row in result.impossible_targets.itertuples():
-            lines.append(f"  {row.target_name:<60s} {row.target_value:>14,.0f}")
+        for row in result.impossible_targets.to_dict("records"):
+            lines.append(f"  {row['target_name']:<60s} {row['target_value']:>14,.0f}")
         lines.append("")
     if len(result.impossible_by_group) > 1:
         lines.append("--- Impossible Targets by Group ---")
-        for row in result.impossible_by_group.itertuples():
-            lines.append(f"  {row.domain_variable:<20s} {row.variable:<25s} {row.geo_level:<12s} {row.count:>5d}")
+        for row in result.impossible_by_group.to_dict("records"):
+            lines.append(
+                f"  {row['domain_variable']:<20s} {row['variable']:<25s} {row['geo_level']:<12s} {row['count']:>5d}"
+            )
         lines.append("")
     if len(result.hardest_targets):
         lines.append(f"--- Hardest Achievable Targets ({len(result.hardest_targets)} lowest ratio) ---")
-        for row in result.hardest_targets.itertuples():
+        for row in result.hardest_targets.to_dict("records"):
             lines.append(
-                f"  {row.target_name:<50s} {row.ratio:>10.4f} {row.row_sum:>14,.0f} {row.target_value:>14,.0f}"
+                f"  {row['target_name']:<50s} {row['ratio']:>10.4f} {row['row_sum']:>14,.0f} {row['target_value']:>14,.0f}"
             )
         lines.append("")
     if len(result.group_summary):
@@ -182,10 +185,10 @@ def format_validation(result: PackageValidation, package_path: str | None = None
         lines.append(
             f"  {'domain':<20s} {'variable':<25s} {'geo_level':<12s} {'total':>6s} {'ok':>6s} {'impossible':>10s}"
         )
-        for row in result.group_summary.itertuples():
+        for row in result.group_summary.to_dict("records"):
             lines.append(
-                f"  {row.domain_variable:<20s} {row.variable:<25s} {row.geo_level:<12s}"
-                f" {row.total:>6d} {row.ok:>6d} {row.impossible:>10d}"
+                f"  {row['domain_variable']:<20s} {row['variable']:<25s} {row['geo_level']:<12s}"
+                f" {row['total']:>6d} {row['ok']:>6d} {row['impossible']:>10d}"
             )
         lines.append("")
     if result.strict_ratio is not None:

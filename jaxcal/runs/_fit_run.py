@@ -171,7 +171,7 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
     completed = False
     try:
         with chunks.stop:
-            if begin.split is not None:
+            if begin.split is not None and plan.holdout is not None:  # the split is made from the plan
                 holdout = fit_with_holdout(
                     begin.model,
                     begin.package,
@@ -358,6 +358,8 @@ def _holdout_split(plan: FitPlan, package: CalibrationPackage) -> HoldoutSplit |
 def _resume_source(plan: FitPlan, n_records: int) -> tuple[Checkpoint | None, np.ndarray | None]:
     """A checkpoint (given, or beside a weights .npy), or else weights to warm-start from."""
     path = plan.resume_from
+    if path is None:
+        raise ValueError("no --resume-from given")
     if not path.is_file():
         raise ValueError(f"--resume-from: {path} not found")
     if path.suffix == ".npz":

@@ -182,5 +182,5 @@ def _mean_error(run_dir: pathlib.Path, record: RunRecord) -> float | None:
     if path.is_file():
         import pandas as pd
 
-        return float(pd.read_csv(path, usecols=["abs_rel_error"])["abs_rel_error"].mean())
+        return float(pd.read_csv(path, usecols=["abs_rel_error"])["abs_rel_error"].to_numpy().mean())
     return None if record.mean_error_pct is None else float(record.mean_error_pct) / 100

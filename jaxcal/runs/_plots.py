@@ -80,7 +80,7 @@ def write_frontier(frontier: pd.DataFrame, directory: str | os.PathLike) -> dict
     for beta, rows in frontier.groupby("beta"):
         rows = rows.sort_values("records_kept")
         line = axes.plot(rows["records_kept"], rows["train_loss"], marker="o", label=f"train, beta {beta:g}")[0]
-        if rows["holdout_loss"].notna().any():
+        if bool(rows["holdout_loss"].notna().to_numpy().any()):
             axes.plot(
                 rows["records_kept"],
                 rows["holdout_loss"],

@@ -36,7 +36,7 @@ class Residualization(eqx.Module):
     @property
     def clamped(self) -> pd.DataFrame:
         """The targets whose fixed contribution exceeded them, so their residual was set to 0."""
-        return self.report[self.report["clamped"]]
+        return self.report.loc[self.report["clamped"].to_numpy()]
 
     def combine(self, free_weights: Any) -> Float[np.ndarray, " n_records"]:
         """Weights for every parent record: ``free_weights`` (one per free record) and the fixed weights."""

@@ -184,7 +184,8 @@ class _Evaluator(eqx.Module):
     """All, train and held-out targets' data losses, each on every prediction."""
 
     @eqx.filter_jit
-    def __call__(self, weights: Float[Array, " n_records"]) -> tuple[Array, ...]:
+    def __call__(self, weights: Float[Array | np.ndarray, " n_records"]) -> tuple[Array, ...]:
+        weights = jnp.asarray(weights)
         predictions = self.matrix.mv(weights)
         losses = (objective.data_loss(predictions, self.targets) for objective in self.objectives)
         return (*losses, jnp.sum(weights), jnp.sum(weights > 0))
@@ -192,7 +193,7 @@ class _Evaluator(eqx.Module):
 
 def loss_evaluator(
     package: CalibrationPackage, split: HoldoutSplit | None, objective: Objective | None = None
-) -> Callable[[Array], tuple[Array, ...]]:
+) -> Callable[[Array | np.ndarray], tuple[Array, ...]]:
     """``evaluate(weights) -> (full_loss, train_loss, holdout_loss, weight_sum, positive_count)``,
     one compiled function; each loss weighs its own targets as a fit of only them would
     (:meth:`Objective.select`; default objective: every target weighs 1, relative loss).
@@ -204,8 +205,10 @@ def loss_evaluator(
     return _Evaluator(
         matrix=package.target_matrix(),
         targets=jnp.asarray(package.target_values, jnp.float32),
-        objectives=tuple(
-            objective.select(rows, keep_length=True) for rows in (np.ones(package.n_targets, bool), ~holdout, holdout)
+        objectives=(
+            objective.select(np.ones(package.n_targets, bool), keep_length=True),
+            objective.select(~holdout, keep_length=True),
+            objective.select(holdout, keep_length=True),
         ),
     )
 

@@ -116,11 +116,29 @@ def refit_subset(
     model = CalibrationWeights.init(child.n_records, key=key, init_weights=start, use_gates=False)
     objective = _objective(package, objective)
     no_gates = eqx.tree_at(lambda o: o.lambda_l0, objective, jnp.zeros_like(objective.lambda_l0))
-    settings = dict(key=key, epochs=epochs, learning_rate=learning_rate)
+    refit: FitResult | HoldoutFit
     if split is None:
-        refit = fit(model, child.target_matrix(), child.target_values, no_gates, **settings)
+        refit = fit(
+            model,
+            child.target_matrix(),
+            child.target_values,
+            no_gates,
+            key=key,
+            epochs=epochs,
+            learning_rate=learning_rate,
+        )
     else:
-        refit = fit_with_holdout(model, child, split, no_gates, patience=patience, min_delta=min_delta, **settings)
+        refit = fit_with_holdout(
+            model,
+            child,
+            split,
+            no_gates,
+            key=key,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            patience=patience,
+            min_delta=min_delta,
+        )
     weights = np.asarray(refit.weights, np.float64)
     comparison = {
         "parent": assess(package, parent_weights, split, objective),
