@@ -30,11 +30,11 @@ demo: $(VENV)/.installed-base
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
-# What .ci/run checks besides the tests: ruff (lint and format) and pyright on jaxcal (builders too once clean).
+# What .ci/run checks besides the tests: ruff (lint and format) and pyright on jaxcal and builders.
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pyright jaxcal
+	$(VENV)/bin/pyright jaxcal builders
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/epoch_speed.py --sizes small mp-300k

@@ -148,10 +148,12 @@ class _GroupValues:
 
 def to_bcoo(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> jsparse.BCOO:
     """The nonzeros as a ``jax.experimental.sparse.BCOO`` (int32 indices, float32 values)."""
+    import jax.numpy as jnp
     from jax.experimental import sparse as jsparse
 
     indices = np.stack([rows, columns], axis=1).astype(np.int32)
-    return jsparse.BCOO((np.asarray(values, np.float32), indices), shape=shape)
+    # BCOO converts both with jnp.asarray itself; doing it here matches its (data, indices) annotation.
+    return jsparse.BCOO((jnp.asarray(np.asarray(values, np.float32)), jnp.asarray(indices)), shape=shape)
 
 
 def _columns_by_place(geography: GeographyAssignment) -> dict[str, dict[Any, np.ndarray]]:

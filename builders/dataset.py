@@ -145,4 +145,7 @@ def dataset_period(path: str | os.PathLike) -> int:
         node = h5["person_id"]
         if isinstance(node, h5py.Dataset):
             raise ValueError(f"dataset {path} has no periods; give the year explicitly")
-        return int(next(iter(node)))
+        if not isinstance(node, h5py.Group):  # a named datatype: neither an array nor periods
+            raise TypeError(f"dataset {path}: person_id is a {type(node).__name__}, not a group of periods")
+        # h5py ships no annotations; pyright infers a group's member names as str | None (never None).
+        return int(next(iter(node)))  # pyright: ignore[reportArgumentType]

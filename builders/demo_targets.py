@@ -91,8 +91,9 @@ class _Params:
         with open(path) as f:
             return yaml.safe_load(f)
 
-    def series(self, relpath: str, *keys: str) -> tuple[dict, dict]:
-        """``(values by date, metadata)`` of the leaf at ``keys`` (metadata inherited from parents)."""
+    def series(self, relpath: str, *keys: str | int) -> tuple[dict, dict]:
+        """``(values by date, metadata)`` of the leaf at ``keys`` (mapping keys, or list indices),
+        metadata inherited from parents."""
         node = self.node(relpath)
         metadata = dict(node.get("metadata") or {})
         for key in keys:
@@ -106,16 +107,16 @@ class _Params:
             if isinstance(k, (datetime.date, str)) and k != "metadata" and _is_date(k)
         }
         if not dated:
-            raise ImplausibleSeries(f"{relpath}:{'/'.join(keys)} has no dated values")
+            raise ImplausibleSeries(f"{relpath}:{'/'.join(map(str, keys))} has no dated values")
         return dated, metadata
 
-    def at(self, relpath: str, *keys: str, year: int) -> tuple[float, str]:
+    def at(self, relpath: str, *keys: str | int, year: int) -> tuple[float, str]:
         """The value for ``year`` and a note on how it was obtained."""
         dated, metadata = self.series(relpath, *keys)
         end = datetime.date(year, 12, 31)
         known = [d for d in dated if d <= end]
         if not known:
-            raise ImplausibleSeries(f"{relpath}:{'/'.join(keys)} has no value for {year} or earlier")
+            raise ImplausibleSeries(f"{relpath}:{'/'.join(map(str, keys))} has no value for {year} or earlier")
         date = max(known)
         value = float(dated[date])
         if date.year == year:
@@ -232,7 +233,14 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
     def national(relpath: str, *keys: str) -> tuple[float, str]:
         return p.at(relpath, *keys, year=year)
 
-    def add(variable, relpath, keys=(), constraints=(), value=None, note=None):
+    def add(
+        variable: str,
+        relpath: str,
+        keys: tuple[str, ...] = (),
+        constraints: Iterable[Constraint] = (),
+        value: float | None = None,
+        note: str = "",
+    ) -> None:
         if value is None:
             value, note = national(relpath, *keys)
         records.append(
@@ -325,7 +333,7 @@ def demo_targets(year: int = 2024, *, root: str | os.PathLike | None = None) -> 
                 for s in sorted(values):
                     check_ratio(values[s], other[s], name=f"{relpath} / {other_file} in {s}", bounds=bounds)
                 out.append(f"{relpath} per {other_file}: every state within {bounds}")
-            for s in sorted(values, key=STATE_FIPS.get):
+            for s in sorted(values, key=STATE_FIPS.__getitem__):  # check_state_series vetted the codes
                 add(
                     variable,
                     relpath,

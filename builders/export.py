@@ -157,7 +157,9 @@ def _entity_gather(structure: EntityStructure, entity: str, base: np.ndarray) ->
     return order[np.repeat(first[base], sizes) + within], starts
 
 
-def _person_links(structure: EntityStructure, entity: str, base: np.ndarray, gathers) -> np.ndarray:
+def _person_links(
+    structure: EntityStructure, entity: str, base: np.ndarray, gathers: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
     """Each exported person's new ``entity`` index: its column's first entity plus the rank
     of its base entity within the household."""
     household = structure.entity_household[entity]

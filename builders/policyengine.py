@@ -26,20 +26,26 @@ import numpy as np
 class Simulation(Protocol):
     """A model run on a base dataset, as the simulation stage uses it."""
 
-    variable_entities: Mapping[str, str]
-    """The entity key (``person``, ``tax_unit``, ``household`` ...) of every variable the model knows."""
+    @property
+    def variable_entities(self) -> Mapping[str, str]:
+        """The entity key (``person``, ``tax_unit``, ``household`` ...) of every variable the model knows."""
+        ...
 
     def calculate(self, variable: str, year: int, map_to: str | None = None) -> np.ndarray:
         """``variable``'s values at its entity (or mapped to the ``map_to`` entity), enums as their names."""
+        ...
 
     def set_input(self, variable: str, year: int, values: np.ndarray) -> None:
         """Replace an input's values for ``year``."""
+        ...
 
     def drop_computed(self) -> None:
         """Forget every computed value, so the next calculation sees the inputs as they are now."""
+        ...
 
     def pays_only_takers(self, variable: str, takeup_input: str) -> bool:
         """Whether the model pays ``variable`` only when ``takeup_input`` is True (with it False, 0)."""
+        ...
 
 
 class PolicyEngineSimulation:

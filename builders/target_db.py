@@ -121,18 +121,18 @@ class TargetDatabaseWriter:
         self, constraints: Iterable[ConstraintLike] = (), *, parent: int | None = None, notes: str | None = None
     ) -> int:
         """The id of the stratum with these constraints, created when new."""
-        constraints = sorted({_as_constraint(c) for c in constraints}, key=lambda c: (c.variable, c.operation, c.value))
-        definition_hash = hashlib.sha256("\n".join(map(str, constraints)).encode()).hexdigest()
+        ordered = sorted({_as_constraint(c) for c in constraints}, key=lambda c: (c.variable, c.operation, c.value))
+        definition_hash = hashlib.sha256("\n".join(map(str, ordered)).encode()).hexdigest()
         if definition_hash in self._strata:
             return self._strata[definition_hash]
         cursor = self._connection.execute(
             "INSERT INTO strata (definition_hash, parent_stratum_id, notes) VALUES (?, ?, ?)",
             (definition_hash, parent, notes),
         )
-        stratum_id = int(cursor.lastrowid)
+        stratum_id = _inserted_id(cursor)
         self._connection.executemany(
             "INSERT INTO stratum_constraints (stratum_id, constraint_variable, operation, value) VALUES (?, ?, ?, ?)",
-            [(stratum_id, c.variable, c.operation, c.value) for c in constraints],
+            [(stratum_id, c.variable, c.operation, c.value) for c in ordered],
         )
         self._strata[definition_hash] = stratum_id
         return stratum_id
@@ -160,7 +160,7 @@ class TargetDatabaseWriter:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (variable, int(period), stratum_id, int(reform_id), float(value), bool(active), tolerance, source, notes),
         )
-        return int(cursor.lastrowid)
+        return _inserted_id(cursor)
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -241,13 +241,13 @@ def query_targets(connection: sqlite3.Connection, year: int) -> pd.DataFrame:
     """The active targets, one period per (stratum, variable, reform_id): the latest period
     ``<= year`` when there is one, else the earliest. Ordered by ``target_id``."""
     targets = target_overview(connection)
-    targets = targets[targets["active"].astype(bool)]
+    targets = targets.loc[targets["active"].astype(bool)]
     period = targets["period"]
     keys = [targets["stratum_id"], targets["variable"], targets["reform_id"]]
     latest_past = period.where(period <= year).groupby(keys).transform("max")
     earliest = period.groupby(keys).transform("min")
     best = latest_past.fillna(earliest)
-    return targets[period == best].reset_index(drop=True)
+    return targets.loc[period == best].reset_index(drop=True)
 
 
 def uprate_targets(
@@ -282,6 +282,13 @@ def parse_constraint_value(value: str) -> int | float | bool | str:
     if lowered in ("true", "false"):
         return lowered == "true"
     return value
+
+
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The row id an ``INSERT`` on ``cursor`` gave (``lastrowid`` is ``None`` only before one)."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the INSERT gave no row id")
+    return int(cursor.lastrowid)
 
 
 def _as_constraint(constraint: ConstraintLike) -> Constraint:

@@ -66,7 +66,8 @@ def plan_target_rows(targets: pd.DataFrame, constraints_by_stratum: Mapping[int,
     stratum_constraints = [tuple(constraints_by_stratum.get(int(s), ())) for s in table["stratum_id"]]
     table["target_name"] = [target_name(v, c) for v, c in zip(table["variable"], stratum_constraints)]
     table["_constraints"] = stratum_constraints
-    table["_level"] = table["geo_level"].map(GEO_LEVEL_ORDER)
+    # pandas' own annotations type df[column] as Series | DataFrame; this is Series.map, which takes a dict.
+    table["_level"] = table["geo_level"].map(GEO_LEVEL_ORDER)  # pyright: ignore[reportArgumentType]
     table = table.sort_values(["_level", "variable", "reform_id", "geographic_id"], kind="stable")
     constraints = tuple(tuple(c for c in row if c.variable not in PLACE_VARIABLES) for row in table["_constraints"])
     table = table.drop(columns=["_constraints", "_level"]).reset_index(drop=True)

@@ -99,8 +99,8 @@ def build_calibration_package(
     config = load_target_config(target_config) if target_config is not None else None
     with clock("targets"):
         targets, constraints = read_targets(db_path, year)
-        report.reform_targets_skipped = int((targets["reform_id"] != 0).sum())
-        targets = targets[targets["reform_id"] == 0]
+        report.reform_targets_skipped = int(np.count_nonzero(targets["reform_id"] != 0))
+        targets = targets.loc[targets["reform_id"] == 0]
         if targets.empty:
             raise ValueError(f"target database {db_path} holds no active baseline targets")
         rows = plan_target_rows(targets, constraints)
@@ -110,7 +110,7 @@ def build_calibration_package(
     with clock("import policyengine_us"):
         model = policyengine.load_simulation(dataset)
         table = uprate_targets(rows.table, year, *model.uprating_indices())
-        rows = TargetRows(table=table[list(TARGET_COLUMNS)], constraints=rows.constraints)
+        rows = TargetRows(table=table.loc[:, list(TARGET_COLUMNS)], constraints=rows.constraints)
     with clock("geography"):
         if places is None:
             places = equal_population_districts()
