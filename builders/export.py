@@ -246,9 +246,11 @@ def _codes(text: str | None) -> list[int] | None:
 def run_export(args) -> int:
     """``jaxcal export PACKAGE WEIGHTS OUTPUT``: print what was written."""
     from jaxcal.cli import CommandError
-    from jaxcal.io import load_package
+    from jaxcal.io import check_inputs_spared, load_package
 
     package = load_package(args.package)
+    dataset = args.dataset or package.metadata.get("dataset_path")
+    check_inputs_spared([args.output], {"PACKAGE": args.package, "WEIGHTS": args.weights, "the dataset": dataset})
     if not args.weights.is_file():
         raise CommandError(f"weights not found: {args.weights}", 2)
     weights = np.load(args.weights, allow_pickle=False)

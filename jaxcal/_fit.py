@@ -307,6 +307,12 @@ def _check_problem(
         raise ValueError(f"targets must have shape ({matrix.n_targets},), got {targets.shape}")
     if not np.all(np.isfinite(targets)):
         raise ValueError(f"targets must be finite: {int((~np.isfinite(targets)).sum())} are not")
+    beyond = ~np.isfinite(targets.astype(matrix.dtype))
+    if beyond.any():
+        first = int(np.flatnonzero(beyond)[0])
+        raise ValueError(
+            f"{int(beyond.sum())} targets are too large for {matrix.dtype} (target {first} is {targets[first]:g})"
+        )
     if objective.n_targets != matrix.n_targets:
         raise ValueError(
             f"the objective weighs {objective.n_targets} targets but the matrix has {matrix.n_targets} rows"

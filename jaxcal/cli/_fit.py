@@ -190,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
             f"{plan.checkpoint_path} (continue with --resume-from {plan.checkpoint_path})",
             code=130,
         )
+    failure = outcome.failure()
+    if failure is not None:
+        raise CommandError(f"the fit failed: {failure}; no weights written (a lower --learning-rate may help)")
     held_out = outcome.holdout
     if not plan.quiet and held_out is not None and held_out.stop_reason == "early_stopping":
         print(

@@ -138,10 +138,15 @@ def run_derive(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .._defaults import PE_DEFAULTS
-    from ..io import load_package
+    from ..io import check_inputs_spared, load_package
     from ..runs import write_tier_run
+    from ..runs._names import DERIVE_FILES
     from ..workflow import DEFAULT_LAMBDA_L0, derive_tier
 
+    check_inputs_spared(
+        (args.output / name for name in DERIVE_FILES),
+        {"--package": args.package, "--parent-weights": args.parent_weights},
+    )
     package = load_package(args.package)
     parent_weights = np.load(args.parent_weights, allow_pickle=False)
     settings = {
@@ -177,10 +182,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     import jax
 
     from .._defaults import PE_DEFAULTS
-    from ..io import load_package
+    from ..io import check_inputs_spared, load_package
     from ..runs import write_sweep_run
+    from ..runs._names import SWEEP_FILES
     from ..workflow import sweep_grid
 
+    check_inputs_spared((args.output / name for name in SWEEP_FILES), {"--package": args.package})
     started = time.perf_counter()
     package = load_package(args.package)
     split = _split(args, package)

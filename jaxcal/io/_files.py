@@ -6,7 +6,7 @@ import hashlib
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -74,3 +74,25 @@ def file_provenance(role: str, path: str | os.PathLike | None) -> dict[str, str 
     if path is None:
         return {f"{role}_path": None, f"{role}_sha256": None}
     return {f"{role}_path": str(pathlib.Path(path).resolve()), f"{role}_sha256": sha256_file(path)}
+
+
+def check_inputs_spared(outputs: Iterable[str | os.PathLike], inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """``ValueError`` naming the flag when a file a command would write is one of the files it reads
+    (the same path, or the same file through a link): no command overwrites its own input."""
+    written = [pathlib.Path(path) for path in outputs]
+    for flag, source in inputs.items():
+        if source is None:
+            continue
+        source = pathlib.Path(source)
+        for target in written:
+            if _same_file(source, target):
+                raise ValueError(f"{target} would be overwritten, but it is the {flag} this command reads")
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False

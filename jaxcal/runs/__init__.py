@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     from ._fit_run import load_fit_package as load_fit_package
     from ._fit_run import run_fit as run_fit
     from ._fit_run import start as start
-    from ._gates import DIAGNOSTICS as DIAGNOSTICS
-    from ._gates import REPORT as REPORT
     from ._gates import exit_code as exit_code
     from ._gates import gate_report as gate_report
     from ._gates import write_gate_report as write_gate_report
-    from ._observers import CALIBRATION_LOG as CALIBRATION_LOG
+    from ._names import CALIBRATION_LOG as CALIBRATION_LOG
+    from ._names import DIAGNOSTICS as DIAGNOSTICS
+    from ._names import REPORT as REPORT
+    from ._names import RUN_CONFIG as RUN_CONFIG
     from ._observers import MICROCALIBRATE_LOG_COLUMNS as MICROCALIBRATE_LOG_COLUMNS
     from ._observers import PE_LOG_COLUMNS as PE_LOG_COLUMNS
     from ._observers import CalibrationLog as CalibrationLog
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from ._plots import write_frontier as write_frontier
     from ._plots import write_holdout_log as write_holdout_log
     from ._plots import write_loss_curve as write_loss_curve
-    from ._record import RUN_CONFIG as RUN_CONFIG
     from ._record import RunRecord as RunRecord
     from ._run_dir import write_run_dir as write_run_dir
     from ._run_dir import write_sweep_run as write_sweep_run
@@ -71,12 +71,12 @@ _EXPORTS = {
     "load_fit_package": "_fit_run",
     "run_fit": "_fit_run",
     "start": "_fit_run",
-    "DIAGNOSTICS": "_gates",
-    "REPORT": "_gates",
+    "DIAGNOSTICS": "_names",
+    "REPORT": "_names",
     "exit_code": "_gates",
     "gate_report": "_gates",
     "write_gate_report": "_gates",
-    "CALIBRATION_LOG": "_observers",
+    "CALIBRATION_LOG": "_names",
     "MICROCALIBRATE_LOG_COLUMNS": "_observers",
     "PE_LOG_COLUMNS": "_observers",
     "CalibrationLog": "_observers",
@@ -100,7 +100,7 @@ _EXPORTS = {
     "write_frontier": "_plots",
     "write_holdout_log": "_plots",
     "write_loss_curve": "_plots",
-    "RUN_CONFIG": "_record",
+    "RUN_CONFIG": "_names",
     "RunRecord": "_record",
     "write_run_dir": "_run_dir",
     "write_sweep_run": "_run_dir",

@@ -40,7 +40,8 @@ from ..io import (
     signature_differences,
 )
 from ..workflow import HoldoutFit, HoldoutSplit, fit_with_holdout, holdout_split
-from ._observers import CALIBRATION_LOG, CalibrationLog, Checkpoints, FitChunk, FitObserver, Observers, Progress
+from ._names import CALIBRATION_LOG
+from ._observers import CalibrationLog, Checkpoints, FitChunk, FitObserver, Observers, Progress
 from ._plan import FitPlan, checkpoint_path_for
 
 
@@ -144,6 +145,10 @@ def fit_observers(plan: FitPlan, begin: FitStart) -> Observers:
     return Observers(observers)
 
 
+DIVERGED_RATIO = 10.0
+"""A fit whose last objective is this many times its first has diverged: its weights are refused."""
+
+
 @final
 class FitOutcome(eqx.Module):
     """What :func:`run_fit` returns."""
@@ -157,6 +162,21 @@ class FitOutcome(eqx.Module):
     holdout: HoldoutFit | None
     stopped_by: str | None
     """``SIGINT`` or ``SIGTERM`` when a signal stopped the run (after a checkpoint), else None."""
+
+    def failure(self) -> str | None:
+        """Why these weights must not be kept (non-finite weights or objective, every weight 0, or an
+        objective that ended :data:`DIVERGED_RATIO` times above where it started), or None when they may."""
+        weights = np.asarray(self.result.weights)
+        bad = int(np.size(weights) - np.isfinite(weights).sum())
+        if bad:
+            return f"{bad:,} of the {weights.size:,} weights are not finite"
+        if weights.size and not weights.any():
+            return "every weight is 0 (the fit collapsed)"
+        if self.losses.size and not np.isfinite(self.losses[-1]):
+            return f"the objective is {self.losses[-1]} at epoch {self.epochs}"
+        if self.losses.size > 1 and self.losses[-1] > DIVERGED_RATIO * self.losses[0]:
+            return f"it diverged: the objective rose from {self.losses[0]:.4g} to {self.losses[-1]:.4g}"
+        return None
 
 
 def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome:

@@ -19,11 +19,10 @@ import numpy as np
 
 from ..io import atomic_write, json_safe, sha256_file
 from ..workflow import weight_health
-from ._record import RUN_CONFIG, RunRecord
+from ._names import DIAGNOSTICS, RUN_CONFIG
+from ._record import RunRecord
 
 SCHEMA_VERSION = 1
-DIAGNOSTICS = "unified_diagnostics.csv"
-REPORT = "artifact_gates.json"
 
 
 def gate_report(

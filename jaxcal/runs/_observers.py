@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from .._fit import FitResult
     from ..io import CalibrationPackage
 
-CALIBRATION_LOG = "calibration_log.csv"
 PE_LOG_COLUMNS = (
     "target_name",
     "estimate",

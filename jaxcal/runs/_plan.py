@@ -14,6 +14,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, Literal, final
 
+from ._names import FIT_FILES
+
 HYPERPARAMETERS = ("epochs", "beta", "lambda_l0", "lambda_l2", "learning_rate")
 """What a named set, a preset and the flags choose (policyengine-us-data's ``fit_l0_weights`` settings)."""
 PROGRESS_EPOCHS = 10
@@ -103,6 +105,12 @@ class FitPlan:
             raise ValueError("--devices cannot be combined with held-out targets (the held-out fit runs on one device)")
         if self.output.suffix != ".npy":
             raise ValueError(f"--output must name a .npy file, got {self.output}")
+        from ..io._files import check_inputs_spared  # numpy, which registering the command does without
+
+        check_inputs_spared(
+            [self.output, self.checkpoint_path, *(self.output.parent / name for name in FIT_FILES)],
+            {"--package-path": self.package_path, "--target-config": self.target_config},
+        )
         _check_writable(self.output.parent)
         _check_writable(self.checkpoint_path.parent)
 

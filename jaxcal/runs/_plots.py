@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..io import atomic_write
+from ._names import FRONTIER, HOLDOUT_LOG
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +57,7 @@ def holdout_figure(holdout: HoldoutFit) -> Figure:
     return figure
 
 
-def write_holdout_log(holdout: HoldoutFit, directory: str | os.PathLike, stem: str = "holdout_log") -> dict[str, str]:
+def write_holdout_log(holdout: HoldoutFit, directory: str | os.PathLike, stem: str = HOLDOUT_LOG) -> dict[str, str]:
     """Write ``stem.json``, ``stem.csv`` and ``stem.png`` (the two curves) atomically."""
     directory = pathlib.Path(directory)
     paths = {kind: directory / f"{stem}.{kind}" for kind in ("json", "csv", "png")}
@@ -73,7 +74,7 @@ def write_frontier(frontier: pd.DataFrame, directory: str | os.PathLike) -> dict
     from matplotlib.figure import Figure
 
     directory = pathlib.Path(directory)
-    paths = {"csv": directory / "frontier.csv", "png": directory / "frontier.png"}
+    paths = {kind: directory / f"{FRONTIER}.{kind}" for kind in ("csv", "png")}
     atomic_write(paths["csv"], lambda f: frontier.to_csv(f, index=False), mode="w")
     figure = Figure(figsize=(7, 4), layout="constrained")
     axes = figure.add_subplot()

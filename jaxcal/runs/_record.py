@@ -17,13 +17,13 @@ import numpy as np
 
 from ..io import atomic_write, json_safe, sha256_file
 from ..workflow import error_summary, weight_health
+from ._names import RUN_CONFIG
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..io import CalibrationPackage
 
-RUN_CONFIG = "unified_run_config.json"
 VERSIONED_PACKAGES = ("jaxcal", "jax", "jaxlib", "equinox", "optax", "numpy", "scipy")
 
 

@@ -16,8 +16,7 @@ import numpy as np
 from ..io import CalibrationPackage, atomic_write, file_provenance, json_safe, save_package
 from ..workflow import HoldoutFit
 from ._diagnostics import target_diagnostics
-from ._gates import DIAGNOSTICS
-from ._observers import CALIBRATION_LOG
+from ._names import CALIBRATION_LOG, DIAGNOSTICS, LOSS_CURVE, TIER_FILES, TIER_WEIGHTS
 from ._plots import write_frontier, write_holdout_log, write_loss_curve
 from ._record import RunRecord
 
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
     from ..workflow import HoldoutSplit, TierDerivation
     from ._fit_run import FitOutcome, FitStart
     from ._plan import FitPlan
-
-LOSS_CURVE = "loss_curve.png"
-TIER_WEIGHTS = "calibration_weights.npy"
 
 
 def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapsed: float) -> RunRecord:
@@ -86,12 +82,13 @@ def write_tier_run(
     tier = derivation.tier
     weights = tier.weights.astype(np.float32)
     diagnostics = _write_weights(directory, TIER_WEIGHTS, tier.child, weights)
-    atomic_write(directory / "child_columns.npy", lambda f: np.save(f, tier.selected.astype(np.int64)))
-    save_package(tier.child, directory / "child_package.npz")
+    columns_file, package_file, report_file = TIER_FILES
+    atomic_write(directory / columns_file, lambda f: np.save(f, tier.selected.astype(np.int64)))
+    save_package(tier.child, directory / package_file)
     settings = {"budget": derivation.budget, "state_floor": derivation.state_floor, "lambda_l0": derivation.lambda_l0}
     report = settings | {"search": derivation.search, **tier.comparison}
-    atomic_write(directory / "tier_report.json", lambda f: f.write(json.dumps(json_safe(report), indent=2)), mode="w")
-    files = [TIER_WEIGHTS, "child_columns.npy", "child_package.npz", DIAGNOSTICS, "tier_report.json"]
+    atomic_write(directory / report_file, lambda f: f.write(json.dumps(json_safe(report), indent=2)), mode="w")
+    files = [TIER_WEIGHTS, columns_file, package_file, DIAGNOSTICS, report_file]
     refit = tier.refit
     if isinstance(refit, HoldoutFit):
         files += _holdout_files(refit, directory)
