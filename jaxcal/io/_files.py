@@ -55,9 +55,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars as Python numbers, NaN and infinities as null."""
-    if isinstance(value, dict):
+    """Plain JSON: mappings as dicts, numpy arrays as lists and scalars as Python numbers, NaN and
+    infinities as null."""
+    if isinstance(value, Mapping):
         return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     if isinstance(value, np.generic):

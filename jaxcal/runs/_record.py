@@ -13,7 +13,6 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
-import numpy as np
 
 from ..io import atomic_write, json_safe, sha256_file
 from ..workflow import error_summary, weight_health
@@ -117,7 +116,7 @@ class RunRecord(eqx.Module):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (NaN and infinities as null)."""
-        return json_safe({f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return json_safe({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def write(self, directory: str | os.PathLike) -> pathlib.Path:
         """Write ``unified_run_config.json`` into ``directory``, atomically; return its path."""
@@ -125,14 +124,6 @@ class RunRecord(eqx.Module):
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
         atomic_write(path, lambda f: f.write(text), mode="w")
         return path
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def _versions() -> dict[str, str]:
