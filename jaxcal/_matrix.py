@@ -123,7 +123,7 @@ class TargetMatrix(AbstractTargetMatrix):
         return spmv(self.cols, self.rows, self.values, r, self.n_records)
 
     def record_sum(self, values: Array) -> Array:
-        return jnp.sum(values, dtype=jnp.int32 if values.dtype == bool else values.dtype)
+        return jnp.sum(values, dtype=sum_dtype(values))
 
     def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
         return key
@@ -301,6 +301,11 @@ def host_coo(
     cols = place(cols[order])
     values = place(values[order])
     return rows, cols, values, (n_targets, n_records)
+
+
+def sum_dtype(values: Array) -> Any:
+    """The dtype a record sum of ``values`` is taken in: int32 counts for booleans, else their own."""
+    return jnp.int32 if values.dtype == bool else values.dtype
 
 
 def _check_length(name: str, vector: Array, length: int) -> None:

@@ -14,7 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._matrix import AbstractTargetMatrix, Layout, TargetMatrix, _check_length, host_coo, spmv
+from ._matrix import AbstractTargetMatrix, Layout, TargetMatrix, _check_length, host_coo, spmv, sum_dtype
 
 AXIS = "records"
 """The mesh axis :func:`record_mesh` names; a user's mesh may name its one axis anything."""
@@ -143,7 +143,7 @@ class ShardedMatrix(AbstractTargetMatrix):
         return _sharded_rmv(self, r)[: self.n_records]
 
     def record_sum(self, values: Array) -> Array:
-        return jnp.sum(values[: self.n_records], dtype=jnp.int32 if values.dtype == bool else values.dtype)
+        return jnp.sum(values[: self.n_records], dtype=sum_dtype(values))
 
     def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
         return key
@@ -291,7 +291,7 @@ class _Block(AbstractTargetMatrix):
     def record_sum(self, values: Array) -> Array:
         first = jax.lax.axis_index(self.axis) * self.n_records
         real = jnp.arange(self.n_records) + first < self.real_records
-        dtype = jnp.int32 if values.dtype == bool else values.dtype
+        dtype = sum_dtype(values)
         return jax.lax.psum(jnp.sum(jnp.where(real, values, jnp.zeros_like(values)), dtype=dtype), self.axis)
 
     def record_key(self, key: PRNGKeyArray) -> PRNGKeyArray:
