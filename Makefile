@@ -14,18 +14,24 @@ $(VENV)/.installed-base: pyproject.toml | $(PY)
 	$(PIP) -e .
 	touch $@
 
+# policyengine-us-data is the reference of the PolicyEngine parity tests: its wheel declares
+# Python >=3.12 and pins an older policyengine-us, but its calibration code runs here as it is.
+PE_DATA := policyengine-us-data==1.115.4
+
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) -e ".[test,parity]"
+	$(PIP) --no-deps --ignore-requires-python $(PE_DATA)
 	touch $@ $(VENV)/.installed-base
 
 # The default package (synthetic households, real US targets, the real PolicyEngine-US model)
-# is built once by `jaxcal build --demo` and cached under storage/demo (git-ignored).
+# is built once by `jaxcal build --demo` and cached under storage/demo (git-ignored). It holds
+# only the demo's targets, so the fit takes them all rather than PolicyEngine's target config.
 DEMO_DIR := storage/demo
 
 demo: $(VENV)/.installed-base
 	package=$$($(VENV)/bin/jaxcal build --demo --demo-dir $(DEMO_DIR)) && \
 	$(VENV)/bin/jaxcal fit --package-path "$$package" --output $(DEMO_DIR)/calibration/calibration_weights.npy \
-		--epochs 400 --log-freq 50
+		--all-active-targets --epochs 400 --log-freq 50
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15
