@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = subparsers.add_parser(
         "convert",
         help="import a PolicyEngine pickle package into jaxcal's safe format",
-        description="Convert PolicyEngine's calibration_package.pkl to a jaxcal package (.npz, no pickle).",
+        description="Convert PolicyEngine's calibration_package.pkl to a jaxcal package (.npz, no pickle), "
+        "each column's state_fips derived from its block (else its district), after checking the pickle "
+        "against the calibration_package_contract.json beside it, if there is one.",
     )
     convert.add_argument("input", type=pathlib.Path, help="PolicyEngine pickle package (.pkl)")
     convert.add_argument("output", type=pathlib.Path, help="jaxcal package to write (.npz)")
@@ -81,6 +83,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..io import import_pickle_package, is_pickle, save_package
 
     if not args.input.is_file():
@@ -97,6 +101,12 @@ def run_convert(args: argparse.Namespace) -> int:
     package = import_pickle_package(args.input)
     path = save_package(package, args.output)
     print(f"wrote {path}: {package.n_targets:,} targets x {package.n_records:,} records, {package.nnz:,} nonzeros")
+    if "state_fips" in package.geography:
+        source = "block_geoid" if "block_geoid" in package.geography else "cd_geoid"
+        print(f"state_fips: {np.unique(package.geography['state_fips']).size} states, from {source}")
+    contract = package.metadata.get("stage_contract")
+    if contract:
+        print(f"matches its stage-2 contract {contract['file']}")
     return 0
 
 

@@ -274,9 +274,15 @@ def import_pickle_package(path: str | os.PathLike) -> CalibrationPackage:
     """Import PolicyEngine's pickle package (``X_sparse``, ``targets_df``, ``target_names``,
     ``metadata``, optional ``initial_weights``, ``cd_geoid``, ``block_geoid``).
 
-    Unpickling runs code from the file: call this only on files you trust.
+    Each column's ``state_fips`` is derived from its block, else its district (see
+    :func:`policyengine_state_fips`), for the commands that work by state. When stage 2's
+    contract lies beside the file it is checked against it (:func:`check_stage_contract`) and its
+    key facts kept as ``metadata["stage_contract"]``. Unpickling runs code from the file: call
+    this only on files you trust.
     """
     import pickle
+
+    from ._contract import check_stage_contract, policyengine_state_fips
 
     try:
         with open(path, "rb") as f:
@@ -285,15 +291,25 @@ def import_pickle_package(path: str | os.PathLike) -> CalibrationPackage:
         raise PackageError(f"{path} could not be unpickled ({type(error).__name__}: {error})") from None
     if not isinstance(raw, dict) or not {"X_sparse", "targets_df"} <= raw.keys():
         raise PackageError(f"{path} is not a PolicyEngine calibration package (a dict with X_sparse and targets_df)")
-    geography = {k: np.asarray(raw[k]) for k in ("cd_geoid", "block_geoid") if raw.get(k) is not None}
-    weights = raw.get("initial_weights")
+    # GEOIDs as text, as PolicyEngine hashes them; its blocks come as an object array, which .npz cannot hold
+    geography = {k: np.asarray(raw[k], dtype=str) for k in ("cd_geoid", "block_geoid") if raw.get(k) is not None}
+    metadata = dict(raw.get("metadata") or {}) | {"imported_from": str(path)}
+    try:
+        states = policyengine_state_fips(geography.get("block_geoid"), geography.get("cd_geoid"))
+        contract = check_stage_contract(path, raw)
+    except PackageError as error:
+        raise PackageError(f"{path}: {error}") from None
+    if states is not None:
+        geography["state_fips"] = states
+    if contract is not None:
+        metadata["stage_contract"] = contract
     return CalibrationPackage.create(
         raw["X_sparse"],
         raw["targets_df"],
         raw.get("target_names"),
-        initial_weights=weights,
+        initial_weights=raw.get("initial_weights"),
         geography=geography,
-        metadata=dict(raw.get("metadata") or {}) | {"imported_from": str(path)},
+        metadata=metadata,
     )
 
 

@@ -138,18 +138,20 @@ def validate_package(
 
 
 def format_validation(result: PackageValidation, package_path: str | None = None) -> str:
-    """The report ``jaxcal validate`` prints (policyengine-us-data's layout)."""
+    """The report ``jaxcal validate`` prints: policyengine-us-data's ``format_report``, its header
+    line for line (jaxcal's own metadata keys standing in where PolicyEngine's are absent)."""
     lines = ["", "=== Calibration Package Validation ===", ""]
     if package_path:
         lines.append(f"Package: {package_path}")
-    lines += provenance_lines(result.metadata) + [""]
+    lines += _policyengine_provenance(result.metadata) + [""]
     lines.append(f"Matrix:  {result.n_targets:,} targets x {result.n_records:,} columns")
     lines.append(f"Non-zero: {result.nnz:,} (density: {result.density:.6f})")
     meta = result.metadata
     if meta.get("n_clones"):
         parts = [f"Clones: {meta['n_clones']}"]
-        if meta.get("n_base_records"):
-            parts.append(f"Records: {meta['n_base_records']:,}")
+        records = meta.get("n_records") or meta.get("n_base_records")
+        if records:
+            parts.append(f"Records: {records:,}")
         if meta.get("seed") is not None:
             parts.append(f"Seed: {meta['seed']}")
         lines.append(", ".join(parts))
@@ -203,24 +205,44 @@ def format_validation(result: PackageValidation, package_path: str | None = None
 
 
 def provenance_lines(metadata: dict) -> list[str]:
-    """Where a package came from, one fact a line, for reports."""
+    """Where a package came from, one fact a line: PolicyEngine's header lines, then the inputs'
+    paths, the import and the stage-2 contract it was checked against."""
     labels = (
-        ("created_at", "Created"),
-        ("dataset_path", "Dataset"),
-        ("dataset_sha256", "Dataset SHA"),
         ("db_path", "Database"),
-        ("db_sha256", "DB SHA"),
         ("target_config_path", "Target config"),
         ("target_config_sha256", "Target config SHA"),
-        ("jaxcal_version", "jaxcal"),
         ("imported_from", "Imported from"),
     )
-    lines = []
+    lines = _policyengine_provenance(metadata)
     for key, label in labels:
         value = metadata.get(key)
         if value:
-            text = str(value)
-            lines.append(f"{label}: {text[:12] if key.endswith('sha256') else text}")
+            lines.append(f"{label}: {str(value)[:12] if key.endswith('sha256') else value}")
+    contract = metadata.get("stage_contract")
+    if contract:
+        lines.append(f"Stage contract: {contract.get('file')} (fingerprint {str(contract.get('fingerprint'))[:19]})")
+    return lines
+
+
+def _policyengine_provenance(metadata: dict) -> list[str]:
+    """``format_report``'s provenance lines, in its order and wording; a jaxcal package's
+    ``jaxcal_version`` stands in for PolicyEngine's ``package_version``."""
+    lines = []
+    if metadata.get("created_at"):
+        lines.append(f"Created: {metadata['created_at']}")
+    if metadata.get("dataset_path"):
+        lines.append(f"Dataset: {metadata['dataset_path']}")
+    if metadata.get("git_branch") or metadata.get("git_commit"):
+        commit = metadata.get("git_commit") or ""
+        dirty = " (DIRTY)" if metadata.get("git_dirty") else ""
+        lines.append(f"Git: {metadata.get('git_branch', 'unknown')} @ {commit[:8] or 'unknown'}{dirty}")
+    if metadata.get("package_version"):
+        lines.append(f"Version: {metadata['package_version']}")
+    elif metadata.get("jaxcal_version"):
+        lines.append(f"Version: jaxcal {metadata['jaxcal_version']}")
+    for key, label in (("dataset_sha256", "Dataset SHA"), ("db_sha256", "DB SHA")):
+        if metadata.get(key):
+            lines.append(f"{label}: {metadata[key][:12]}")
     return lines
 
 
