@@ -135,6 +135,7 @@ def test_gates_read_a_jaxcal_fit_run(tmp_path):
         str(run / "calibration_weights.npy"),
         "--epochs",
         "5",
+        "--all-active-targets",
         "--quiet",
     ]
     assert main(fit) == 0

@@ -108,7 +108,17 @@ def test_a_target_beyond_float32_is_refused_before_the_fit(package, tmp_path):
     path = jaxcal.io.save_package(
         jaxcal.io.CalibrationPackage.create(package.matrix, huge, package.target_names), tmp_path / "huge.npz"
     )
-    result = jaxcal_cli("fit", "--package-path", path, "--output", tmp_path / "w.npy", "--epochs", "2", check=False)
+    result = jaxcal_cli(
+        "fit",
+        "--package-path",
+        path,
+        "--output",
+        tmp_path / "w.npy",
+        "--epochs",
+        "2",
+        "--all-active-targets",
+        check=False,
+    )
     assert_user_error(result, "too large for float32", "target 3 is 1e+300")
     assert not (tmp_path / "w.npy").exists()
 

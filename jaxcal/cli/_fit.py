@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .._defaults import PE_DEFAULTS, PE_PRESETS
-from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORMS
+from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORM_ALIASES, PLATFORMS
 from . import CommandError
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ PLAN_FLAGS = (
     "log_freq",
     "log_format",
     "target_config",
+    "all_active_targets",
+    "target_groups",
     "resume_from",
     "checkpoint_output",
     "pe_compat_adam_restarts",
@@ -44,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fit",
         help="fit calibration weights to a package",
-        description="Fit hard-concrete L0 calibration weights (l0-python's semantics) to a calibration package. "
-        f"The hyperparameters default to {PE} (jaxcal.PE_DEFAULTS).",
+        description="Fit hard-concrete L0 calibration weights (l0-python's semantics) to a calibration package, "
+        f"as {PE} unified_calibration --package-path does: its hyperparameters (jaxcal.PE_DEFAULTS), "
+        "its target config and its target groups, unless told otherwise.",
     )
     parser.add_argument(
         "--package-path",
@@ -90,7 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--learning-rate", type=float, help=f"Adam learning rate (default {PE_DEFAULTS.learning_rate:g})"
     )
-    parser.add_argument("--device", choices=PLATFORMS, default="auto", help="where to run (default: JAX's choice)")
+    parser.add_argument(
+        "--device",
+        choices=(*PLATFORMS, *PLATFORM_ALIASES),
+        default="auto",
+        help="where to run (default: JAX's choice; cuda, PolicyEngine's spelling, is gpu)",
+    )
     parser.add_argument(
         "--devices",
         type=_device_count,
@@ -112,8 +120,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="pe",
         help="calibration_log.csv columns: PolicyEngine's or microcalibrate's dashboard's",
     )
+    targets = parser.add_mutually_exclusive_group()
+    targets.add_argument(
+        "--target-config",
+        type=pathlib.Path,
+        help=f"YAML of include/exclude target rules, applied to the package (default: {PE} own target_config.yaml)",
+    )
+    targets.add_argument(
+        "--all-active-targets",
+        action="store_true",
+        help=f"fit every target of the package, not only those {PE} target config keeps",
+    )
     parser.add_argument(
-        "--target-config", type=pathlib.Path, help="YAML of include/exclude target rules, applied to the package"
+        "--no-target-groups",
+        dest="target_groups",
+        action="store_false",
+        help=f"weigh every target alike in the loss, not {PE} target groups (each group counts once)",
     )
     parser.add_argument(
         "--resume-from",
@@ -201,17 +223,19 @@ def run(args: argparse.Namespace) -> int:
         )
     record = runs.write_run_dir(plan, begin, outcome, elapsed=time.perf_counter() - started)
     if not plan.quiet:
-        print(headline(record, plan.output), flush=True)
+        print(headline(record), flush=True)
+        print("\n".join(f"{label}:{path}" for label, path in runs.output_paths(plan, record).items()), flush=True)
     return 0
 
 
-def headline(record: RunRecord, output: pathlib.Path) -> str:
-    """The two lines a fit ends with: how well it fits, and where the outputs are."""
+def headline(record: RunRecord) -> str:
+    """The line a fit ends with, before the paths of what it wrote (as policyengine-us-data
+    prints them): how well it fits, over the achievable targets."""
     return (
         f"{record.n_targets:,} targets, {record.n_records:,} records: "
         f"mean rel error {record.mean_error_pct:.2f}%, median {record.median_error_pct:.2f}%, "
-        f"within 10% {record.share_within_10pct:.1%}, records kept {record.weight_nonzero:,}, "
-        f"{record.elapsed_seconds:.1f}s\nweights: {output}  (diagnostics, run config, loss curve beside it)"
+        f"within 10% {record.share_within_10pct:.1%} (achievable targets), records kept {record.weight_nonzero:,}, "
+        f"{record.elapsed_seconds:.1f}s"
     )
 
 

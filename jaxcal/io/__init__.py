@@ -1,5 +1,6 @@
-"""Reading and writing: calibration packages (safe ``.npz``; PolicyEngine pickles on request),
-checkpoints, target configs, atomic files and hashes. Depends only on the core."""
+"""Reading and writing: calibration packages (safe ``.npz``; PolicyEngine pickles on request,
+checked against their stage-2 contract), checkpoints, target configs, atomic files and hashes.
+Depends only on the core."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
     from ._checkpoint import load_checkpoint as load_checkpoint
     from ._checkpoint import save_checkpoint as save_checkpoint
     from ._checkpoint import signature_differences as signature_differences
+    from ._contract import STAGE_CONTRACT_FILENAME as STAGE_CONTRACT_FILENAME
+    from ._contract import check_stage_contract as check_stage_contract
+    from ._contract import policyengine_state_fips as policyengine_state_fips
     from ._files import atomic_write as atomic_write
     from ._files import check_inputs_spared as check_inputs_spared
     from ._files import file_provenance as file_provenance
@@ -26,10 +30,12 @@ if TYPE_CHECKING:
     from ._package import is_pickle as is_pickle
     from ._package import load_package as load_package
     from ._package import save_package as save_package
+    from ._targets import POLICYENGINE_TARGET_CONFIG as POLICYENGINE_TARGET_CONFIG
     from ._targets import apply_target_config as apply_target_config
     from ._targets import check_target_config as check_target_config
     from ._targets import load_target_config as load_target_config
     from ._targets import policyengine_initial_weights as policyengine_initial_weights
+    from ._targets import policyengine_target_groups as policyengine_target_groups
     from ._targets import target_config_mask as target_config_mask
 
 _EXPORTS = {
@@ -37,6 +43,9 @@ _EXPORTS = {
     "load_checkpoint": "_checkpoint",
     "save_checkpoint": "_checkpoint",
     "signature_differences": "_checkpoint",
+    "STAGE_CONTRACT_FILENAME": "_contract",
+    "check_stage_contract": "_contract",
+    "policyengine_state_fips": "_contract",
     "atomic_write": "_files",
     "check_inputs_spared": "_files",
     "file_provenance": "_files",
@@ -54,7 +63,9 @@ _EXPORTS = {
     "apply_target_config": "_targets",
     "check_target_config": "_targets",
     "load_target_config": "_targets",
+    "POLICYENGINE_TARGET_CONFIG": "_targets",
     "policyengine_initial_weights": "_targets",
+    "policyengine_target_groups": "_targets",
     "target_config_mask": "_targets",
 }
 __all__ = sorted(_EXPORTS)

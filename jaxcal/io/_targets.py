@@ -1,8 +1,10 @@
-"""Target tables: PolicyEngine's target-config include/exclude rules and its initial weights."""
+"""Target tables: PolicyEngine's target-config include/exclude rules, its target groups and its
+initial weights."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from ._package import CalibrationPackage
 
 RULE_FIELDS = ("variable", "geo_level", "domain_variable")
+POLICYENGINE_TARGET_CONFIG = pathlib.Path(__file__).with_name("policyengine_target_config.yaml")
+"""policyengine-us-data 1.115.4's ``calibration/target_config.yaml``: what its fit keeps by default."""
 
 
 def load_target_config(path: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
@@ -66,6 +70,42 @@ def apply_target_config(package: CalibrationPackage, config: dict[str, list[dict
     if not keep.any():
         raise ValueError(f"the target config keeps none of the package's {package.n_targets} targets")
     return package.select_targets(keep)
+
+
+def policyengine_target_groups(targets: pd.DataFrame) -> np.ndarray:
+    """policyengine-us-data's loss groups (``create_target_groups``): one group per geography
+    level (national ``US``, state id below 100, district) and (domain, variable) pair, numbered
+    national first, then state, then district, and inside a level targets without a domain
+    first, then by domain and variable name. Each group weighs 1 in the loss, shared by its
+    targets.
+
+    Where PolicyEngine leaves targets in group 0 (a ``geographic_id`` that is neither ``US`` nor
+    a number, or a missing domain stored as NaN rather than None), they get groups of their own
+    here: after the districts, and with the targets that have no domain.
+    """
+    import pandas as pd
+
+    domain = targets["domain_variable"].astype(object)
+    has_domain = domain.notna().to_numpy()
+    keys = pd.DataFrame(
+        {
+            "level": [_geo_level(geo) for geo in targets["geographic_id"]],
+            "has_domain": has_domain,
+            "domain": np.where(has_domain, domain.astype(str), ""),
+            "variable": targets["variable"].astype(str).to_numpy(),
+        }
+    )
+    return keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy(np.int32)
+
+
+def _geo_level(geographic_id: Any) -> int:
+    """0 national, 1 state, 2 district, 3 anything else (PolicyEngine's ``get_geo_level``)."""
+    if geographic_id == "US":
+        return 0
+    try:
+        return 1 if int(geographic_id) < 100 else 2
+    except (TypeError, ValueError):
+        return 3
 
 
 def policyengine_initial_weights(package: CalibrationPackage) -> np.ndarray:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._diagnostics import validate_package as validate_package
     from ._fit_run import FitOutcome as FitOutcome
     from ._fit_run import FitStart as FitStart
+    from ._fit_run import fit_objective as fit_objective
     from ._fit_run import fit_observers as fit_observers
     from ._fit_run import load_fit_package as load_fit_package
     from ._fit_run import run_fit as run_fit
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from ._plan import DEFAULT_OUTPUT as DEFAULT_OUTPUT
     from ._plan import HYPERPARAMETERS as HYPERPARAMETERS
     from ._plan import LOG_FORMATS as LOG_FORMATS
+    from ._plan import PLATFORM_ALIASES as PLATFORM_ALIASES
     from ._plan import PLATFORMS as PLATFORMS
     from ._plan import PROGRESS_EPOCHS as PROGRESS_EPOCHS
     from ._plan import FitPlan as FitPlan
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from ._plots import write_holdout_log as write_holdout_log
     from ._plots import write_loss_curve as write_loss_curve
     from ._record import RunRecord as RunRecord
+    from ._run_dir import output_paths as output_paths
     from ._run_dir import write_run_dir as write_run_dir
     from ._run_dir import write_sweep_run as write_sweep_run
     from ._run_dir import write_tier_run as write_tier_run
@@ -67,6 +70,7 @@ _EXPORTS = {
     "validate_package": "_diagnostics",
     "FitOutcome": "_fit_run",
     "FitStart": "_fit_run",
+    "fit_objective": "_fit_run",
     "fit_observers": "_fit_run",
     "load_fit_package": "_fit_run",
     "run_fit": "_fit_run",
@@ -88,6 +92,7 @@ _EXPORTS = {
     "DEFAULT_OUTPUT": "_plan",
     "HYPERPARAMETERS": "_plan",
     "LOG_FORMATS": "_plan",
+    "PLATFORM_ALIASES": "_plan",
     "PLATFORMS": "_plan",
     "PROGRESS_EPOCHS": "_plan",
     "FitPlan": "_plan",
@@ -102,6 +107,7 @@ _EXPORTS = {
     "write_loss_curve": "_plots",
     "RUN_CONFIG": "_names",
     "RunRecord": "_record",
+    "output_paths": "_run_dir",
     "write_run_dir": "_run_dir",
     "write_sweep_run": "_run_dir",
     "write_tier_run": "_run_dir",

@@ -37,6 +37,7 @@ from ..io import (
     load_package,
     load_target_config,
     policyengine_initial_weights,
+    policyengine_target_groups,
     signature_differences,
 )
 from ..workflow import HoldoutFit, HoldoutSplit, fit_with_holdout, holdout_split
@@ -46,11 +47,30 @@ from ._plan import FitPlan, checkpoint_path_for
 
 
 def load_fit_package(plan: FitPlan) -> CalibrationPackage:
-    """The package ``plan`` fits: ``package_path``, restricted by ``target_config`` when given."""
+    """The package ``plan`` fits: ``package_path``, restricted by its ``applied_target_config``."""
     package = load_package(plan.package_path, allow_pickle=plan.allow_pickle)
-    if plan.target_config is not None:
-        package = apply_target_config(package, load_target_config(plan.target_config))
-    return package
+    config = plan.applied_target_config
+    if config is None:
+        return package
+    try:
+        return apply_target_config(package, load_target_config(config))
+    except ValueError as error:
+        if plan.target_config is not None:
+            raise
+        raise ValueError(
+            f"{error} (PolicyEngine's default target config, which `jaxcal fit` applies as "
+            "policyengine-us-data does); fit them all with --all-active-targets"
+        ) from None
+
+
+def fit_objective(plan: FitPlan, package: CalibrationPackage) -> Objective:
+    """The loss ``plan`` fits ``package`` with: its lambdas and, with ``plan.target_groups``,
+    PolicyEngine's target groups weighed equally."""
+    hyper = plan.hyperparameters
+    groups = policyengine_target_groups(package.targets) if plan.target_groups else None
+    return Objective.create(
+        package.n_targets, lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"], target_groups=groups
+    )
 
 
 @final
@@ -183,9 +203,8 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
     """Fit ``plan.epochs`` more epochs from ``begin``, ``plan.chunk_epochs`` at a time, calling
     ``observer`` after each chunk. A signal stops the fit after the running chunk (the chunk
     the observer sees is then ``stopping``). The observer is closed however the run ends."""
-    hyper = plan.hyperparameters
-    objective = Objective.create(begin.package.n_targets, lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"])
-    settings = dict(learning_rate=hyper["learning_rate"], log_weight_jitter_sd=PE_DEFAULTS.log_weight_jitter_sd)
+    objective = fit_objective(plan, begin.package)
+    settings = dict(learning_rate=plan.hyperparameters["learning_rate"], log_weight_jitter_sd=_jitter_sd(begin))
     chunks = _Chunks(observer, begin, final_epoch=begin.epoch + plan.epochs)
     holdout = None
     completed = False
@@ -218,6 +237,12 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
     return FitOutcome(
         result=result, losses=chunks.losses(), epochs=chunks.epoch, holdout=holdout, stopped_by=chunks.stop.requested_by
     )
+
+
+def _jitter_sd(begin: FitStart) -> float:
+    """policyengine-us-data's log-weight jitter: only on a fresh start, never on a resumed or
+    warm-started one."""
+    return PE_DEFAULTS.log_weight_jitter_sd if begin.source == "fresh" else 0.0
 
 
 def _fit_matrix(begin: FitStart) -> AbstractTargetMatrix:
@@ -260,12 +285,14 @@ def _fit_with_restarts(
     callback: Callable[[FitResult], bool],
     settings: dict[str, Any],
 ) -> FitResult:
-    """policyengine-us-data's loop: one l0-python ``fit`` per log chunk, each with a fresh Adam and
-    fresh log-weight jitter (drawn from the key folded with the chunk's first epoch)."""
+    """policyengine-us-data's loop: one l0-python ``fit`` per log chunk, each with a fresh Adam
+    (and a key folded with the chunk's first epoch); the log-weight jitter only in the first, as
+    PolicyEngine sets it to 0 after it."""
     model, done = begin.model, 0
     while True:
         n = min(chunk, epochs - done)
         first = begin.epoch + done
+        chunk_settings: dict[str, Any] = settings if done == 0 else {**settings, "log_weight_jitter_sd": 0.0}
         result = fit(
             model,
             matrix,
@@ -274,7 +301,7 @@ def _fit_with_restarts(
             key=jax.random.fold_in(begin.key, first),
             epochs=n,
             start_epoch=first,
-            **settings,
+            **chunk_settings,
         )
         model, done = result.model, done + n
         if (n > 0 and callback(result)) or done >= epochs:
@@ -408,8 +435,19 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
         raise ValueError(
             "cannot resume a fit with gates as one without (or back): keep --lambda-l0 on the same side of 0"
         )
+    if checkpoint.hyperparameters.get("target_groups", False) != plan.target_groups:
+        raise ValueError(
+            "the checkpoint was fitted "
+            + ("without" if plan.target_groups else "with")
+            + " target groups: resume it "
+            + ("with --no-target-groups" if plan.target_groups else "without --no-target-groups")
+        )
     hyper = plan.fit_hyperparameters()
-    changed = [k for k in sorted(hyper) if k != "epochs" and checkpoint.hyperparameters.get(k) != hyper[k]]
+    changed = [
+        k
+        for k in sorted(hyper)
+        if k not in ("epochs", "target_groups") and checkpoint.hyperparameters.get(k) != hyper[k]
+    ]
     if changed:
         warnings.warn(
             "resuming with other hyperparameters than the checkpoint's: "

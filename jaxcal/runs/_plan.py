@@ -22,6 +22,8 @@ PROGRESS_EPOCHS = 10
 """Epochs between progress updates when no ``log_freq`` is given."""
 LOG_FORMATS = ("pe", "microcalibrate")
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+PLATFORM_ALIASES = {"cuda": "gpu"}
+"""Other spellings of a platform: policyengine-us-data's ``--device cuda``."""
 DEFAULT_OUTPUT = pathlib.Path("storage/calibration/calibration_weights.npy")
 
 
@@ -66,6 +68,11 @@ class FitPlan:
     its directory need not exist, but must be creatable and writable. With ``log_freq``, every
     that many epochs a row per target goes to ``calibration_log.csv`` and a checkpoint is
     written; without it, progress is reported every :data:`PROGRESS_EPOCHS` epochs.
+
+    As policyengine-us-data's fit, the package's targets are restricted by ``target_config``,
+    else by PolicyEngine's own (:data:`jaxcal.io.POLICYENGINE_TARGET_CONFIG`) unless
+    ``all_active_targets``; with ``target_groups`` the loss weighs PolicyEngine's target groups
+    equally (:func:`jaxcal.io.policyengine_target_groups`).
     """
 
     package_path: pathlib.Path
@@ -77,6 +84,8 @@ class FitPlan:
     log_freq: int | None = None
     log_format: str = "pe"
     target_config: pathlib.Path | None = None
+    all_active_targets: bool = False
+    target_groups: bool = True
     resume_from: pathlib.Path | None = None
     checkpoint_output: pathlib.Path | None = None
     pe_compat_adam_restarts: bool = False
@@ -89,6 +98,7 @@ class FitPlan:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, pathlib.Path(getattr(self, name)))
         _check_hyperparameters(self.hyperparameters)
+        object.__setattr__(self, "device", PLATFORM_ALIASES.get(self.device, self.device))
         if self.device not in PLATFORMS:
             raise ValueError(f"--device must be one of {', '.join(PLATFORMS)}, got {self.device!r}")
         if self.log_format not in LOG_FORMATS:
@@ -103,6 +113,8 @@ class FitPlan:
             raise ValueError("--pe-compat-adam-restarts cannot be combined with held-out targets")
         if self.holdout is not None and self.devices is not None:
             raise ValueError("--devices cannot be combined with held-out targets (the held-out fit runs on one device)")
+        if self.all_active_targets and self.target_config is not None:
+            raise ValueError("--all-active-targets cannot be used with --target-config")
         if self.output.suffix != ".npy":
             raise ValueError(f"--output must name a .npy file, got {self.output}")
         from ..io._files import check_inputs_spared  # numpy, which registering the command does without
@@ -127,9 +139,21 @@ class FitPlan:
     def checkpoint_path(self) -> pathlib.Path:
         return self.checkpoint_output or checkpoint_path_for(self.output)
 
+    @property
+    def applied_target_config(self) -> pathlib.Path | None:
+        """The target config the fit applies: ``target_config``, else PolicyEngine's unless
+        ``all_active_targets``."""
+        if self.target_config is not None or self.all_active_targets:
+            return self.target_config
+        from ..io._targets import POLICYENGINE_TARGET_CONFIG  # numpy only, as check_inputs_spared
+
+        return POLICYENGINE_TARGET_CONFIG
+
     def fit_hyperparameters(self) -> dict[str, Any]:
-        """What a checkpoint records and a resumed fit compares: the hyperparameters and the split."""
-        return dict(self.hyperparameters) | ({"holdout": self.holdout.to_dict()} if self.holdout else {})
+        """What a checkpoint records and a resumed fit compares: the hyperparameters, whether the
+        loss weighs target groups, and the split."""
+        split = {"holdout": self.holdout.to_dict()} if self.holdout else {}
+        return dict(self.hyperparameters) | {"target_groups": self.target_groups} | split
 
     def record_hyperparameters(self) -> dict[str, Any]:
         """The run record's ``hyperparameters``: :meth:`fit_hyperparameters` and where and how it ran."""
@@ -138,6 +162,7 @@ class FitPlan:
             "device": self.device,
             "devices": self.devices,
             "pe_compat_adam_restarts": self.pe_compat_adam_restarts,
+            "all_active_targets": self.all_active_targets,
         }
 
 
