@@ -197,15 +197,34 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
         "lambda_l0": 1e-4,
         "lambda_l2": 1e-12,
         "learning_rate": 0.15,
+        "target_groups": True,
         "seed": 3,
         "device": "auto",
         "devices": None,
         "pe_compat_adam_restarts": False,
+        "all_active_targets": False,
     }
+    # policyengine-us-data's keys at its places (test_pe_fit compares them with its main's).
+    assert (record["lambda_l0"], record["beta"], record["epochs"], record["epochs_total"], record["seed"]) == (
+        1e-4,
+        0.35,
+        12,
+        12,
+        3,
+    )
+    assert (record["weight_format"], record["target_config"], record["device"]) == ("clone_level", str(config), "cpu")
+    assert record["checkpoint_output"] == str(output.with_suffix(".checkpoint.npz"))
+    assert result.stdout.splitlines()[1:] == [
+        f"OUTPUT_PATH:{output}",
+        f"CHECKPOINT_PATH:{output.with_suffix('.checkpoint.npz')}",
+        f"CONFIG_PATH:{output.parent / 'unified_run_config.json'}",
+        f"LOG_PATH:{output.parent / 'unified_diagnostics.csv'}",
+        f"CAL_LOG_PATH:{output.parent / 'calibration_log.csv'}",
+    ]
     assert record["weight_nonzero"] == int((weights > 0).sum())
     assert record["weight_sum"] == pytest.approx(float(weights.astype(np.float64).sum()), rel=1e-9)
     assert record["mean_error_pct"] == pytest.approx(100 * np.abs((estimate - truth) / truth).mean(), rel=1e-6)
-    assert record["artifacts"][output.name] == jaxcal.io.sha256_file(output)
+    assert record["artifacts"][output.name] == "sha256:" + jaxcal.io.sha256_file(output)
     assert set(record["artifacts"]) == {
         "weights.npy",
         "unified_diagnostics.csv",
@@ -321,9 +340,9 @@ def test_resume_checks_the_problem_and_warns_on_hyperparameters(package, package
         0,
         "--quiet",
     )
-    # A warm start with no epochs: the weights, times the fit's log-weight jitter exp(N(0, 0.05)).
-    log_ratio = np.log(np.load(tmp_path / "z" / "w.npy") / 3.0)
-    assert abs(log_ratio.mean()) < 0.01 and 0.04 < log_ratio.std() < 0.06
+    # A warm start with no epochs gives the weights back: as policyengine-us-data, no log-weight
+    # jitter on a warm start (a fresh start draws exp(N(0, 0.05)) factors).
+    np.testing.assert_array_equal(np.load(tmp_path / "z" / "w.npy"), np.float32(3.0))
 
 
 def test_pe_compat_restarts_reproduce_a_fresh_fit_per_chunk(package, package_path, tmp_path):
@@ -339,6 +358,7 @@ def test_pe_compat_restarts_reproduce_a_fresh_fit_per_chunk(package, package_pat
         "--log-freq",
         4,
         "--pe-compat-adam-restarts",
+        "--all-active-targets",
         "--lambda-l0",
         1e-4,
         "--seed",
@@ -355,8 +375,10 @@ def test_pe_compat_restarts_reproduce_a_fresh_fit_per_chunk(package, package_pat
         init_keep_prob=0.999,
         beta=0.35,
     )
-    matrix, objective = package.target_matrix(), jaxcal.Objective.create(package.n_targets, lambda_l0=1e-4)
-    for first, n in ((0, 4), (4, 4), (8, 1)):  # l0-python's fit per chunk: new Adam, new jitter
+    groups = jaxcal.io.policyengine_target_groups(package.targets)
+    matrix = package.target_matrix()
+    objective = jaxcal.Objective.create(package.n_targets, lambda_l0=1e-4, target_groups=groups)
+    for first, n in ((0, 4), (4, 4), (8, 1)):  # l0-python's fit per chunk: a new Adam; jitter only first
         key_n = jax.random.fold_in(key, first)
         result = jaxcal.fit(
             model,
@@ -366,7 +388,7 @@ def test_pe_compat_restarts_reproduce_a_fresh_fit_per_chunk(package, package_pat
             key=key_n,
             epochs=n,
             start_epoch=first,
-            log_weight_jitter_sd=0.05,
+            log_weight_jitter_sd=0.05 if first == 0 else 0.0,
         )
         model = result.model
     np.testing.assert_array_equal(np.load(output), np.asarray(result.weights))
@@ -524,7 +546,18 @@ def test_sigterm_writes_a_checkpoint_that_resumes(package_path, tmp_path):
 
 
 def test_holdout_early_stopping_keeps_the_best_epoch(package_path, tmp_path):
-    common = ("--package-path", package_path, "--holdout-fraction", 0.3, "--lambda-l0", 0, "--log-freq", 2, "--quiet")
+    common = (
+        "--package-path",
+        package_path,
+        "--all-active-targets",
+        "--holdout-fraction",
+        0.3,
+        "--lambda-l0",
+        0,
+        "--log-freq",
+        2,
+        "--quiet",
+    )
     jaxcal_cli("fit", *common, "--output", tmp_path / "es" / "w.npy", "--epochs", 400, "--early-stopping-patience", 6)
     record = json.loads((tmp_path / "es" / "unified_run_config.json").read_text())["holdout"]
     log = pd.read_csv(tmp_path / "es" / "holdout_log.csv")
@@ -688,7 +721,7 @@ def test_fit_derive_and_sweep_write_one_run_record_schema(package_path, tmp_path
         assert record["inputs"]["package_sha256"] == jaxcal.io.sha256_file(package_path)
         assert record["versions"]["jaxcal"] == record["jaxcal_version"] == jaxcal.__version__
         for name, digest in record["artifacts"].items():
-            assert digest == jaxcal.io.sha256_file(tmp_path / command / name), (command, name)
+            assert digest == "sha256:" + jaxcal.io.sha256_file(tmp_path / command / name), (command, name)
     derived = jaxcal.runs.RunRecord.read(tmp_path / "derive")
     assert (derived.product, derived.n_records, derived.tier["budget"]) == ("mp-300", 300, 300)
     assert derived.inputs["parent_weights_sha256"] == jaxcal.io.sha256_file(fit)

@@ -130,13 +130,14 @@ def _weights_path(run_dir: pathlib.Path, record: RunRecord) -> pathlib.Path | No
 
 def _artifacts_gate(run_dir: pathlib.Path, recorded: Mapping[str, Any]) -> dict[str, Any]:
     """Each recorded artifact: ``{file name: sha256}``, ``{name: {"path", "sha256"}}``, or (older
-    runs) ``{logical name: sha256}``, which passes when some file of the run has that sha256."""
+    runs) ``{logical name: sha256}``, which passes when some file of the run has that sha256; a
+    digest may be written ``sha256:<hex>``, as PolicyEngine writes it."""
     if not recorded:
         return _gate(None, "the run config lists no artifacts", None)
     on_disk: dict[str, str] | None = None
     problems = {}
     for name, entry in recorded.items():
-        digest = entry["sha256"] if isinstance(entry, dict) else entry
+        digest = str(entry["sha256"] if isinstance(entry, dict) else entry).removeprefix("sha256:")
         path = run_dir / pathlib.Path(entry["path"] if isinstance(entry, dict) else name).name
         if path.is_file():
             if sha256_file(path) != digest:

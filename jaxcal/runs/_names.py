@@ -12,8 +12,11 @@ HOLDOUT_LOG = "holdout_log"
 FRONTIER = "frontier"
 """Stem of a sweep's ``.csv`` and ``.png``."""
 TIER_FILES = ("child_columns.npy", "child_package.npz", "tier_report.json")
+GEOGRAPHY_FILES = ("geography_assignment.npz", "stacked_blocks.npy", "geo_labels.json")
+"""policyengine-us-data's geography files beside the weights: every column's block, district,
+county and state; the blocks alone; the sorted district GEOIDs."""
 
-FIT_FILES = (RUN_CONFIG, DIAGNOSTICS, CALIBRATION_LOG, LOSS_CURVE) + tuple(
+FIT_FILES = (RUN_CONFIG, DIAGNOSTICS, CALIBRATION_LOG, LOSS_CURVE, *GEOGRAPHY_FILES) + tuple(
     f"{HOLDOUT_LOG}.{kind}" for kind in ("json", "csv", "png")
 )
 """What a fit writes beside its weights (and its checkpoint)."""

@@ -1,4 +1,5 @@
-"""The run record: one schema of ``unified_run_config.json`` for ``fit``, ``derive`` and ``sweep`` alike."""
+"""The run record: one schema of ``unified_run_config.json`` for ``fit``, ``derive`` and ``sweep`` alike,
+a superset of policyengine-us-data's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, final
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from ..io import CalibrationPackage
 
 VERSIONED_PACKAGES = ("jaxcal", "jax", "jaxlib", "equinox", "optax", "numpy", "scipy")
+PE_HYPERPARAMETERS = ("lambda_l0", "beta", "lambda_l2", "learning_rate", "epochs", "seed")
+"""The hyperparameters policyengine-us-data's run config has at its top level."""
+SOURCE_DIRECTORY = pathlib.Path(__file__).resolve().parents[2]
 
 
 @final
@@ -34,12 +39,50 @@ class RunRecord(eqx.Module):
     single weight vector, has no weight or error fields. ``inputs`` is the input files'
     provenance (``{role}_path`` and ``{role}_sha256``, the schema packages use for their
     dataset and database, see :func:`jaxcal.io.file_provenance`); ``artifacts`` maps the name of
-    each file the run wrote into its directory to its sha256. A record read from an older or
-    hand-written file has None (or empty) wherever that file says nothing.
+    each file the run wrote into its directory to ``sha256:<hex>``. A record read from an older
+    or hand-written file has None (or empty) wherever that file says nothing.
+
+    Every key of policyengine-us-data's ``unified_run_config.json`` is here at its top level
+    with its meaning; where PolicyEngine records a command-line default that the run did not
+    use (``dataset``, ``db_path``, ``n_clones`` of a fit from a package), this record has the
+    package's own. The errors are over the achievable targets (a row that is not all zeros), as
+    PolicyEngine's; ``hyperparameters`` holds jaxcal's fuller account of the settings.
     """
 
     command: str | None = None
     """``fit``, ``derive`` or ``sweep``."""
+    dataset: str | None = None
+    """The microdata the package was built from (its metadata's ``dataset_path``)."""
+    db_path: str | None = None
+    """The target database the package was built from."""
+    skip_source_impute: bool | None = None
+    n_clones: int | None = None
+    lambda_l0: float | None = None
+    beta: float | None = None
+    lambda_l2: float | None = None
+    learning_rate: float | None = None
+    epochs: int | None = None
+    """Epochs this run ran (with a resume, the additional ones)."""
+    epochs_total: int | None = None
+    """Epochs of the fit in all, a resumed checkpoint's included."""
+    device: str | None = None
+    """The platform JAX ran on (``cpu``, ``gpu``, ``tpu``)."""
+    seed: int | None = None
+    resume_from: str | None = None
+    checkpoint_output: str | None = None
+    """The checkpoint this run wrote."""
+    domain_variables: Sequence[str] | None = None
+    hierarchical_domains: Sequence[str] | None = None
+    target_config: str | None = None
+    """The target config applied (PolicyEngine's own by default), None with ``--all-active-targets``."""
+    weight_format: str | None = None
+    """``clone_level``: one weight per package column, PolicyEngine's only format."""
+    git_commit: str | None = None
+    """The commit of jaxcal's source tree (``GIT_COMMIT`` when it is not a checkout)."""
+    git_branch: str | None = None
+    git_dirty: bool | None = None
+    package_version: str | None = None
+    """jaxcal's version."""
     product: str | None = None
     """The artifact's name for gates, e.g. ``mp-300k``."""
     package: str | None = None
@@ -83,28 +126,42 @@ class RunRecord(eqx.Module):
     ) -> RunRecord:
         """The record of a run of ``command`` on ``problem`` (the package its weights solve) that
         wrote the files ``artifacts`` (names in ``directory``, hashed now); with ``weights`` and
-        their ``diagnostics`` table, the weight health and error summary; ``fields`` fill the rest."""
+        their ``diagnostics`` table, the weight health and the error summary of the achievable
+        targets; PolicyEngine's top-level keys from the package's metadata, the
+        ``hyperparameters`` and the source tree; ``fields`` fill (or override) the rest."""
         directory = pathlib.Path(directory)
-        measured: dict[str, Any] = {}
+        meta = problem.metadata
+        hyper = fields.get("hyperparameters") or {}
+        measured: dict[str, Any] = {
+            "dataset": meta.get("dataset_path"),
+            "db_path": meta.get("db_path"),
+            "skip_source_impute": meta.get("skip_source_impute", True),
+            "n_clones": meta.get("n_clones"),
+            "domain_variables": meta.get("domain_variables"),
+            "hierarchical_domains": meta.get("hierarchical_domains"),
+            **{name: hyper[name] for name in PE_HYPERPARAMETERS if hyper.get(name) is not None},
+            **_git_provenance(),
+        }
         if weights is not None:
             health = weight_health(weights)
-            measured = {
+            measured |= {
+                "weight_format": "clone_level",
                 "weight_sum": health["total"],
                 "weight_nonzero": health["count_positive"],
                 "weight_health": health,
             }
         if diagnostics is not None:
-            measured |= error_summary(diagnostics["rel_error"])
+            measured |= error_summary(diagnostics.loc[diagnostics["achievable"], "rel_error"])
         versions = _versions()
         return cls(
             command=command,
             n_targets=problem.n_targets,
             n_records=problem.n_records,
-            artifacts={name: sha256_file(directory / name) for name in artifacts},
+            artifacts={name: f"sha256:{sha256_file(directory / name)}" for name in artifacts},
             versions=versions,
             jaxcal_version=versions.get("jaxcal"),
-            **measured,
-            **fields,
+            package_version=versions.get("jaxcal"),
+            **(measured | fields),
         )
 
     @classmethod
@@ -124,6 +181,29 @@ class RunRecord(eqx.Module):
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
         atomic_write(path, lambda f: f.write(text), mode="w")
         return path
+
+
+def _git_provenance() -> dict[str, Any]:
+    """policyengine-us-data's ``git_commit``, ``git_branch`` and ``git_dirty``, of the source tree
+    jaxcal runs from (None outside a checkout, the commit and branch then from ``GIT_COMMIT`` and
+    ``GIT_BRANCH`` as PolicyEngine reads them)."""
+
+    def git(*args: str) -> str | None:
+        if not (SOURCE_DIRECTORY / ".git").exists():  # an installed copy: not the checkout around it
+            return None
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=SOURCE_DIRECTORY, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain")
+    return {
+        "git_commit": git("rev-parse", "HEAD") or os.environ.get("GIT_COMMIT"),
+        "git_branch": git("rev-parse", "--abbrev-ref", "HEAD") or os.environ.get("GIT_BRANCH"),
+        "git_dirty": None if status is None else bool(status),
+    }
 
 
 def _versions() -> dict[str, str]:

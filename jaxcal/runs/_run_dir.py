@@ -16,7 +16,15 @@ import numpy as np
 from ..io import CalibrationPackage, atomic_write, file_provenance, json_safe, save_package
 from ..workflow import HoldoutFit
 from ._diagnostics import target_diagnostics
-from ._names import CALIBRATION_LOG, DIAGNOSTICS, LOSS_CURVE, TIER_FILES, TIER_WEIGHTS
+from ._names import (
+    CALIBRATION_LOG,
+    DIAGNOSTICS,
+    GEOGRAPHY_FILES,
+    LOSS_CURVE,
+    RUN_CONFIG,
+    TIER_FILES,
+    TIER_WEIGHTS,
+)
 from ._plots import write_frontier, write_holdout_log, write_loss_curve
 from ._record import RunRecord
 
@@ -30,20 +38,24 @@ if TYPE_CHECKING:
 
 def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapsed: float) -> RunRecord:
     """A fit's run directory, beside ``plan.output``: the weights (float32 ``.npy``),
-    ``unified_diagnostics.csv``, ``loss_curve.png``, the held-out log with a split, and the
-    record, which also lists the observers' ``calibration_log.csv`` and checkpoint (when it is
-    in the directory)."""
+    ``unified_diagnostics.csv``, ``loss_curve.png``, PolicyEngine's geography files when the
+    package has blocks and districts, the held-out log with a split, and the record, which also
+    lists the observers' ``calibration_log.csv`` and checkpoint (when it is in the directory)."""
+    import jax
+
     directory = plan.output.parent
     weights = np.asarray(outcome.result.weights, np.float32)
     diagnostics = _write_weights(directory, plan.output.name, begin.package, weights)
     write_loss_curve(directory / LOSS_CURVE, outcome.losses, begin.epoch)
-    files = [plan.output.name, DIAGNOSTICS, LOSS_CURVE]
+    files = [plan.output.name, DIAGNOSTICS, LOSS_CURVE, *write_geography(directory, begin.package)]
     if outcome.holdout is not None:
         files += _holdout_files(outcome.holdout, directory)
     if plan.log_freq is not None:
         files.append(CALIBRATION_LOG)
-    if plan.checkpoint_path.parent == directory and plan.checkpoint_path.is_file():
-        files.append(plan.checkpoint_path.name)
+    checkpoint = plan.checkpoint_path if plan.checkpoint_path.is_file() else None
+    if checkpoint is not None and checkpoint.parent == directory:
+        files.append(checkpoint.name)
+    applied_config = plan.applied_target_config
     record = RunRecord.create(
         "fit",
         directory,
@@ -55,6 +67,12 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
         package_signature=begin.signature,
         inputs=_inputs(package=plan.package_path, target_config=plan.target_config, resume_from=plan.resume_from),
         hyperparameters=plan.record_hyperparameters(),
+        epochs=plan.epochs,
+        epochs_total=outcome.epochs,
+        device=jax.default_backend() if plan.device == "auto" else plan.device,
+        resume_from=_text(plan.resume_from),
+        checkpoint_output=_text(checkpoint),
+        target_config=_text(applied_config),
         epochs_completed=outcome.epochs,
         final_loss=float(outcome.losses[-1]) if len(outcome.losses) else None,
         weights_file=plan.output.name,
@@ -63,6 +81,51 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
     )
     record.write(directory)
     return record
+
+
+def output_paths(plan: FitPlan, record: RunRecord) -> dict[str, pathlib.Path]:
+    """What a fit wrote, under the names policyengine-us-data prints them (``OUTPUT_PATH:...``),
+    in its order."""
+    directory = plan.output.parent
+    written = set(record.artifacts)
+    paths = {"OUTPUT_PATH": plan.output}
+    if record.checkpoint_output is not None:
+        paths["CHECKPOINT_PATH"] = pathlib.Path(record.checkpoint_output)
+    for label, name in zip(("GEOGRAPHY_PATH", "BLOCKS_PATH", "GEO_LABELS_PATH"), GEOGRAPHY_FILES):
+        if name in written:
+            paths[label] = directory / name
+    paths |= {"CONFIG_PATH": directory / RUN_CONFIG, "LOG_PATH": directory / DIAGNOSTICS}
+    if CALIBRATION_LOG in written:
+        paths["CAL_LOG_PATH"] = directory / CALIBRATION_LOG
+    return paths
+
+
+def write_geography(directory: pathlib.Path, package: CalibrationPackage) -> list[str]:
+    """policyengine-us-data's geography files of the package's columns, when it has blocks and
+    districts: ``geography_assignment.npz`` (block, district, county and state of every column,
+    the base records and clones), ``stacked_blocks.npy`` and ``geo_labels.json`` (the districts,
+    sorted as text). Returns the names written (none without that geography)."""
+    geography = package.geography
+    if "block_geoid" not in geography or "cd_geoid" not in geography:
+        return []
+    blocks = np.asarray(geography["block_geoid"]).astype(str)
+    districts = np.asarray(geography["cd_geoid"]).astype(str)
+    meta = package.metadata
+    n_base = meta.get("n_base_records", meta.get("base_n_records"))
+    assignment = {
+        "block_geoid": blocks,
+        "cd_geoid": districts,
+        "county_fips": blocks.astype("U5"),
+        "state_fips": np.array([int(block[:2]) for block in blocks], np.int32),
+        "n_records": np.array([-1 if n_base is None else int(n_base)]),
+        "n_clones": np.array([-1 if meta.get("n_clones") is None else int(meta["n_clones"])]),
+    }
+    assignment_file, blocks_file, labels_file = GEOGRAPHY_FILES
+    atomic_write(directory / assignment_file, lambda f: np.savez_compressed(f, **assignment))
+    atomic_write(directory / blocks_file, lambda f: np.save(f, blocks))
+    labels = json.dumps(sorted(set(districts.tolist())))
+    atomic_write(directory / labels_file, lambda f: f.write(labels), mode="w")
+    return list(GEOGRAPHY_FILES)
 
 
 def write_tier_run(
