@@ -198,7 +198,7 @@ def _git_provenance() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    status = git("status", "--porcelain")
+    status = git("--no-optional-locks", "status", "--porcelain")
     return {
         "git_commit": git("rev-parse", "HEAD") or os.environ.get("GIT_COMMIT"),
         "git_branch": git("rev-parse", "--abbrev-ref", "HEAD") or os.environ.get("GIT_BRANCH"),
