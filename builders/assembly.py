@@ -64,7 +64,7 @@ def assemble_matrix(
         column_values = assembler.column_values(variable, constraints)
         for i in group_rows:
             level, place = levels[i], places[i]
-            columns = columns_of[level].get(place if level == "national" else int(place), np.empty(0, np.int64))
+            columns = columns_of[level].get(_place_key(level, place), np.empty(0, np.int64))
             row_values = column_values[columns]
             nonzero = row_values != 0
             parts_rows.append(np.full(int(nonzero.sum()), i, np.int32))
@@ -154,6 +154,14 @@ def to_bcoo(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tu
     indices = np.stack([rows, columns], axis=1).astype(np.int32)
     # BCOO converts both with jnp.asarray itself; doing it here matches its (data, indices) annotation.
     return jsparse.BCOO((jnp.asarray(np.asarray(values, np.float32)), jnp.asarray(indices)), shape=shape)
+
+
+def _place_key(level: str, place: str) -> Any:
+    """A row's place as :func:`_columns_by_place` keys it: ``US``, or the state or district
+    number, also of a Census UCGID (``0400000US06`` is state 6, ``5001800US0601`` district 601)."""
+    if level == "national":
+        return place
+    return int(str(place).rpartition("US")[2])
 
 
 def _columns_by_place(geography: GeographyAssignment) -> dict[str, dict[Any, np.ndarray]]:

@@ -57,7 +57,8 @@ CREATE TABLE targets (
 );
 """
 TABLES = ("strata", "stratum_constraints", "targets")
-OPERATIONS = ("==", "!=", ">", ">=", "<", "<=")
+OPERATIONS = ("==", "!=", ">", ">=", "<", "<=", "in")
+"""policyengine-us-data's constraint operations (``in``: one of a ``|``-separated set)."""
 GEOGRAPHIC_VARIABLES = ("state_fips", "congressional_district_geoid")
 """Constraints that place a stratum (district wins over state) rather than define a domain."""
 NON_DOMAIN_VARIABLES = GEOGRAPHIC_VARIABLES + ("tax_unit_is_filer", "ucgid_str")
@@ -201,10 +202,12 @@ def stratum_constraints(connection: sqlite3.Connection) -> dict[int, list[Constr
 def target_overview(connection: sqlite3.Connection) -> pd.DataFrame:
     """Every target with ``geo_level``, ``geographic_id`` and ``domain_variable``.
 
-    ``geo_level`` is ``district`` with a ``congressional_district_geoid`` constraint, else
-    ``state`` with a ``state_fips`` one, else ``national``; ``geographic_id`` is that
-    constraint's value or ``US``; ``domain_variable`` joins, sorted, the distinct
-    constraint variables other than :data:`NON_DOMAIN_VARIABLES` (``None`` if none).
+    As policyengine-us-data's ``target_overview`` view: ``geo_level`` is ``district`` with a
+    ``congressional_district_geoid`` constraint or a 13-character ``ucgid_str`` (whatever the
+    operation), else ``state`` with a ``state_fips`` constraint or an 11-character
+    ``ucgid_str``, else ``national``; ``geographic_id`` is the greatest district value, else
+    state value, else ``ucgid_str`` value, else ``US``; ``domain_variable`` joins, sorted, the
+    distinct constraint variables other than :data:`NON_DOMAIN_VARIABLES` (``None`` if none).
     """
     import pandas as pd
 
@@ -226,13 +229,18 @@ def target_overview(connection: sqlite3.Connection) -> pd.DataFrame:
 
 def describe_stratum(constraints: Sequence[Constraint]) -> tuple[str, str, str | None]:
     """``(geo_level, geographic_id, domain_variable)`` of a stratum (see :func:`target_overview`)."""
-    by_variable = {c.variable: c.value for c in constraints if c.operation == "=="}
-    if "congressional_district_geoid" in by_variable:
-        level, geographic_id = "district", by_variable["congressional_district_geoid"]
-    elif "state_fips" in by_variable:
-        level, geographic_id = "state", by_variable["state_fips"]
+
+    def values(variable: str) -> list[str]:
+        return [c.value for c in constraints if c.variable == variable]
+
+    districts, states, ucgids = values("congressional_district_geoid"), values("state_fips"), values("ucgid_str")
+    if districts or any(len(u) == 13 for u in ucgids):
+        level = "district"
+    elif states or any(len(u) == 11 for u in ucgids):
+        level = "state"
     else:
-        level, geographic_id = "national", "US"
+        level = "national"
+    geographic_id = max(districts or states or ucgids or ["US"])  # SQL's MAX of text, as the view's COALESCE
     domain = sorted({c.variable for c in constraints} - set(NON_DOMAIN_VARIABLES))
     return level, geographic_id, ",".join(domain) or None
 

@@ -31,7 +31,10 @@ TARGET_COLUMNS = (
 )
 """The columns of a built package's targets table, in order."""
 PLACE_VARIABLES = frozenset({"state_fips", "state_code", "congressional_district_geoid"})
-"""Constraints a column's geography settles (policyengine-us-data's ``_GEO_VARS``)."""
+"""Constraints left out of a row's name (policyengine-us-data's ``_GEO_VARS``)."""
+SETTLED_BY_GEOGRAPHY = PLACE_VARIABLES | {"ucgid_str"}
+"""Constraints a column's geography settles: the row's place (``ucgid_str`` included, which
+the row's ``geographic_id`` then is), not a per-person test."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +72,9 @@ def plan_target_rows(targets: pd.DataFrame, constraints_by_stratum: Mapping[int,
     # pandas' own annotations type df[column] as Series | DataFrame; this is Series.map, which takes a dict.
     table["_level"] = table["geo_level"].map(GEO_LEVEL_ORDER)  # pyright: ignore[reportArgumentType]
     table = table.sort_values(["_level", "variable", "reform_id", "geographic_id"], kind="stable")
-    constraints = tuple(tuple(c for c in row if c.variable not in PLACE_VARIABLES) for row in table["_constraints"])
+    constraints = tuple(
+        tuple(c for c in row if c.variable not in SETTLED_BY_GEOGRAPHY) for row in table["_constraints"]
+    )
     table = table.drop(columns=["_constraints", "_level"]).reset_index(drop=True)
     return TargetRows(table=table, constraints=constraints)
 

@@ -1,7 +1,8 @@
 """What one household contributes to one target: the rules, on plain numpy arrays.
 
 A target is a variable summed over a stratum's domain. Its non-geographic constraints
-(``variable op value``, ``op`` in ``== != > >= < <=``) are AND-ed per person. Then:
+(``variable op value``, ``op`` in ``== != > >= < <=`` or ``in`` a ``|``-separated set) are
+AND-ed per person. Then:
 
 - an amount of entity ``E`` (person, tax unit, SPM unit, household...) counts for an
   ``E`` that qualifies, i.e. has at least one qualifying person, and is summed into its
@@ -32,11 +33,20 @@ _OPERATORS = {
 
 
 def satisfies(values: np.ndarray, constraint: Constraint) -> np.ndarray:
-    """``values op value`` elementwise, with the value parsed as int, float, bool or string."""
+    """``values op value`` elementwise, with the value parsed as int, float, bool or string
+    (for ``in``, each ``|``-separated part, stripped, as policyengine-us-data splits them)."""
+    if constraint.operation == "in":
+        allowed = [parse_constraint_value(part.strip()) for part in constraint.value.split("|")]
+        _check_comparable(values, allowed, constraint)
+        return np.isin(values, allowed)
     value = parse_constraint_value(constraint.value)
-    if isinstance(value, str) and values.dtype.kind not in "OUS":
-        raise ValueError(f"constraint {constraint} compares the numeric variable {constraint.variable} with text")
+    _check_comparable(values, [value], constraint)
     return np.asarray(_OPERATORS[constraint.operation](values, value), bool)
+
+
+def _check_comparable(values: np.ndarray, wanted: list, constraint: Constraint) -> None:
+    if any(isinstance(v, str) for v in wanted) and values.dtype.kind not in "OUS":
+        raise ValueError(f"constraint {constraint} compares the numeric variable {constraint.variable} with text")
 
 
 def person_mask(
