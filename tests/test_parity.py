@@ -35,6 +35,9 @@ import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
 
 torch = pytest.importorskip("torch")
+# One thread: the tests run one process per core (pytest -n 2), and torch's own threads would
+# contend with the other process's work (the statistical test ran 5x slower with two).
+torch.set_num_threads(1)
 l0_calibration = pytest.importorskip("l0.calibration")
 
 pytestmark = pytest.mark.parity
@@ -233,14 +236,16 @@ def test_exact_parity_in_float64(small_problem, name):
 
 
 STAT_SEEDS = 8
-STAT_EPOCHS = 300
-STAT_SETTINGS = dict(lambda_l0=1e-2, lambda_l2=0.0, lr=0.05)
+STAT_EPOCHS = 200
+STAT_SETTINGS = dict(lambda_l0=1e-1, lambda_l2=0.0, lr=0.05)
 STAT_MODEL = dict(beta=0.65, init_weights=100.0, init_keep_prob=0.9)
 
 
 @pytest.fixture(scope="module")
 def stat_problem():
-    problem = policyengine_shaped_problem(5000, n_base=1000, n_states=4, seed=2)
+    # 1,130 targets x 2,000 records at 200 epochs: the seed spread is what the test measures, and it
+    # is as wide here as at 5,000 records x 300 epochs, at a fifth of the cost (torch on one thread).
+    problem = policyengine_shaped_problem(2000, n_base=500, n_states=4, seed=2)
     assert problem.matrix.shape[0] >= 300
     return problem
 
