@@ -81,7 +81,7 @@ def export_h5(
     if dataset is None:
         dataset = metadata.get("dataset_path")
         if dataset is None:
-            raise ValueError("the package does not name its dataset; pass dataset=")
+            raise ValueError("the package does not name its dataset; give it (jaxcal export --dataset PATH)")
     weights = np.asarray(weights, np.float64).ravel()
     if weights.shape != (package.n_records,):
         raise ValueError(f"weights must have one entry per column ({package.n_records}), got {weights.size}")
@@ -240,7 +240,7 @@ def _codes(text: str | None) -> list[int] | None:
     except ValueError:
         from jaxcal.cli import CommandError
 
-        raise CommandError(f"expected comma-separated numbers, got {text!r}", 2) from None
+        raise CommandError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def run_export(args) -> int:
@@ -252,7 +252,7 @@ def run_export(args) -> int:
     dataset = args.dataset or package.metadata.get("dataset_path")
     check_inputs_spared([args.output], {"PACKAGE": args.package, "WEIGHTS": args.weights, "the dataset": dataset})
     if not args.weights.is_file():
-        raise CommandError(f"weights not found: {args.weights}", 2)
+        raise CommandError(f"weights not found: {args.weights}")
     weights = np.load(args.weights, allow_pickle=False)
     summary = export_h5(
         package,

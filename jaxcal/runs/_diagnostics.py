@@ -177,9 +177,11 @@ def format_validation(result: PackageValidation, package_path: str | None = None
         lines.append("")
     if len(result.hardest_targets):
         lines.append(f"--- Hardest Achievable Targets ({len(result.hardest_targets)} lowest ratio) ---")
+        # PolicyEngine prints the ratio as {:.4f}, which shows the usual 1e-5 of a national total as 0.0000.
+        lines.append(f"  {'target (row_sum / target = ratio)':<50s} {'ratio':>10s} {'row_sum':>14s} {'target':>14s}")
         for row in result.hardest_targets.to_dict("records"):
             lines.append(
-                f"  {row['target_name']:<50s} {row['ratio']:>10.4f} {row['row_sum']:>14,.0f} {row['target_value']:>14,.0f}"
+                f"  {row['target_name']:<50s} {row['ratio']:>10.3g} {row['row_sum']:>14,.0f} {row['target_value']:>14,.0f}"
             )
         lines.append("")
     if len(result.group_summary):
