@@ -11,7 +11,7 @@ $(PY):
 
 # One stamp per install flavour, redone when pyproject.toml changes.
 $(VENV)/.installed-base: pyproject.toml | $(PY)
-	$(PIP) -e .
+	$(PIP) -e ".[policyengine]"
 	touch $@
 
 # policyengine-us-data is the reference of the PolicyEngine parity tests: its wheel declares

@@ -83,18 +83,28 @@ class PolicyEngineSimulation:
         return (lambda year: float(cpi_u(f"{year}-01-01"))), (lambda year: float(total(f"{year}-01-01")))
 
 
+NOT_INSTALLED = "policyengine-us is not installed; the builders need it: pip install 'jaxcal[policyengine]'"
+"""What a builder says on a machine with the engine only (fitting needs no PolicyEngine-US)."""
+
+
 def load_simulation(dataset: str | os.PathLike) -> PolicyEngineSimulation:
     """A ``policyengine_us.Simulation`` on the H5 ``dataset`` (imports the model: slow)."""
-    import policyengine_us
-
-    return PolicyEngineSimulation(policyengine_us.Simulation(dataset=str(dataset)))
+    return PolicyEngineSimulation(_policyengine_us().Simulation(dataset=str(dataset)))
 
 
 def variable_entities() -> dict[str, str]:
     """``{variable: entity key}`` for every ``policyengine_us`` variable (imports the model: slow)."""
-    import policyengine_us
+    return _entities(_policyengine_us().CountryTaxBenefitSystem().variables)
 
-    return _entities(policyengine_us.CountryTaxBenefitSystem().variables)
+
+def _policyengine_us() -> Any:
+    try:
+        import policyengine_us
+    except ModuleNotFoundError as error:
+        if error.name != "policyengine_us":
+            raise
+        raise ValueError(NOT_INSTALLED) from None
+    return policyengine_us
 
 
 def package_version() -> str:
@@ -108,7 +118,7 @@ def calibration_dir() -> pathlib.Path:
     """``policyengine_us/parameters/calibration``, found without importing the model."""
     spec = importlib.util.find_spec("policyengine_us")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("policyengine_us is not installed")
+        raise ValueError(NOT_INSTALLED)
     return pathlib.Path(next(iter(spec.submodule_search_locations))) / "parameters" / "calibration"
 
 
