@@ -114,7 +114,7 @@ print(f"{result.n_active} of {package.n_records} records kept, weight sum {weigh
 fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
 ax.semilogy(np.asarray(result.history.data), label="data loss")
 ax.semilogy(np.asarray(result.history.total), "--", label="objective")
-ax.set(xlabel="epoch", title="Loss during the fit")
+ax.set(xlabel="epoch", ylabel="loss (log scale)", title="Loss during the fit")
 ax.legend()
 plt.show()
 
@@ -132,10 +132,13 @@ def relative_errors(w):
 
 
 table = package.targets[["variable", "geo_level", "domain_variable", "value"]].copy()
+table["target"] = package.target_names
 table["domain_variable"] = table["domain_variable"].fillna("")
 table["initial"] = np.abs(relative_errors(np.asarray(initial, np.float64)))
 table["fitted"] = np.abs(relative_errors(weights))
-table["label"] = table["variable"] + np.where(table["domain_variable"] != "", " [" + table["domain_variable"] + "]", "")
+# A family: the variable, and its domain when the domain is another variable (AGI bands of AGI are one family).
+other_domain = (table["domain_variable"] != "") & (table["domain_variable"] != table["variable"])
+table["label"] = table["variable"] + np.where(other_domain, " [" + table["domain_variable"] + "]", "")
 
 by_level = table.groupby("geo_level")[["initial", "fitted"]].median()
 by_variable = table.groupby("label")[["initial", "fitted"]].median().sort_values("fitted")
@@ -143,10 +146,12 @@ by_variable = table.groupby("label")[["initial", "fitted"]].median().sort_values
 fig, axes = plt.subplots(1, 2, figsize=(14, 5), layout="constrained", gridspec_kw={"width_ratios": [1, 3]})
 by_level.plot.bar(ax=axes[0], logy=True, rot=0)
 axes[0].set(ylabel="median |relative error|", title="By geography level")
+axes[0].legend(title="weights", loc="lower left")
 by_variable.plot.barh(ax=axes[1], logx=True)
 axes[1].set(xlabel="median |relative error|", ylabel="", title="By variable [domain]")
+axes[1].legend(title="weights", loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
-table.sort_values("fitted", ascending=False).head(10)[["label", "geo_level", "value", "initial", "fitted"]]
+table.sort_values("fitted", ascending=False).head(10)[["target", "geo_level", "value", "initial", "fitted"]]
 
 # %% [markdown]
 # ## 4. Export a calibrated H5 and load it with policyengine-us
@@ -188,11 +193,12 @@ check
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
 x = np.arange(len(check))
-ax.bar(x - 0.2, check["X @ w"] / 1e9, 0.4, label="X @ w (package)")
-ax.bar(x + 0.2, check["policyengine_us"] / 1e9, 0.4, label="policyengine_us on the H5")
+ax.bar(x - 0.27, check["target"] / 1e9, 0.27, label="target")
+ax.bar(x, check["X @ w"] / 1e9, 0.27, label="X @ w (package)")
+ax.bar(x + 0.27, check["policyengine_us"] / 1e9, 0.27, label="policyengine_us on the H5")
 ax.set_xticks(x, check["variable"], rotation=15)
-ax.set(ylabel="$ billion", title="National totals, weighted")
-ax.legend()
+ax.set(ylabel="$ billion", title="National totals: targets, the package's X @ w, the exported H5")
+ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.show()
 
 # %%

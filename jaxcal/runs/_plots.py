@@ -81,6 +81,8 @@ def write_frontier(frontier: pd.DataFrame, directory: str | os.PathLike) -> dict
     for beta, rows in frontier.groupby("beta"):
         rows = rows.sort_values("records_kept")
         line = axes.plot(rows["records_kept"], rows["train_loss"], marker="o", label=f"train, beta {beta:g}")[0]
+        for kept, loss, lam in zip(rows["records_kept"], rows["train_loss"], rows["lambda_l0"]):
+            axes.annotate(f"{lam:.0e}", (kept, loss), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if bool(rows["holdout_loss"].notna().to_numpy().any()):
             axes.plot(
                 rows["records_kept"],
@@ -93,6 +95,8 @@ def write_frontier(frontier: pd.DataFrame, directory: str | os.PathLike) -> dict
     axes.set_xlabel("records kept")
     axes.set_ylabel("data loss")
     axes.set_yscale("log")
-    axes.legend()
+    axes.set_title("jaxcal sweep: sparsity frontier (points labelled by lambda_l0)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
     atomic_write(paths["png"], lambda f: figure.savefig(f, format="png", dpi=100))
     return {kind: str(path) for kind, path in paths.items()}
