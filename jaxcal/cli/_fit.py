@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .._defaults import PE_DEFAULTS, PE_PRESETS
-from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORM_ALIASES, PLATFORMS
+from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORM_ALIASES, PLATFORMS, PROGRESS_EPOCHS
 from . import CommandError
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--log-freq",
         type=int,
         metavar="N",
-        help="every N epochs: log every target to calibration_log.csv and write a checkpoint",
+        help="every N epochs: log every target to calibration_log.csv and write a checkpoint "
+        f"(default: no log, progress every {PROGRESS_EPOCHS} epochs, a checkpoint at the end)",
     )
     parser.add_argument(
         "--log-format",
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     """Everything the user can get wrong is checked (the plan) before the first epoch runs."""
     started = time.perf_counter()
     from .. import runs
+    from ..io._files import run_dir_lock
 
     plan = runs.FitPlan(
         package_path=args.package_path,
@@ -205,23 +207,25 @@ def run(args: argparse.Namespace) -> int:
             f"{package.nnz:,} nonzeros",
             file=sys.stderr,
         )
-    outcome = runs.run_fit(plan, begin, runs.fit_observers(plan, begin))
-    if outcome.stopped_by is not None:
-        raise CommandError(
-            f"stopped by {outcome.stopped_by} after epoch {outcome.epochs}; checkpoint written to "
-            f"{plan.checkpoint_path} (continue with --resume-from {plan.checkpoint_path})",
-            code=130,
-        )
-    failure = outcome.failure()
-    if failure is not None:
-        raise CommandError(f"the fit failed: {failure}; no weights written (a lower --learning-rate may help)")
-    held_out = outcome.holdout
-    if not plan.quiet and held_out is not None and held_out.stop_reason == "early_stopping":
-        print(
-            f"early stopping at epoch {held_out.stopped_epoch}: best held-out loss at epoch {held_out.best_epoch}",
-            file=sys.stderr,
-        )
-    record = runs.write_run_dir(plan, begin, outcome, elapsed=time.perf_counter() - started)
+    with run_dir_lock(plan.output.parent):  # one run at a time writes a run directory
+        outcome = runs.run_fit(plan, begin, runs.fit_observers(plan, begin))
+        if outcome.stopped_by is not None:
+            raise CommandError(
+                f"stopped by {outcome.stopped_by} after epoch {outcome.epochs}; checkpoint written to "
+                f"{plan.checkpoint_path} (finish the run with --resume-from {plan.checkpoint_path} "
+                f"--epochs {begin.epoch + plan.epochs - outcome.epochs})",
+                code=130,
+            )
+        failure = outcome.failure()
+        if failure is not None:
+            raise CommandError(f"the fit failed: {failure}; no weights written (a lower --learning-rate may help)")
+        held_out = outcome.holdout
+        if not plan.quiet and held_out is not None and held_out.stop_reason == "early_stopping":
+            print(
+                f"early stopping at epoch {held_out.stopped_epoch}: best held-out loss at epoch {held_out.best_epoch}",
+                file=sys.stderr,
+            )
+        record = runs.write_run_dir(plan, begin, outcome, elapsed=time.perf_counter() - started)
     if not plan.quiet:
         print(headline(record), flush=True)
         print("\n".join(f"{label}:{path}" for label, path in runs.output_paths(plan, record).items()), flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 from typing import cast
 
@@ -116,6 +117,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
     if args.n_hardest < 0:
         raise CommandError(f"--n-hardest must not be negative, got {args.n_hardest}")
+    if args.strict is not None and not 0 <= args.strict < math.inf:
+        raise CommandError(f"--strict must be a finite non-negative ratio, got {args.strict}")
     package = load_package(args.path, allow_pickle=args.allow_pickle)
     result = validate_package(package, n_hardest=args.n_hardest, strict_ratio=args.strict)
     print(format_validation(result, str(args.path)))

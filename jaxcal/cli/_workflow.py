@@ -27,16 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     derive.add_argument("--parent-weights", type=pathlib.Path, required=True, help="the parent's weights (.npy)")
     derive.add_argument("--budget", type=int, required=True, help="records the child keeps, exactly")
-    derive.add_argument("--state-floor", type=int, default=0, help="keep at least this many records of every state")
+    derive.add_argument(
+        "--state-floor", type=int, default=0, help="keep at least this many records of every state (default 0)"
+    )
     derive.add_argument("--output", type=pathlib.Path, required=True, help="run directory to write")
     derive.add_argument("--product", help="artifact name recorded for gates, e.g. mp-300k")
-    derive.add_argument("--lambda-l0", type=float, nargs="+", help="first grid of the L0 path search")
-    derive.add_argument("--search-epochs", type=int, default=300)
+    derive.add_argument(
+        "--lambda-l0",
+        type=float,
+        nargs="+",
+        help="first grid of the L0 path search (default: 9 values from 1e-4 to 1, log-spaced)",
+    )
+    derive.add_argument("--search-epochs", type=int, default=300, help="epochs of each search fit (default 300)")
     derive.add_argument("--search-rounds", type=int, default=3, help="grid refinements around the budget")
-    derive.add_argument("--refit-epochs", type=int, default=200)
+    derive.add_argument("--refit-epochs", type=int, default=200, help="epochs of the child's refit (default 200)")
     derive.add_argument("--beta", type=float, help="gate temperature of the search (default: policyengine-us-data's)")
     derive.add_argument("--learning-rate", type=float, help="Adam learning rate (default: policyengine-us-data's)")
-    derive.add_argument("--seed", type=int, default=0)
+    derive.add_argument("--seed", type=int, default=0, help="seed of the search and refit draws (default 0)")
     _add_holdout_options(derive)
     derive.add_argument(
         "--early-stopping-patience", type=int, help="stop the refit this many epochs after the best held-out loss"
@@ -133,20 +140,36 @@ def _holdout_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"fraction": args.holdout_fraction, "seed": args.holdout_seed, "family_columns": args.family_columns}
 
 
+def _check_run_dir(args: argparse.Namespace, files: tuple[str, ...], inputs: dict[str, pathlib.Path]) -> None:
+    """What ``fit`` checks of its outputs before any work, for a run directory ``--output``: its
+    seeds, that it writes none of ``inputs``, and that it is (or can be made) a writable directory
+    whose ``files`` are not directories."""
+    from ..io import check_inputs_spared
+    from ..runs._plan import check_seed, check_writable
+
+    check_seed(args.seed)
+    if args.holdout_fraction is not None:
+        check_seed(args.holdout_seed, "--holdout-seed")
+    written = [args.output / name for name in files]
+    check_inputs_spared(written, inputs)
+    check_writable(args.output)
+    for path in written:
+        if path.is_dir():
+            raise ValueError(f"cannot write {path}: it is a directory")
+
+
 def run_derive(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
     from .._defaults import PE_DEFAULTS
-    from ..io import check_inputs_spared, load_package
+    from ..io import load_package
+    from ..io._files import run_dir_lock
     from ..runs import write_tier_run
     from ..runs._names import DERIVE_FILES
     from ..workflow import DEFAULT_LAMBDA_L0, derive_tier
 
-    check_inputs_spared(
-        (args.output / name for name in DERIVE_FILES),
-        {"--package": args.package, "--parent-weights": args.parent_weights},
-    )
+    _check_run_dir(args, DERIVE_FILES, {"--package": args.package, "--parent-weights": args.parent_weights})
     package = load_package(args.package)
     parent_weights = np.load(args.parent_weights, allow_pickle=False)
     settings = {
@@ -160,17 +183,19 @@ def run_derive(args: argparse.Namespace) -> int:
         "patience": args.early_stopping_patience,
         "min_delta": args.min_delta,
     }
-    derivation = derive_tier(
-        package, parent_weights, args.budget, key=jax.random.key(args.seed), split=_split(args, package), **settings
-    )
-    write_tier_run(
-        derivation,
-        args.output,
-        product=args.product,
-        package_path=args.package,
-        parent_weights_path=args.parent_weights,
-        hyperparameters={"budget": args.budget, **settings, "seed": args.seed, "holdout": _holdout_settings(args)},
-    )
+    split = _split(args, package)
+    with run_dir_lock(args.output):  # one run at a time writes a run directory
+        derivation = derive_tier(
+            package, parent_weights, args.budget, key=jax.random.key(args.seed), split=split, **settings
+        )
+        write_tier_run(
+            derivation,
+            args.output,
+            product=args.product,
+            package_path=args.package,
+            parent_weights_path=args.parent_weights,
+            hyperparameters={"budget": args.budget, **settings, "seed": args.seed, "holdout": _holdout_settings(args)},
+        )
     parent, child = derivation.tier.comparison["parent"], derivation.tier.comparison["child"]
     for name in ("records_kept", "train_loss", "holdout_loss", "mean_error_pct", "effective_sample_size"):
         print(f"{name:<22s} parent {_fmt(parent[name]):>12s}   child {_fmt(child[name]):>12s}")
@@ -182,12 +207,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     import jax
 
     from .._defaults import PE_DEFAULTS
-    from ..io import check_inputs_spared, load_package
+    from ..io import load_package
+    from ..io._files import run_dir_lock
     from ..runs import write_sweep_run
     from ..runs._names import SWEEP_FILES
     from ..workflow import sweep_grid
 
-    check_inputs_spared((args.output / name for name in SWEEP_FILES), {"--package": args.package})
+    _check_run_dir(args, SWEEP_FILES, {"--package": args.package})
     started = time.perf_counter()
     package = load_package(args.package)
     split = _split(args, package)
@@ -198,25 +224,26 @@ def run_sweep(args: argparse.Namespace) -> int:
         "learning_rate": PE_DEFAULTS.learning_rate if args.learning_rate is None else args.learning_rate,
         "init_keep_prob": PE_DEFAULTS.init_keep_prob if args.init_keep_prob is None else args.init_keep_prob,
     }
-    frontier, _ = sweep_grid(
-        package,
-        settings["lambda_l0"],
-        settings["beta"],
-        key=jax.random.key(args.seed),
-        split=split,
-        init_keep_prob=settings["init_keep_prob"],
-        epochs=settings["epochs"],
-        learning_rate=settings["learning_rate"],
-    )
-    write_sweep_run(
-        frontier,
-        args.output,
-        package=package,
-        package_path=args.package,
-        split=split,
-        hyperparameters=settings | {"seed": args.seed, "holdout": _holdout_settings(args)},
-        elapsed=time.perf_counter() - started,
-    )
+    with run_dir_lock(args.output):  # one run at a time writes a run directory
+        frontier, _ = sweep_grid(
+            package,
+            settings["lambda_l0"],
+            settings["beta"],
+            key=jax.random.key(args.seed),
+            split=split,
+            init_keep_prob=settings["init_keep_prob"],
+            epochs=settings["epochs"],
+            learning_rate=settings["learning_rate"],
+        )
+        write_sweep_run(
+            frontier,
+            args.output,
+            package=package,
+            package_path=args.package,
+            split=split,
+            hyperparameters=settings | {"seed": args.seed, "holdout": _holdout_settings(args)},
+            elapsed=time.perf_counter() - started,
+        )
     print(frontier.to_string(index=False))
     print(f"wrote {args.output / 'frontier.csv'}")
     return 0

@@ -10,6 +10,7 @@ One ``.npz`` file, read without pickle, written atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -26,13 +27,31 @@ from ._files import atomic_write
 from ._package import PackageError
 
 FORMAT = "jaxcal-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added a held-out fit's progress (``holdout/...``); a version 1 checkpoint still loads."""
 _GATE_FIELDS = ("beta", "gamma", "zeta", "use_gates")
+
+
+class HoldoutState(eqx.Module):
+    """A held-out fit's progress: its evaluations so far (the rows of its held-out log) and the
+    best one's fit (parameters, optimizer state, epochs done), so that a resumed fit keeps the
+    best weights and stops where the fit that never stopped would (the patience counts from
+    ``best_epochs``)."""
+
+    log: tuple[dict[str, float], ...]
+    best_model: CalibrationWeights
+    best_opt_state_leaves: tuple[np.ndarray, ...]
+    best_epochs: int
+
+    def best_opt_state(self, optimizer: optax.GradientTransformation) -> optax.OptState:
+        """The best evaluation's optimizer state, as :meth:`Checkpoint.opt_state`."""
+        return _restore_opt_state(self.best_model, self.best_opt_state_leaves, optimizer)
 
 
 class Checkpoint(eqx.Module):
     """A fit stopped after ``epochs`` epochs, ready to continue with ``fit(model, ...,
-    key=key, opt_state=restore_opt_state(...), start_epoch=epochs)``."""
+    key=key, opt_state=restore_opt_state(...), start_epoch=epochs)``; ``holdout``: a held-out
+    fit's progress (None for other fits)."""
 
     model: CalibrationWeights
     opt_state_leaves: tuple[np.ndarray, ...]
@@ -40,18 +59,23 @@ class Checkpoint(eqx.Module):
     epochs: int
     signature: dict[str, Any]
     hyperparameters: dict[str, Any]
+    holdout: HoldoutState | None = None
 
     def opt_state(self, optimizer: optax.GradientTransformation) -> optax.OptState:
         """The optimizer state, in the structure ``optimizer.init`` gives for this model."""
-        template = optimizer.init(eqx.filter(self.model, eqx.is_array))
-        leaves, treedef = jax.tree.flatten(template)
-        if len(leaves) != len(self.opt_state_leaves) or any(
-            np.shape(a) != np.shape(b) for a, b in zip(leaves, self.opt_state_leaves)
-        ):
-            raise ValueError("the checkpoint's optimizer state does not fit this optimizer")
-        return jax.tree.unflatten(
-            treedef, [jnp.asarray(saved, jnp.asarray(t).dtype) for saved, t in zip(self.opt_state_leaves, leaves)]
-        )
+        return _restore_opt_state(self.model, self.opt_state_leaves, optimizer)
+
+
+def _restore_opt_state(
+    model: CalibrationWeights, saved: tuple[np.ndarray, ...], optimizer: optax.GradientTransformation
+) -> optax.OptState:
+    template = optimizer.init(eqx.filter(model, eqx.is_array))
+    leaves, treedef = jax.tree.flatten(template)
+    if len(leaves) != len(saved) or any(
+        np.shape(a) != np.shape(b) or b.dtype.kind != jnp.asarray(a).dtype.kind for a, b in zip(leaves, saved)
+    ):
+        raise ValueError("the checkpoint's optimizer state does not fit this optimizer")
+    return jax.tree.unflatten(treedef, [jnp.asarray(b, jnp.asarray(a).dtype) for a, b in zip(leaves, saved)])
 
 
 def save_checkpoint(
@@ -63,6 +87,7 @@ def save_checkpoint(
     epochs: int,
     signature: dict[str, Any],
     hyperparameters: dict[str, Any],
+    holdout: HoldoutState | None = None,
 ) -> pathlib.Path:
     """Write a checkpoint atomically (a temporary file renamed into place); return its path."""
     path = pathlib.Path(path)
@@ -80,35 +105,159 @@ def save_checkpoint(
     }
     for i, leaf in enumerate(jax.tree.leaves(opt_state)):
         arrays[f"opt_state/{i:04d}"] = np.asarray(leaf)
+    if holdout is not None:
+        arrays |= {
+            "holdout/log": np.array(json.dumps(list(holdout.log))),
+            "holdout/best_log_weight": np.asarray(holdout.best_model.log_weight),
+            "holdout/best_log_alpha": np.asarray(holdout.best_model.log_alpha),
+            "holdout/best_epochs": np.array(holdout.best_epochs, np.int64),
+        }
+        for i, leaf in enumerate(holdout.best_opt_state_leaves):
+            arrays[f"holdout/best_opt_state/{i:04d}"] = np.asarray(leaf)
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint; ``PackageError`` (a ``ValueError``) if it is missing or not one."""
+    """Read a checkpoint and check that it can be resumed; ``PackageError`` (a ``ValueError``) if it
+    is missing, not one, damaged, or holds what no fit writes: members of the wrong type or
+    shape, or non-finite parameters or optimizer state (a diverged fit's)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise PackageError(f"checkpoint not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             files = dict(npz.items())
-        if str(files.get("format", "")) != FORMAT:
-            raise PackageError(f"{path} is not a jaxcal checkpoint")
-        model = CalibrationWeights(
-            jnp.asarray(files["log_weight"]), jnp.asarray(files["log_alpha"]), **json.loads(str(files["gates"]))
-        )
-        return Checkpoint(
-            model=model,
-            opt_state_leaves=tuple(files[k] for k in sorted(k for k in files if k.startswith("opt_state/"))),
-            key=jax.random.wrap_key_data(files["key_data"], impl=str(files["key_impl"])),
-            epochs=int(files["epochs"]),
-            signature=json.loads(str(files["signature"])),
-            hyperparameters=json.loads(str(files["hyperparameters"])),
-        )
-    except PackageError:
-        raise
-    except Exception as error:  # a damaged zip, a missing entry, bad JSON: all "not readable"
+    except Exception as error:  # not a zip, a damaged one, a member that is not an array
         raise PackageError(f"{path} is not a readable jaxcal checkpoint ({type(error).__name__}: {error})") from None
+    try:
+        not_arrays = sorted(name for name, value in files.items() if not isinstance(value, np.ndarray))
+        if not_arrays:  # numpy gives a member that is no .npy as its bytes
+            raise _Unfit(f"{', '.join(not_arrays)} {'is' if len(not_arrays) == 1 else 'are'} not .npy arrays")
+        if _text(files, "format", required=False) != FORMAT:
+            raise PackageError(f"{path} is not a jaxcal checkpoint")
+        return _checkpoint(files)
+    except _Unfit as error:
+        raise PackageError(f"the checkpoint {path} cannot be resumed: {error}") from None
+
+
+class _Unfit(Exception):
+    """What is wrong with a checkpoint's members."""
+
+
+def _checkpoint(files: dict[str, np.ndarray]) -> Checkpoint:
+    version = _count(files, "format_version")
+    if not 1 <= version <= FORMAT_VERSION:
+        raise _Unfit(f"its format version is {version}; this jaxcal reads versions 1 to {FORMAT_VERSION}")
+    gates = _json(files, "gates")
+    if set(gates) != set(_GATE_FIELDS):
+        raise _Unfit(f"gates must give {', '.join(_GATE_FIELDS)}, got {sorted(gates)}")
+    beta, gamma, zeta, use_gates = (gates[f] for f in _GATE_FIELDS)
+    if not (_finite(beta) and _finite(gamma) and _finite(zeta) and beta > 0 and gamma < 0 < 1 < zeta):
+        raise _Unfit(f"its gates need beta > 0 and gamma < 0 < 1 < zeta, got {gates}")
+    if not isinstance(use_gates, bool):
+        raise _Unfit(f"its gates' use_gates must be true or false, got {use_gates!r}")
+
+    def model(prefix: str) -> CalibrationWeights:
+        log_weight = _parameters(files, f"{prefix}log_weight")
+        log_alpha = _parameters(files, f"{prefix}log_alpha", len(log_weight))
+        return CalibrationWeights(jnp.asarray(log_weight, jnp.float32), jnp.asarray(log_alpha, jnp.float32), **gates)
+
+    epochs = _count(files, "epochs")
+    key_data, impl = _member(files, "key_data"), _text(files, "key_impl")
+    try:
+        key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
+    except (ValueError, TypeError):
+        key = None
+    if key is None or key.shape != ():
+        raise _Unfit(f"key_data must be one {impl} key, got a {key_data.dtype} array of shape {key_data.shape}")
+    holdout = None
+    if any(name.startswith("holdout/") for name in files):
+        log = _json(files, "holdout/log", list)
+        if not all(isinstance(row, dict) and all(_is_number(v) for v in row.values()) for row in log):
+            raise _Unfit("holdout/log must be a list of rows of numbers")
+        best_epochs = _count(files, "holdout/best_epochs")
+        if not best_epochs <= epochs or best_epochs not in [row.get("epoch") for row in log]:
+            raise _Unfit(f"its best held-out epoch {best_epochs} is not one of its evaluations")
+        holdout = HoldoutState(
+            log=tuple(log),
+            best_model=model("holdout/best_"),
+            best_opt_state_leaves=_opt_state(files, "holdout/best_opt_state/"),
+            best_epochs=best_epochs,
+        )
+    return Checkpoint(
+        model=model(""),
+        opt_state_leaves=_opt_state(files, "opt_state/"),
+        key=key,
+        epochs=epochs,
+        signature=_json(files, "signature"),
+        hyperparameters=_json(files, "hyperparameters"),
+        holdout=holdout,
+    )
+
+
+def _member(files: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in files:
+        raise _Unfit(f"it has no {name}")
+    return files[name]
+
+
+def _text(files: dict[str, np.ndarray], name: str, *, required: bool = True) -> str | None:
+    if not required and name not in files:
+        return None
+    value = _member(files, name)
+    if value.ndim != 0 or value.dtype.kind != "U":
+        raise _Unfit(f"{name} must be text, got a {value.dtype} array of shape {value.shape}")
+    return str(value)
+
+
+def _json(files: dict[str, np.ndarray], name: str, kind: type = dict) -> Any:
+    try:
+        value = json.loads(_text(files, name) or "")
+    except json.JSONDecodeError as error:
+        raise _Unfit(f"{name} is not JSON ({error})") from None
+    if not isinstance(value, kind):
+        raise _Unfit(f"{name} must be a JSON {'object' if kind is dict else 'array'}, got {type(value).__name__}")
+    return value
+
+
+def _count(files: dict[str, np.ndarray], name: str) -> int:
+    value = _member(files, name)
+    if value.ndim != 0 or value.dtype.kind not in "iu" or value < 0:
+        raise _Unfit(f"{name} must be a non-negative whole number, got {value!r}")
+    return int(value)
+
+
+def _parameters(files: dict[str, np.ndarray], name: str, length: int | None = None) -> np.ndarray:
+    value = _member(files, name)
+    if value.ndim != 1 or value.dtype.kind != "f" or (length is not None and len(value) != length):
+        expected = "one" if length is None else f"{length}"
+        raise _Unfit(f"{name} must hold {expected} float per record, got a {value.dtype} array of shape {value.shape}")
+    _check_finite(name, value)
+    return value
+
+
+def _opt_state(files: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
+    leaves = tuple(files[name] for name in sorted(name for name in files if name.startswith(prefix)))
+    for i, leaf in enumerate(leaves):
+        if leaf.dtype.kind not in "iuf":
+            raise _Unfit(f"{prefix}{i:04d} must be numbers, got {leaf.dtype}")
+        _check_finite(f"{prefix}{i:04d} (optimizer state)", leaf)
+    return leaves
+
+
+def _check_finite(name: str, value: np.ndarray) -> None:
+    bad = int(value.size - np.isfinite(value).sum())
+    if bad:
+        raise _Unfit(f"{name} holds {bad:,} non-finite value(s) (NaN or infinity), as a diverged fit leaves")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

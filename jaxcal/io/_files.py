@@ -1,13 +1,18 @@
-"""Files written whole or not at all, content hashes, and plain JSON."""
+"""Files written whole or not at all (and durably), run directories one writer at a time, content
+hashes, and plain JSON."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, Any
 
 import numpy as np
 
@@ -15,19 +20,80 @@ import numpy as np
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
 
-    A reader never sees a half-written file, and a failed write leaves no trace.
+    A reader never sees a half-written file, and a failed write leaves no trace. The temporary
+    name is this writer's own, and the file is synced before the rename (and its directory
+    after), so that a crash leaves the old file or the whole new one.
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    f, temporary = temporary_file(path, ".tmp", mode)
     try:
-        with os.fdopen(fd, mode) as f:
+        with f:
             write(f)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(temporary, path)
+            sync(f)
+        commit(temporary, path)
     except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def temporary_file(path: pathlib.Path, suffix: str, mode: str = "wb") -> tuple[IO[Any], pathlib.Path]:
+    """An open file beside ``path`` whose hidden name (ending ``suffix``) is unique to this writer,
+    for :func:`commit` to rename into place: two writers of one file never write into one."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    return os.fdopen(fd, mode), pathlib.Path(temporary)
+
+
+def sync(f: IO[Any]) -> None:
+    """Flush ``f`` to disk."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def commit(temporary: pathlib.Path, path: pathlib.Path) -> None:
+    """Rename the synced ``temporary`` to ``path`` and sync the directory, so that the rename lasts."""
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+    os.replace(temporary, path)
+    _sync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def run_dir_lock(directory: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Hold ``directory`` (created if need be) for one run: a second run that asks for it while
+    this one holds it is a ``ValueError``. The lock is the directory's own (``flock``), so that no
+    file is left behind and a run that dies releases it; where the file system has no locks
+    (a warning), the run goes on unguarded."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another jaxcal run is writing to {directory}; wait for it to end or choose another --output"
+            ) from None
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+            warnings.warn(f"cannot lock {directory} ({error.strerror}): no other run must write to it", stacklevel=3)
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+"""What ``flock`` fails with on a file system without locks (some network and parallel ones)."""
+
+
+def _sync_directory(directory: pathlib.Path) -> None:
+    """Make a rename in ``directory`` durable (where the file system lets a directory be synced)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -9,6 +9,7 @@ SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import pathlib
 import signal
 import threading
 import warnings
@@ -40,7 +41,9 @@ from ..io import (
     policyengine_target_groups,
     signature_differences,
 )
-from ..workflow import HoldoutFit, HoldoutSplit, fit_with_holdout, holdout_split
+from ..io._checkpoint import HoldoutState
+from ..workflow import LOG_COLUMNS, HoldoutFit, HoldoutSplit, fit_with_holdout, holdout_split
+from ..workflow._holdout import HoldoutProgress
 from ._names import CALIBRATION_LOG
 from ._observers import CalibrationLog, Checkpoints, FitChunk, FitObserver, Observers, Progress
 from ._plan import FitPlan, checkpoint_path_for
@@ -87,25 +90,42 @@ class FitStart(eqx.Module):
     opt_state: optax.OptState | None
     """A checkpoint's optimizer state; None starts a fresh optimizer (and log-weight jitter)."""
     key: PRNGKeyArray
+    seed: int | None
+    """The seed ``key`` came from: the plan's, or a checkpoint's (None when it does not say)."""
     epoch: int
     """Epochs done before this run (a checkpoint's)."""
     source: Literal["fresh", "checkpoint", "warm start"]
+    holdout: HoldoutState | None = None
+    """A checkpoint's held-out progress, which the run continues."""
+    best_opt_state: optax.OptState | None = None
+    """The optimizer state of that progress's best evaluation."""
+
+    def record_hyperparameters(self) -> dict[str, Any]:
+        """What the fit really started from, for the run record: the gates' ``beta`` and the
+        ``seed`` of the model, and on a resume the checkpoint's (with its PRNG key's data as
+        ``prng_key``, which a fresh fit draws from the seed)."""
+        used: dict[str, Any] = {"beta": self.model.beta, "seed": self.seed}
+        if self.source == "checkpoint":
+            used["prng_key"] = np.asarray(jax.random.key_data(self.key)).tolist()
+        return used
 
 
 def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
     """Choose the devices, split the targets and find where the fit starts: a checkpoint (given,
     or beside a weights ``.npy`` given as ``resume_from``), else the weights of a bare ``.npy``,
     else the package's initial weights or policyengine-us-data's rule. A checkpoint of another
-    problem is a ``ValueError``; other hyperparameters than the checkpoint's are a warning."""
+    problem, or asked to continue with another gate temperature or held-out split, is a
+    ``ValueError``; other hyperparameters than the checkpoint's (which the run uses) and a
+    ``--seed`` the checkpoint's key makes moot are warnings."""
     _use_platform(plan.device)
     mesh = None if plan.devices is None else _record_mesh(plan.devices, plan.device)
     signature = package.signature()
     split = _holdout_split(plan, package)
     checkpoint, warm_weights = (None, None) if plan.resume_from is None else _resume_source(plan, package.n_records)
-    use_gates = plan.hyperparameters["lambda_l0"] > 0
     init_key, fit_key = jax.random.split(jax.random.key(plan.seed))
     if checkpoint is not None:
-        _check_checkpoint(plan, checkpoint, signature, use_gates)
+        _check_checkpoint(plan, checkpoint, signature, package.n_records)
+        saved_seed = checkpoint.hyperparameters.get("seed")
         return FitStart(
             package=package,
             signature=signature,
@@ -114,8 +134,11 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
             model=checkpoint.model,
             opt_state=checkpoint.opt_state(torch_adam()),
             key=checkpoint.key,
+            seed=saved_seed if isinstance(saved_seed, int) else None,
             epoch=checkpoint.epochs,
             source="checkpoint",
+            holdout=checkpoint.holdout,
+            best_opt_state=None if checkpoint.holdout is None else checkpoint.holdout.best_opt_state(torch_adam()),
         )
     if warm_weights is not None:
         initial = warm_weights
@@ -132,7 +155,7 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
         beta=plan.hyperparameters["beta"],
         gamma=PE_DEFAULTS.gamma,
         zeta=PE_DEFAULTS.zeta,
-        use_gates=use_gates,
+        use_gates=plan.hyperparameters["lambda_l0"] > 0,
     )
     return FitStart(
         package=package,
@@ -142,6 +165,7 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
         model=model,
         opt_state=None,
         key=fit_key,
+        seed=plan.seed,
         epoch=0,
         source="fresh" if warm_weights is None else "warm start",
     )
@@ -158,7 +182,7 @@ def fit_observers(plan: FitPlan, begin: FitStart) -> Observers:
             plan.checkpoint_path,
             key=begin.key,
             signature=begin.signature,
-            hyperparameters=plan.fit_hyperparameters(),
+            hyperparameters=plan.fit_hyperparameters() | {"seed": begin.seed},
             every_chunk=plan.log_freq is not None,
         )
     )
@@ -182,6 +206,8 @@ class FitOutcome(eqx.Module):
     holdout: HoldoutFit | None
     stopped_by: str | None
     """``SIGINT`` or ``SIGTERM`` when a signal stopped the run (after a checkpoint), else None."""
+    checkpoint: pathlib.Path | None = None
+    """The checkpoint this run wrote (None if it wrote none)."""
 
     def failure(self) -> str | None:
         """Why these weights must not be kept (non-finite weights or objective, every weight 0, or an
@@ -201,8 +227,10 @@ class FitOutcome(eqx.Module):
 
 def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome:
     """Fit ``plan.epochs`` more epochs from ``begin``, ``plan.chunk_epochs`` at a time, calling
-    ``observer`` after each chunk. A signal stops the fit after the running chunk (the chunk
-    the observer sees is then ``stopping``). The observer is closed however the run ends."""
+    ``observer`` after each chunk (a run of no epochs shows it where it starts, as its one
+    chunk). A signal stops the fit after the running chunk (the chunk the observer sees is then
+    ``stopping``), unless early stopping ends it there. The observer is closed however the run
+    ends."""
     objective = fit_objective(plan, begin.package)
     settings = dict(learning_rate=plan.hyperparameters["learning_rate"], log_weight_jitter_sd=_jitter_sd(begin))
     chunks = _Chunks(observer, begin, final_epoch=begin.epoch + plan.epochs)
@@ -211,6 +239,8 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
     try:
         with chunks.stop:
             if begin.split is not None and plan.holdout is not None:  # the split is made from the plan
+                progress = _holdout_progress(begin)
+                chunks.holdout = progress
                 holdout = fit_with_holdout(
                     begin.model,
                     begin.package,
@@ -222,6 +252,7 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
                     patience=plan.holdout.patience,
                     min_delta=plan.holdout.min_delta,
                     callback=lambda result, row: chunks(result),
+                    progress=progress,
                     opt_state=begin.opt_state,
                     start_epoch=begin.epoch,
                     **settings,
@@ -231,12 +262,28 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
                 matrix = _fit_matrix(begin)
                 run = _fit_with_restarts if plan.pe_compat_adam_restarts else _fit_continuing
                 result = run(begin, matrix, objective, plan.epochs, plan.chunk_epochs, chunks, settings)
+                if plan.epochs == 0:
+                    chunks(result)
         completed = True
     finally:
         observer.close(completed)
+    early = holdout is not None and holdout.stop_reason == "early_stopping"
     return FitOutcome(
-        result=result, losses=chunks.losses(), epochs=chunks.epoch, holdout=holdout, stopped_by=chunks.stop.requested_by
+        result=result,
+        losses=chunks.losses(),
+        epochs=chunks.epoch,
+        holdout=holdout,
+        stopped_by=None if early else chunks.stop.requested_by,
+        checkpoint=observer.checkpoint if isinstance(observer, Observers) else None,
     )
+
+
+def _holdout_progress(begin: FitStart) -> HoldoutProgress:
+    """A fresh held-out fit's progress, or the checkpoint's it continues."""
+    if begin.holdout is None:
+        return HoldoutProgress()
+    saved = begin.holdout
+    return HoldoutProgress.resumed(saved.log, saved.best_model, begin.best_opt_state, saved.best_epochs)
 
 
 def _jitter_sd(begin: FitStart) -> float:
@@ -318,12 +365,16 @@ class _Chunks:
         self.parts: list[Array] = []
         self.stop = _StopOnSignal()
         self.estimate = _estimator(begin)
+        self.holdout: HoldoutProgress | None = None
+        """A held-out fit's progress, which says when early stopping ends the run."""
 
     def __call__(self, result: FitResult) -> bool:
-        self.parts.append(result.history.total[-(result.epochs - self.epoch) :])
+        if result.epochs > self.epoch:
+            self.parts.append(result.history.total[-(result.epochs - self.epoch) :])
         self.epoch = result.epochs
         stopping = self.stop.requested
-        chunk = FitChunk(result, final=result.epochs == self.final_epoch, stopping=stopping, estimate=self.estimate)
+        final = result.epochs == self.final_epoch or (self.holdout is not None and self.holdout.stopping)
+        chunk = FitChunk(result, final=final, stopping=stopping, estimate=self.estimate, holdout=self.holdout)
         self.observer.chunk_done(chunk)
         return stopping
 
@@ -418,6 +469,9 @@ def _resume_source(plan: FitPlan, n_records: int) -> tuple[Checkpoint | None, np
         weights = np.load(path, allow_pickle=False)
     except Exception as error:
         raise ValueError(f"--resume-from: {path} is neither a checkpoint nor a weights .npy ({error})") from None
+    if not isinstance(weights, np.ndarray) or weights.dtype.kind not in "iuf":
+        kind = weights.dtype if isinstance(weights, np.ndarray) else "an .npz archive"
+        raise ValueError(f"--resume-from: {path} must hold {n_records} numbers (weights), got {kind}")
     if weights.shape != (n_records,) or not np.isfinite(weights).all() or (weights < 0).any():
         raise ValueError(
             f"--resume-from: {path} must hold {n_records} finite non-negative weights, got shape {weights.shape}"
@@ -425,15 +479,31 @@ def _resume_source(plan: FitPlan, n_records: int) -> tuple[Checkpoint | None, np
     return None, weights.astype(np.float64)
 
 
-def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str, Any], use_gates: bool) -> None:
+def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str, Any], n_records: int) -> None:
+    """That ``checkpoint`` continues this problem, with the gates, gate temperature, target groups
+    and held-out split it was fitted with (a ``ValueError`` otherwise); warn of the hyperparameters
+    the run changes and of a ``--seed`` the checkpoint's key makes moot."""
     differences = signature_differences(checkpoint.signature, signature)
     if differences:
         raise ValueError(
             f"the checkpoint {plan.resume_from} belongs to another problem: {', '.join(differences)} differ"
         )
+    if checkpoint.model.n_records != n_records:
+        raise ValueError(
+            f"the checkpoint {plan.resume_from} holds {checkpoint.model.n_records} records' parameters, "
+            f"but the package has {n_records} records"
+        )
+    hyper = plan.fit_hyperparameters()
+    use_gates = hyper["lambda_l0"] > 0
     if checkpoint.model.use_gates != use_gates:
         raise ValueError(
             "cannot resume a fit with gates as one without (or back): keep --lambda-l0 on the same side of 0"
+        )
+    if use_gates and checkpoint.model.beta != hyper["beta"]:
+        raise ValueError(
+            f"the checkpoint's gates have temperature beta {checkpoint.model.beta:g}, this run asks for "
+            f"{hyper['beta']:g}: a resumed fit keeps its gates' temperature, so resume with "
+            f"--beta {checkpoint.model.beta:g} (or fit afresh)"
         )
     if checkpoint.hyperparameters.get("target_groups", False) != plan.target_groups:
         raise ValueError(
@@ -442,11 +512,25 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
             + " target groups: resume it "
             + ("with --no-target-groups" if plan.target_groups else "without --no-target-groups")
         )
-    hyper = plan.fit_hyperparameters()
+    saved_split, split = checkpoint.hyperparameters.get("holdout"), hyper.get("holdout")
+    if saved_split != split:
+        raise ValueError(
+            f"the checkpoint was fitted holding out {_split_text(saved_split)}, this run holds out "
+            f"{_split_text(split)}: resume it with the --holdout-fraction, --holdout-seed (default --seed) and "
+            "--holdout-family-column it was fitted with"
+        )
+    if split is not None:
+        if checkpoint.holdout is None:
+            raise ValueError(
+                f"the checkpoint {plan.resume_from} holds no held-out progress (best epoch, held-out log), "
+                "without which a held-out fit cannot resume where it stopped"
+            )
+        if any(set(row) != set(LOG_COLUMNS) for row in checkpoint.holdout.log):
+            raise ValueError(f"the checkpoint {plan.resume_from}'s held-out log lacks columns of {list(LOG_COLUMNS)}")
     changed = [
         k
         for k in sorted(hyper)
-        if k not in ("epochs", "target_groups") and checkpoint.hyperparameters.get(k) != hyper[k]
+        if k not in ("epochs", "target_groups", "beta", "holdout") and checkpoint.hyperparameters.get(k) != hyper[k]
     ]
     if changed:
         warnings.warn(
@@ -454,3 +538,16 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
             + ", ".join(f"{k} {checkpoint.hyperparameters.get(k)} -> {hyper[k]}" for k in changed),
             stacklevel=2,
         )
+    saved_seed = checkpoint.hyperparameters.get("seed")
+    if saved_seed is not None and saved_seed != plan.seed:
+        warnings.warn(
+            f"--seed {plan.seed} is not used: a resumed fit continues its checkpoint's PRNG key (seed {saved_seed}), "
+            "which the run record names",
+            stacklevel=2,
+        )
+
+
+def _split_text(split: dict[str, Any] | None) -> str:
+    if split is None:
+        return "no targets"
+    return ", ".join(f"{name} {value}" for name, value in split.items())

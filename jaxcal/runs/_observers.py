@@ -8,6 +8,7 @@ or a log row, the parameters only when a checkpoint is written.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import pathlib
 import sys
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..io import save_checkpoint
+from ..io._files import commit, sync, temporary_file
 from ..workflow import relative_errors
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
     from .._fit import FitResult
     from ..io import CalibrationPackage
+    from ..workflow._holdout import HoldoutProgress
 
 PE_LOG_COLUMNS = (
     "target_name",
@@ -56,14 +59,21 @@ class FitChunk:
 
     ``result`` is the fit so far (on the train targets when some are held out); its ``model``
     and ``opt_state`` are donated to the next chunk, so copy what you keep. ``final``: the
-    last chunk the run asked for; ``stopping``: a signal asked the run to stop after this one.
+    last chunk of the run (the last epoch it asked for, or early stopping's); ``stopping``: a
+    signal asked the run to stop after this one; ``holdout``: a held-out fit's progress.
     The properties are computed once, on the device, and copied to the host when read.
     """
 
     def __init__(
-        self, result: FitResult, *, final: bool, stopping: bool, estimate: Callable[[FitResult], Array]
+        self,
+        result: FitResult,
+        *,
+        final: bool,
+        stopping: bool,
+        estimate: Callable[[FitResult], Array],
+        holdout: HoldoutProgress | None = None,
     ) -> None:
-        self.result, self.final, self.stopping = result, final, stopping
+        self.result, self.final, self.stopping, self.holdout = result, final, stopping, holdout
         self._estimate = estimate
 
     @property
@@ -73,8 +83,9 @@ class FitChunk:
 
     @functools.cached_property
     def loss(self) -> float:
-        """The objective of the chunk's last epoch."""
-        return float(self.result.history.total[-1])
+        """The objective of the chunk's last epoch (NaN for a run of no epochs)."""
+        total = self.result.history.total
+        return float(total[-1]) if total.size else math.nan
 
     @functools.cached_property
     def n_active(self) -> int:
@@ -99,6 +110,12 @@ class Observers:
 
     def __init__(self, observers: Sequence[FitObserver]) -> None:
         self.observers = tuple(observers)
+
+    @property
+    def checkpoint(self) -> pathlib.Path | None:
+        """The checkpoint this run wrote (through a :class:`Checkpoints` observer), if any."""
+        written = (o.written for o in self.observers if isinstance(o, Checkpoints))
+        return next((path for path in written if path is not None), None)
 
     def chunk_done(self, chunk: FitChunk) -> None:
         for observer in self.observers:
@@ -146,19 +163,19 @@ class Progress:
 
 class CalibrationLog:
     """``calibration_log.csv``: every target after every chunk, in PolicyEngine's or microcalibrate's
-    columns; appended to a temporary file that is renamed into place when the run ends (and
-    removed when it fails)."""
+    columns; appended to a temporary file of this run's own that is synced and renamed into place
+    when the run ends (and removed when it fails)."""
 
     def __init__(self, path: str | os.PathLike, package: CalibrationPackage, log_format: str = "pe") -> None:
         self.path, self.format = pathlib.Path(path), log_format
         self.targets = package.target_values
         self.names = np.asarray(package.target_names, dtype=object)
         self.achievable = package.row_sums() > 0
-        self.partial = self.path.with_name(f".{self.path.name}.partial")
         self.rows_written = 0
         self.columns = list(PE_LOG_COLUMNS) if log_format == "pe" else list(MICROCALIBRATE_LOG_COLUMNS)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.partial.write_text(",".join(self.columns if log_format == "pe" else ["", *self.columns]) + "\n")
+        self.file, self.partial = temporary_file(self.path, ".partial", "w")
+        self.file.write(",".join(self.columns if log_format == "pe" else ["", *self.columns]) + "\n")
 
     def chunk_done(self, chunk: FitChunk) -> None:
         import pandas as pd
@@ -183,19 +200,24 @@ class CalibrationLog:
         )[self.columns]
         if self.format == "microcalibrate":
             table.index += self.rows_written
-        table.to_csv(self.partial, mode="a", header=False, index=self.format == "microcalibrate")
+        table.to_csv(self.file, header=False, index=self.format == "microcalibrate")
         self.rows_written += len(table)
 
     def close(self, completed: bool) -> None:
-        if completed:
-            self.partial.replace(self.path)
-        else:
+        try:
+            with self.file:
+                if completed:
+                    sync(self.file)
+            if completed:
+                commit(self.partial, self.path)
+        finally:
             self.partial.unlink(missing_ok=True)
 
 
 class Checkpoints:
     """A checkpoint after every chunk (``every_chunk``), else after the last one, and whenever the
-    run is stopping; the parameters are copied to the host only then."""
+    run is stopping; the parameters (and a held-out fit's progress) are copied to the host only
+    then. ``written``: the path, once this run has written a checkpoint there."""
 
     def __init__(
         self,
@@ -208,10 +230,11 @@ class Checkpoints:
     ) -> None:
         self.path, self.key, self.signature, self.hyperparameters = pathlib.Path(path), key, signature, hyperparameters
         self.every_chunk = every_chunk
+        self.written: pathlib.Path | None = None
 
     def chunk_done(self, chunk: FitChunk) -> None:
         if self.every_chunk or chunk.final or chunk.stopping:
-            save_checkpoint(
+            self.written = save_checkpoint(
                 self.path,
                 model=chunk.result.model,
                 opt_state=chunk.result.opt_state,
@@ -219,6 +242,7 @@ class Checkpoints:
                 epochs=chunk.epoch,
                 signature=self.signature,
                 hyperparameters=self.hyperparameters,
+                holdout=None if chunk.holdout is None else chunk.holdout.state(),
             )
 
     def close(self, completed: bool) -> None:

@@ -25,6 +25,9 @@ PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 PLATFORM_ALIASES = {"cuda": "gpu"}
 """Other spellings of a platform: policyengine-us-data's ``--device cuda``."""
 DEFAULT_OUTPUT = pathlib.Path("storage/calibration/calibration_weights.npy")
+SEED_BOUND = 2**32
+"""Seeds lie in ``[0, SEED_BOUND)``: ``jax.random.key`` keeps 32 bits of a seed (without x64), so
+that others would give another seed's key."""
 
 
 def checkpoint_path_for(weights_path: str | os.PathLike) -> pathlib.Path:
@@ -52,6 +55,7 @@ class HoldoutPlan:
             raise ValueError(f"--early-stopping-patience must be a positive number of epochs, got {self.patience}")
         if not self.min_delta >= 0:
             raise ValueError(f"--min-delta must not be negative, got {self.min_delta}")
+        check_seed(self.seed, "--holdout-seed (default: --seed)")
 
     def to_dict(self) -> dict[str, Any]:
         """The run record's and the checkpoint's ``holdout`` hyperparameters."""
@@ -98,6 +102,7 @@ class FitPlan:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, pathlib.Path(getattr(self, name)))
         _check_hyperparameters(self.hyperparameters)
+        check_seed(self.seed)
         object.__setattr__(self, "device", PLATFORM_ALIASES.get(self.device, self.device))
         if self.device not in PLATFORMS:
             raise ValueError(f"--device must be one of {', '.join(PLATFORMS)}, got {self.device!r}")
@@ -119,12 +124,15 @@ class FitPlan:
             raise ValueError(f"--output must name a .npy file, got {self.output}")
         from ..io._files import check_inputs_spared  # numpy, which registering the command does without
 
-        check_inputs_spared(
-            [self.output, self.checkpoint_path, *(self.output.parent / name for name in FIT_FILES)],
-            {"--package-path": self.package_path, "--target-config": self.target_config},
-        )
-        _check_writable(self.output.parent)
-        _check_writable(self.checkpoint_path.parent)
+        written = [self.output, self.checkpoint_path, *(self.output.parent / name for name in FIT_FILES)]
+        check_inputs_spared(written, {"--package-path": self.package_path, "--target-config": self.target_config})
+        check_writable(self.output.parent)
+        check_writable(self.checkpoint_path.parent)
+        if self.output.is_dir():
+            raise ValueError(f"--output {self.output} is a directory; name the weights .npy file in it")
+        for path in written[1:]:
+            if path.is_dir():
+                raise ValueError(f"cannot write {path}: it is a directory")
 
     @property
     def epochs(self) -> int:
@@ -191,7 +199,8 @@ def resolve_hyperparameters(
 
 
 def load_named_set(name: str, presets_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The hyperparameters named ``name`` in a presets YAML (a mapping of names to settings)."""
+    """The hyperparameters named ``name`` in a presets YAML (a mapping of names to settings, each a
+    mapping of :data:`HYPERPARAMETERS` to numbers), checked: a ``ValueError`` naming the file."""
     import yaml
 
     path = pathlib.Path(presets_file) if presets_file is not None else _default_presets_file()
@@ -199,17 +208,37 @@ def load_named_set(name: str, presets_file: str | os.PathLike | None = None) -> 
         sets = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ValueError(f"presets file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the presets file {path}: {error}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"presets file {path} is not valid YAML: {error}") from None
+        raise ValueError(f"presets file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(sets, dict):
+        raise ValueError(f"presets file {path} must map set names to settings, got a {type(sets).__name__}")
     if name not in sets:
-        raise ValueError(f"unknown hyperparameter set {name!r}; {path} has: {', '.join(sorted(sets))}")
+        raise ValueError(f"unknown hyperparameter set {name!r}; {path} has: {', '.join(sorted(map(str, sets)))}")
     chosen = sets[name] or {}
-    unknown = set(chosen) - set(HYPERPARAMETERS)
+    if not isinstance(chosen, dict):
+        raise ValueError(f"set {name!r} in {path} must map hyperparameters to numbers, got a {type(chosen).__name__}")
+    unknown = set(map(str, chosen)) - set(HYPERPARAMETERS)
     if unknown:
         raise ValueError(
             f"set {name!r} in {path} has unknown keys {sorted(unknown)}; allowed: {sorted(HYPERPARAMETERS)}"
         )
+    for key, value in chosen.items():
+        whole = key == "epochs"
+        if not (_is_number(value) and math.isfinite(value) and (isinstance(value, int) or not whole)):
+            kind = "a whole number" if whole else "a finite number"
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and _numeric_text(value) else ""
+            raise ValueError(f"{key} of set {name!r} in {path} must be {kind}, got {value!r}{hint}")
     return chosen
+
+
+def _numeric_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _default_presets_file() -> pathlib.Path:
@@ -236,7 +265,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_writable(directory: pathlib.Path) -> None:
+def check_seed(seed: Any, flag: str = "--seed") -> None:
+    """That ``seed`` is a whole number in ``[0, SEED_BOUND)`` (a ``ValueError`` naming ``flag``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
+        raise ValueError(f"{flag} must be a whole number from 0 to 2**32 - 1, got {seed}")
+
+
+def check_writable(directory: pathlib.Path) -> None:
     """That ``directory`` exists and is writable, or could be created: nothing is created here."""
     existing = pathlib.Path(directory)
     while not existing.exists() and existing != existing.parent:

@@ -40,7 +40,9 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
     """A fit's run directory, beside ``plan.output``: the weights (float32 ``.npy``),
     ``unified_diagnostics.csv``, ``loss_curve.png``, PolicyEngine's geography files when the
     package has blocks and districts, the held-out log with a split, and the record, which also
-    lists the observers' ``calibration_log.csv`` and checkpoint (when it is in the directory)."""
+    lists the observers' ``calibration_log.csv`` and the checkpoint this run wrote (when it is in
+    the directory; a checkpoint an earlier run left there is never this run's). The record's
+    hyperparameters say what the fit really started from (a checkpoint's beta, seed and key)."""
     import jax
 
     directory = plan.output.parent
@@ -52,7 +54,7 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
         files += _holdout_files(outcome.holdout, directory)
     if plan.log_freq is not None:
         files.append(CALIBRATION_LOG)
-    checkpoint = plan.checkpoint_path if plan.checkpoint_path.is_file() else None
+    checkpoint = outcome.checkpoint
     if checkpoint is not None and checkpoint.parent == directory:
         files.append(checkpoint.name)
     applied_config = plan.applied_target_config
@@ -66,7 +68,7 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
         package=str(plan.package_path),
         package_signature=begin.signature,
         inputs=_inputs(package=plan.package_path, target_config=plan.target_config, resume_from=plan.resume_from),
-        hyperparameters=plan.record_hyperparameters(),
+        hyperparameters=plan.record_hyperparameters() | begin.record_hyperparameters(),
         epochs=plan.epochs,
         epochs_total=outcome.epochs,
         device=jax.default_backend() if plan.device == "auto" else plan.device,

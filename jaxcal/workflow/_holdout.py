@@ -8,7 +8,7 @@ loss measures how well the weights reproduce quantities the fit never saw.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
@@ -22,6 +22,7 @@ from .._fit import FitResult, fit
 from .._matrix import TargetMatrix
 from .._model import CalibrationWeights
 from .._objective import Objective
+from ..io._checkpoint import HoldoutState
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -213,6 +214,46 @@ def loss_evaluator(
     )
 
 
+@final
+class HoldoutProgress:
+    """A held-out fit's evaluations so far and its best one, which :func:`fit_with_holdout` updates
+    before each ``callback``: what a checkpoint keeps (:meth:`state`) and what a resumed fit
+    starts from (:meth:`resumed`), so that the resumed fit keeps the best weights and stops
+    where the fit that never stopped would."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.best: FitResult | None = None
+        """The fit at the best evaluation (lowest held-out loss)."""
+        self.best_loss = math.inf
+        self.stopping = False
+        """Whether early stopping ends the fit after the latest evaluation."""
+        self._saved: tuple[CalibrationWeights, Any, int] | None = None
+
+    @classmethod
+    def resumed(
+        cls, rows: Sequence[Mapping[str, float]], best_model: CalibrationWeights, best_opt_state: Any, best_epochs: int
+    ) -> HoldoutProgress:
+        """The progress a checkpoint kept: its log rows (:data:`LOG_COLUMNS`), and the best
+        evaluation's parameters, optimizer state and epochs (one of the rows' epochs)."""
+        progress = cls()
+        progress.rows = [dict(row) for row in rows]
+        progress.best_loss = next(row["holdout_loss"] for row in progress.rows if row["epoch"] == best_epochs)
+        progress._saved = (best_model, best_opt_state, best_epochs)
+        return progress
+
+    def state(self) -> HoldoutState | None:
+        """This progress as a checkpoint holds it (None until an evaluation has a finite loss)."""
+        if self.best is None:
+            return None
+        return HoldoutState(
+            log=tuple(self.rows),
+            best_model=self.best.model,
+            best_opt_state_leaves=tuple(np.asarray(leaf) for leaf in jax.tree.leaves(self.best.opt_state)),
+            best_epochs=self.best.epochs,
+        )
+
+
 def fit_with_holdout(
     model: CalibrationWeights,
     package: CalibrationPackage,
@@ -225,6 +266,7 @@ def fit_with_holdout(
     patience: int | None = None,
     min_delta: float = 0.0,
     callback: Callable[[FitResult, dict[str, float]], bool | None] | None = None,
+    progress: HoldoutProgress | None = None,
     **fit_kwargs: Any,
 ) -> HoldoutFit:
     """:func:`jaxcal.fit` on the train targets of ``package``, watching the held-out ones.
@@ -237,6 +279,8 @@ def fit_with_holdout(
     ``opt_state``, ``start_epoch``, ...) go to :func:`jaxcal.fit` unchanged.
     ``callback(result, log_row)`` (the fit so far on the train targets, and the
     evaluation just logged) may return True to stop; copy what it keeps of ``result``.
+    ``progress`` (updated in place before each callback) continues a checkpoint's
+    (:meth:`HoldoutProgress.resumed`, with the checkpoint's ``opt_state`` and ``start_epoch``).
     """
     import pandas as pd
 
@@ -252,10 +296,16 @@ def fit_with_holdout(
         raise ValueError("the split needs at least one train and one held-out target")
     evaluator = loss_evaluator(package, split, objective)
     train = split.train
-    rows: list[dict[str, float]] = []
-    state: dict[str, Any] = {"best": math.inf, "result": None, "reason": "epochs_exhausted"}
+    problem = (package.select_targets(train).target_matrix(), package.target_values[train], objective.select(train))
+    progress = HoldoutProgress() if progress is None else progress
+    if progress._saved is not None:  # the best fit again, from its parameters: 0 epochs
+        best_model, best_opt_state, best_epochs = progress._saved
+        resumed = fit_kwargs | {"opt_state": best_opt_state, "start_epoch": best_epochs}
+        progress.best, progress._saved = fit(best_model, *problem, key=key, epochs=0, **resumed), None
+    reason = "epochs_exhausted"
 
     def watch(result: FitResult) -> bool:
+        nonlocal reason
         full, train_loss, holdout_loss, weight_sum, positive = evaluator(result.weights)
         row = {
             "epoch": result.epochs,
@@ -266,37 +316,26 @@ def fit_with_holdout(
             "weight_sum": float(weight_sum),
             "positive_record_count": int(positive),
         }
-        rows.append(row)
-        if row["holdout_loss"] < state["best"] - min_delta:
-            state["best"] = row["holdout_loss"]
-            state["result"] = jax.tree.map(jnp.copy, result)  # its model and opt_state are donated next
-        if callback is not None and callback(result, row):
-            state["reason"] = "callback"
-            return True
-        if patience is not None and state["result"] is not None and result.epochs - state["result"].epochs >= patience:
-            state["reason"] = "early_stopping"
-            return True
-        return False
+        progress.rows.append(row)
+        if row["holdout_loss"] < progress.best_loss - min_delta:
+            progress.best_loss = row["holdout_loss"]
+            progress.best = jax.tree.map(jnp.copy, result)  # its model and opt_state are donated next
+        best = progress.best
+        progress.stopping = patience is not None and best is not None and result.epochs - best.epochs >= patience
+        asked = callback is not None and bool(callback(result, row))
+        if progress.stopping or asked:
+            reason = "early_stopping" if progress.stopping else "callback"
+        return progress.stopping or asked
 
-    last = fit(
-        model,
-        package.select_targets(train).target_matrix(),
-        package.target_values[train],
-        objective.select(train),
-        key=key,
-        epochs=epochs,
-        chunk_epochs=eval_every,
-        callback=watch,
-        **fit_kwargs,
-    )
-    if state["result"] is None:
+    last = fit(model, *problem, key=key, epochs=epochs, chunk_epochs=eval_every, callback=watch, **fit_kwargs)
+    if progress.best is None:
         raise ValueError("the fit ran no epochs, or every held-out loss was NaN")
     return HoldoutFit(
-        result=state["result"],
-        log=pd.DataFrame(rows, columns=list(LOG_COLUMNS)),
-        best_epoch=state["result"].epochs,
+        result=progress.best,
+        log=pd.DataFrame(progress.rows, columns=list(LOG_COLUMNS)),
+        best_epoch=progress.best.epochs,
         stopped_epoch=last.epochs,
-        stop_reason=state["reason"],
+        stop_reason=reason,
         split=split,
         patience=patience,
         min_delta=float(min_delta),
