@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from ._matrix import TargetMatrix as TargetMatrix
     from ._model import CalibrationWeights as CalibrationWeights
     from ._objective import Objective as Objective
+    from ._optimizers import OPTIMIZER_NAMES as OPTIMIZER_NAMES
+    from ._optimizers import optimizer_named as optimizer_named
     from ._sharding import ShardedMatrix as ShardedMatrix
     from ._sharding import record_mesh as record_mesh
     from ._sharding import select_devices as select_devices
@@ -54,6 +56,8 @@ _EXPORTS = {
     "TargetMatrix": "_matrix",
     "CalibrationWeights": "_model",
     "Objective": "_objective",
+    "OPTIMIZER_NAMES": "_optimizers",
+    "optimizer_named": "_optimizers",
     "ShardedMatrix": "_sharding",
     "record_mesh": "_sharding",
     "select_devices": "_sharding",
