@@ -19,6 +19,7 @@ from ._lazy import lazy_exports
 if TYPE_CHECKING:
     from ._adam import set_learning_rate as set_learning_rate
     from ._adam import torch_adam as torch_adam
+    from ._defaults import OPTIMIZER_NAMES as OPTIMIZER_NAMES
     from ._defaults import PE_DEFAULTS as PE_DEFAULTS
     from ._defaults import PE_PRESETS as PE_PRESETS
     from ._defaults import FitDefaults as FitDefaults
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from ._matrix import TargetMatrix as TargetMatrix
     from ._model import CalibrationWeights as CalibrationWeights
     from ._objective import Objective as Objective
-    from ._optimizers import OPTIMIZER_NAMES as OPTIMIZER_NAMES
     from ._optimizers import optimizer_named as optimizer_named
     from ._sharding import ShardedMatrix as ShardedMatrix
     from ._sharding import record_mesh as record_mesh
@@ -56,7 +56,7 @@ _EXPORTS = {
     "TargetMatrix": "_matrix",
     "CalibrationWeights": "_model",
     "Objective": "_objective",
-    "OPTIMIZER_NAMES": "_optimizers",
+    "OPTIMIZER_NAMES": "_defaults",
     "optimizer_named": "_optimizers",
     "ShardedMatrix": "_sharding",
     "record_mesh": "_sharding",

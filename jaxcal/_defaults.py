@@ -35,3 +35,7 @@ class FitDefaults:
 PE_DEFAULTS = FitDefaults()
 PE_PRESETS: Mapping[str, float] = MappingProxyType({"local": 1e-8, "national": 1e-4})
 """policyengine-us-data's ``--preset``: its lambda_l0."""
+OPTIMIZER_NAMES = ("pe-adam", "adam-cosine")
+"""What :func:`jaxcal.optimizer_named` knows: ``"pe-adam"`` (:func:`jaxcal.torch_adam`, PE's fit
+exactly) and ``"adam-cosine"`` (the same Adam, its rate decaying to 0 over the fit's epochs);
+here, free of JAX, so that the CLI can offer them before the engine loads."""

@@ -26,11 +26,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._adam import _torch_adam, torch_adam
-from ._defaults import PE_DEFAULTS
-
-OPTIMIZER_NAMES = ("pe-adam", "adam-cosine")
-"""What :func:`optimizer_named` knows: ``"pe-adam"`` (:func:`torch_adam`, PE's fit exactly)
-and ``"adam-cosine"`` (the same Adam, its rate decaying to 0 over ``epochs``)."""
+from ._defaults import OPTIMIZER_NAMES, PE_DEFAULTS
 
 
 def optimizer_named(

@@ -198,6 +198,7 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
         "lambda_l2": 1e-12,
         "learning_rate": 0.15,
         "target_groups": True,
+        "optimizer": "pe-adam",
         "seed": 3,
         "device": "auto",
         "devices": None,
@@ -728,3 +729,56 @@ def test_fit_derive_and_sweep_write_one_run_record_schema(package_path, tmp_path
     swept = jaxcal.runs.RunRecord.read(tmp_path / "sweep")
     assert swept.hyperparameters["lambda_l0"] == [1e-4, 1e-2] and swept.weights_file is None
     assert set(swept.artifacts) == {"frontier.csv", "frontier.png"}
+
+
+def test_optimizer_adam_cosine_is_the_library_fit_and_resumes_only_as_itself(package, package_path, tmp_path):
+    """--optimizer adam-cosine gives jaxcal.fit with jaxcal.optimizer_named("adam-cosine") on the
+    same problem, bitwise; its checkpoint resumes only with that optimizer."""
+    import jax
+
+    output = tmp_path / "cosine" / "w.npy"
+    args = ["fit", "--package-path", package_path, "--all-active-targets", "--epochs", 30, "--lambda-l0", 0]
+    jaxcal_cli(*args, "--optimizer", "adam-cosine", "--seed", 4, "--output", output, "--quiet")
+    record = json.loads((output.parent / "unified_run_config.json").read_text())
+    assert record["hyperparameters"]["optimizer"] == "adam-cosine"
+
+    init_key, key = jax.random.split(jax.random.key(4))
+    model = jaxcal.CalibrationWeights.init(
+        package.n_records,
+        key=init_key,
+        init_weights=jaxcal.io.policyengine_initial_weights(package),
+        init_keep_prob=0.999,
+        beta=0.35,
+        use_gates=False,
+    )
+    groups = jaxcal.io.policyengine_target_groups(package.targets)
+    objective = jaxcal.Objective.create(package.n_targets, lambda_l0=0.0, target_groups=groups)
+    result = jaxcal.fit(
+        model,
+        package.target_matrix(),
+        package.target_values,
+        objective,
+        key=key,
+        epochs=30,
+        optimizer=jaxcal.optimizer_named("adam-cosine", learning_rate=0.15, epochs=30),
+        log_weight_jitter_sd=0.05,
+        chunk_epochs=10,
+    )
+    np.testing.assert_array_equal(np.load(output), np.asarray(result.weights))
+
+    resumed = jaxcal_cli(
+        *args, "--resume-from", output, "--output", tmp_path / "again" / "w.npy", "--quiet", check=False
+    )
+    assert_user_error(resumed, "fitted with --optimizer adam-cosine")
+    restarts = jaxcal_cli(
+        *args,
+        "--optimizer",
+        "adam-cosine",
+        "--log-freq",
+        5,
+        "--pe-compat-adam-restarts",
+        "--output",
+        tmp_path / "r.npy",
+        check=False,
+    )
+    assert_user_error(restarts, "needs --optimizer pe-adam")

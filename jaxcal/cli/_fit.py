@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .._defaults import PE_DEFAULTS, PE_PRESETS
+from .._defaults import OPTIMIZER_NAMES, PE_DEFAULTS, PE_PRESETS
 from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORM_ALIASES, PLATFORMS, PROGRESS_EPOCHS
 from . import CommandError
 
@@ -32,6 +32,7 @@ PLAN_FLAGS = (
     "target_config",
     "all_active_targets",
     "target_groups",
+    "optimizer",
     "resume_from",
     "checkpoint_output",
     "pe_compat_adam_restarts",
@@ -89,6 +90,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"L0 penalty, overrides --preset (default {PE_DEFAULTS.lambda_l0:g}); 0 turns the gates off",
     )
     parser.add_argument("--beta", type=float, help=f"gate temperature (default {PE_DEFAULTS.beta:g})")
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_NAMES,
+        default="pe-adam",
+        help=f"pe-adam: {PE} Adam at a constant rate (the default, exact); adam-cosine: the same Adam, "
+        "its rate decaying to 0 over the epochs, which settles at the optimum (benchmarks/RESULTS.md)",
+    )
     parser.add_argument("--lambda-l2", type=float, help=f"L2 penalty (default {PE_DEFAULTS.lambda_l2:g})")
     parser.add_argument(
         "--learning-rate", type=float, help=f"Adam learning rate (default {PE_DEFAULTS.learning_rate:g})"

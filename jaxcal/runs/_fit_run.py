@@ -23,12 +23,12 @@ import optax
 from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._adam import torch_adam
 from .._defaults import PE_DEFAULTS
 from .._fit import FitResult, fit
 from .._matrix import AbstractTargetMatrix, TargetMatrix
 from .._model import CalibrationWeights
 from .._objective import Objective
+from .._optimizers import optimizer_named
 from .._sharding import ShardedMatrix, record_mesh, select_devices
 from ..io import (
     CalibrationPackage,
@@ -132,13 +132,15 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
             split=split,
             mesh=mesh,
             model=checkpoint.model,
-            opt_state=checkpoint.opt_state(torch_adam()),
+            opt_state=checkpoint.opt_state(fit_optimizer(plan, checkpoint.epochs)),
             key=checkpoint.key,
             seed=saved_seed if isinstance(saved_seed, int) else None,
             epoch=checkpoint.epochs,
             source="checkpoint",
             holdout=checkpoint.holdout,
-            best_opt_state=None if checkpoint.holdout is None else checkpoint.holdout.best_opt_state(torch_adam()),
+            best_opt_state=None
+            if checkpoint.holdout is None
+            else checkpoint.holdout.best_opt_state(fit_optimizer(plan, checkpoint.epochs)),
         )
     if warm_weights is not None:
         initial = warm_weights
@@ -232,7 +234,11 @@ def run_fit(plan: FitPlan, begin: FitStart, observer: FitObserver) -> FitOutcome
     ``stopping``), unless early stopping ends it there. The observer is closed however the run
     ends."""
     objective = fit_objective(plan, begin.package)
-    settings = dict(learning_rate=plan.hyperparameters["learning_rate"], log_weight_jitter_sd=_jitter_sd(begin))
+    settings = dict(
+        learning_rate=plan.hyperparameters["learning_rate"],
+        log_weight_jitter_sd=_jitter_sd(begin),
+        optimizer=fit_optimizer(plan, begin.epoch),
+    )
     chunks = _Chunks(observer, begin, final_epoch=begin.epoch + plan.epochs)
     holdout = None
     completed = False
@@ -284,6 +290,14 @@ def _holdout_progress(begin: FitStart) -> HoldoutProgress:
         return HoldoutProgress()
     saved = begin.holdout
     return HoldoutProgress.resumed(saved.log, saved.best_model, begin.best_opt_state, saved.best_epochs)
+
+
+def fit_optimizer(plan: FitPlan, epochs_done: int) -> optax.GradientTransformation:
+    """``plan.optimizer`` for a fit that ends ``plan.epochs`` after ``epochs_done`` (a schedule's
+    horizon; a resumed schedule keeps the one its state holds)."""
+    return optimizer_named(
+        plan.optimizer, learning_rate=plan.hyperparameters["learning_rate"], epochs=max(epochs_done + plan.epochs, 1)
+    )
 
 
 def _jitter_sd(begin: FitStart) -> float:
@@ -505,6 +519,9 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
             f"{hyper['beta']:g}: a resumed fit keeps its gates' temperature, so resume with "
             f"--beta {checkpoint.model.beta:g} (or fit afresh)"
         )
+    saved_optimizer = checkpoint.hyperparameters.get("optimizer", "pe-adam")
+    if saved_optimizer != plan.optimizer:
+        raise ValueError(f"the checkpoint was fitted with --optimizer {saved_optimizer}: resume it with that optimizer")
     if checkpoint.hyperparameters.get("target_groups", False) != plan.target_groups:
         raise ValueError(
             "the checkpoint was fitted "
@@ -530,7 +547,8 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
     changed = [
         k
         for k in sorted(hyper)
-        if k not in ("epochs", "target_groups", "beta", "holdout") and checkpoint.hyperparameters.get(k) != hyper[k]
+        if k not in ("epochs", "target_groups", "optimizer", "beta", "holdout")
+        and checkpoint.hyperparameters.get(k) != hyper[k]
     ]
     if changed:
         warnings.warn(

@@ -90,6 +90,8 @@ class FitPlan:
     target_config: pathlib.Path | None = None
     all_active_targets: bool = False
     target_groups: bool = True
+    optimizer: str = "pe-adam"
+    """A name of :data:`jaxcal.OPTIMIZER_NAMES`: PolicyEngine's Adam, or one that converges."""
     resume_from: pathlib.Path | None = None
     checkpoint_output: pathlib.Path | None = None
     pe_compat_adam_restarts: bool = False
@@ -114,6 +116,12 @@ class FitPlan:
             raise ValueError(
                 "--pe-compat-adam-restarts needs --log-freq (PolicyEngine restarts Adam at every log chunk)"
             )
+        from .._defaults import OPTIMIZER_NAMES
+
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZER_NAMES)}, got {self.optimizer!r}")
+        if self.pe_compat_adam_restarts and self.optimizer != "pe-adam":
+            raise ValueError("--pe-compat-adam-restarts restarts PolicyEngine's Adam: it needs --optimizer pe-adam")
         if self.holdout is not None and self.pe_compat_adam_restarts:
             raise ValueError("--pe-compat-adam-restarts cannot be combined with held-out targets")
         if self.holdout is not None and self.devices is not None:
@@ -159,9 +167,9 @@ class FitPlan:
 
     def fit_hyperparameters(self) -> dict[str, Any]:
         """What a checkpoint records and a resumed fit compares: the hyperparameters, whether the
-        loss weighs target groups, and the split."""
+        loss weighs target groups, the optimizer, and the split."""
         split = {"holdout": self.holdout.to_dict()} if self.holdout else {}
-        return dict(self.hyperparameters) | {"target_groups": self.target_groups} | split
+        return dict(self.hyperparameters) | {"target_groups": self.target_groups, "optimizer": self.optimizer} | split
 
     def record_hyperparameters(self) -> dict[str, Any]:
         """The run record's ``hyperparameters``: :meth:`fit_hyperparameters` and where and how it ran."""
