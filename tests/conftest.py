@@ -14,6 +14,7 @@ CHECKED_MODULES = [
     "jaxcal._matrix",
     "jaxcal._model",
     "jaxcal._objective",
+    "jaxcal._optimizers",
     "jaxcal._sharding",
     "jaxcal._sweep",
 ]
