@@ -24,18 +24,24 @@ import argparse
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 GROUP_ENTITIES = ("household", "tax_unit", "spm_unit", "family", "marital_unit")
 ENTITIES = ("person",) + GROUP_ENTITIES
 EXIT_FAILED = 1
+MAX_EXPANSION = 4096
+"""How many times the bytes it stores a dataset may declare (gzip reaches about 1,000) before it
+is refused unread; datasets under 1 MiB are read whatever they store."""
 
 
 def read_h5_arrays(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
     """``{period: {variable: array}}`` from a PolicyEngine H5 (time-period groups or flat arrays).
 
-    Raises ``ValueError`` when the file is missing or is not HDF5.
+    Raises ``ValueError`` when the file is missing, is not HDF5, holds a link to nothing, or holds
+    a dataset that declares far more than it stores (a damaged or hostile file: reading it could
+    exhaust memory).
     """
     import h5py
 
@@ -49,13 +55,38 @@ def read_h5_arrays(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
     periods: dict[str, dict[str, np.ndarray]] = {}
     with h5:
         for name, item in h5.items():
+            _check_link(h5, name, item, path)
             if isinstance(item, h5py.Dataset):
-                periods.setdefault("", {})[name] = item[()]
-            else:
+                periods.setdefault("", {})[name] = _read(item, path)
+            elif isinstance(item, h5py.Group):
                 for period, dataset in item.items():
+                    _check_link(item, period, dataset, path)
                     if isinstance(dataset, h5py.Dataset):
-                        periods.setdefault(str(period), {})[name] = dataset[()]
+                        periods.setdefault(str(period), {})[name] = _read(dataset, path)
     return periods
+
+
+def _check_link(group: Any, name: str, item: Any, path: pathlib.Path) -> None:
+    """``ValueError`` if ``group[name]`` (``item``, None when it resolves to nothing) is a soft or
+    external link to nothing."""
+    import h5py
+
+    if item is None:
+        link = group.get(name, getlink=True)
+        target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+        raise ValueError(f"{path}: {group.name.rstrip('/')}/{name} is a link to nothing ({target})")
+
+
+def _read(dataset: Any, path: pathlib.Path) -> np.ndarray:
+    """``dataset``'s values, unless it declares many times more than it stores (``ValueError``)."""
+    nbytes = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if nbytes > max(MAX_EXPANSION * stored, 1 << 20):
+        raise ValueError(
+            f"{path}: {dataset.name} declares {dataset.size:,} entries ({nbytes:,} bytes) but stores "
+            f"{stored:,} bytes; not read"
+        )
+    return dataset[()]
 
 
 def check_h5(path: str | os.PathLike, variable_entities: Mapping[str, str] | None = None) -> list[str]:
@@ -100,7 +131,11 @@ def _check_ids(arrays: Mapping[str, np.ndarray]) -> list[str]:
         n_unique = np.unique(ids).size
         if n_unique != ids.size:
             failures.append(f"{name} has {ids.size - n_unique} duplicate id(s)")
+        if ids.size == 0:
+            failures.append(f"{name} is empty: the file has no {entity} records")
     persons = arrays.get("person_id")
+    if persons is not None and persons.ndim != 1:
+        persons = None  # reported above; the links are checked against no count
     for entity in GROUP_ENTITIES:
         name = f"person_{entity}_id"
         if name not in arrays:
@@ -213,7 +248,8 @@ def register_check_h5(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument(
         "--policyengine",
         action="store_true",
-        help="also check variable names and entities against policyengine_us (imports it: ~20 s)",
+        help="also check variable names and entities against policyengine_us "
+        "(imports it and builds its tax-benefit system: a minute or more)",
     )
     parser.set_defaults(run=run_check_h5)
     return parser

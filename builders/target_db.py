@@ -172,7 +172,7 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"target database not found: {path}")
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # as_uri escapes # ? %
     try:
         present = {
             row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")

@@ -31,12 +31,15 @@ if TYPE_CHECKING:
     from ._package import load_package as load_package
     from ._package import save_package as save_package
     from ._targets import POLICYENGINE_TARGET_CONFIG as POLICYENGINE_TARGET_CONFIG
+    from ._targets import SELECTOR_FIELDS as SELECTOR_FIELDS
     from ._targets import apply_target_config as apply_target_config
     from ._targets import check_target_config as check_target_config
     from ._targets import load_target_config as load_target_config
+    from ._targets import parse_target_rules as parse_target_rules
     from ._targets import policyengine_initial_weights as policyengine_initial_weights
     from ._targets import policyengine_target_groups as policyengine_target_groups
     from ._targets import target_config_mask as target_config_mask
+    from ._targets import target_rules_mask as target_rules_mask
 
 _EXPORTS = {
     "Checkpoint": "_checkpoint",
@@ -67,6 +70,9 @@ _EXPORTS = {
     "policyengine_initial_weights": "_targets",
     "policyengine_target_groups": "_targets",
     "target_config_mask": "_targets",
+    "SELECTOR_FIELDS": "_targets",
+    "parse_target_rules": "_targets",
+    "target_rules_mask": "_targets",
 }
 __all__ = sorted(_EXPORTS)
 

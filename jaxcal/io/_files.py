@@ -4,6 +4,7 @@ hashes, and plain JSON."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import fcntl
 import hashlib
@@ -120,17 +121,41 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def load_yaml(stream: Any) -> Any:
+    """``yaml.safe_load`` that refuses aliases: a few lines of them can expand past any memory (the
+    billion laughs), and no configuration jaxcal reads needs one (a ``yaml.YAMLError`` then)."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.MarkedYAMLError(
+                    None, None, f"found the alias *{event.anchor}: none is allowed", event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(stream, NoAliasLoader)  # noqa: S506 - a SafeLoader
+
+
 def json_safe(value: Any) -> Any:
-    """Plain JSON: mappings as dicts, numpy arrays as lists and scalars as Python numbers, NaN and
-    infinities as null."""
+    """Plain JSON: mappings as dicts, numpy arrays and sets as lists (sets in a fixed order), numpy
+    scalars as Python ones, dates and times as ISO 8601 text, paths as text, NaN and infinities as
+    null."""
     if isinstance(value, Mapping):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         value = value.tolist()
+    if isinstance(value, set | frozenset):
+        value = sorted(value, key=repr)
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pathlib
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import numpy as np
 
-from ._files import atomic_write, sha256_arrays
+from ._files import atomic_write, json_safe, sha256_arrays
 
 if TYPE_CHECKING:  # pandas and scipy cost a third of a second each: imported when used
     import pandas as pd
@@ -32,6 +35,19 @@ TARGET_COLUMNS = ("variable", "geo_level", "geographic_id", "domain_variable", "
 GEOGRAPHY_KEYS = ("state_fips", "cd_geoid", "block_geoid")
 """Per-column geography a package may carry."""
 _PICKLE_MAGIC = b"\x80"
+_INDEX_LIMIT = 2**31
+"""The engine's indices are int32: a package has fewer rows and columns than this."""
+_MAX_CHARS = 4096
+"""The longest text entry a package's arrays hold (a target name, a GEOID)."""
+_MAX_METADATA_CHARS = 1 << 24
+_KIND_NAMES = {
+    "U": "text",
+    "iu": "integers",
+    "iuf": "real numbers",
+    "b": "booleans",
+    "biufU": "numbers or text",
+    "iuU": "integers or text",
+}
 
 
 class PackageError(ValueError):
@@ -192,7 +208,7 @@ def save_package(package: CalibrationPackage, path: str | os.PathLike) -> pathli
         "matrix_data": package.matrix.data.astype(np.float32),
         "matrix_shape": np.array(package.matrix.shape, np.int64),
         "target_names": np.array(package.target_names, dtype=str),
-        "metadata": np.array(json.dumps(dict(package.metadata), default=_json_default)),
+        "metadata": np.array(json.dumps(json_safe(dict(package.metadata)), allow_nan=False)),
     }
     columns = []
     for name in package.targets.columns:
@@ -219,8 +235,6 @@ def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> Cali
     Raises :class:`PackageError` (a ``ValueError``) for a missing, corrupt or
     inconsistent file, and for a pickle without ``allow_pickle``.
     """
-    import pandas as pd
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise PackageError(f"package not found: {path}")
@@ -232,42 +246,126 @@ def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> Cali
             )
         return import_pickle_package(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            files = dict(npz.items())
-    except Exception as error:  # zipfile, OSError, ValueError: all mean "not a package"
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as error:  # all mean "not a package"
         raise PackageError(f"{path} is not a readable jaxcal package ({type(error).__name__}: {error})") from None
-    if str(files.get("format", "")) != FORMAT:
-        raise PackageError(f"{path} is not a jaxcal package (no '{FORMAT}' marker)")
-    if int(files["format_version"]) > FORMAT_VERSION:
-        raise PackageError(
-            f"{path} has format version {int(files['format_version'])}; this jaxcal reads up to {FORMAT_VERSION}"
-        )
-    try:
-        from scipy import sparse
+    with archive:
+        try:
+            marker = str(_member(archive, "format", "U", ()))
+        except PackageError:
+            marker = None
+        if marker != FORMAT:
+            raise PackageError(f"{path} is not a jaxcal package (no '{FORMAT}' marker)")
+        try:
+            version = int(_member(archive, "format_version", "iu", ()))
+            if version > FORMAT_VERSION:
+                raise PackageError(f"it has format version {version}; this jaxcal reads up to {FORMAT_VERSION}")
+            return _read_package(archive)
+        except PackageError as error:
+            raise PackageError(f"{path}: {error}") from None
+        except (KeyError, ValueError, TypeError) as error:
+            raise PackageError(f"{path} is a damaged jaxcal package ({type(error).__name__}: {error})") from None
 
-        shape = tuple(int(s) for s in files["matrix_shape"])
-        matrix = sparse.csr_array((files["matrix_data"], files["matrix_indices"], files["matrix_indptr"]), shape=shape)
-        matrix.check_format(full_check=True)
-        if not np.isfinite(matrix.data).all():
-            raise PackageError("the matrix holds NaN or infinite values")
-        targets = pd.DataFrame(
-            {
-                name: _restore_column(files[f"targets/{name}"], files.get(f"targets_missing/{name}"))
-                for name in files["target_columns"]
-            }
-        )
-        return CalibrationPackage(
-            matrix=matrix,
-            targets=targets,
-            target_names=tuple(str(n) for n in files["target_names"]),
-            initial_weights=files.get("initial_weights"),
-            geography={k.split("/", 1)[1]: v for k, v in files.items() if k.startswith("geography/")},
-            metadata=json.loads(str(files["metadata"])),
-        )
-    except PackageError as error:
-        raise PackageError(f"{path}: {error}") from None
-    except (KeyError, ValueError, TypeError) as error:
-        raise PackageError(f"{path} is a damaged jaxcal package ({type(error).__name__}: {error})") from None
+
+def _read_package(archive: zipfile.ZipFile) -> CalibrationPackage:
+    """The package ``archive`` holds. Only a package's own arrays are read, each once its header
+    fits the matrix's shape (:func:`_member`): a member no package has is never decompressed."""
+    import pandas as pd
+    from scipy import sparse
+
+    n_targets, n_records = (int(s) for s in _member(archive, "matrix_shape", "iu", (2,)))
+    if not (0 <= n_targets < _INDEX_LIMIT and 0 <= n_records < _INDEX_LIMIT):
+        raise PackageError(f"the matrix shape {n_targets} x {n_records} exceeds the engine's int32 indices")
+    indptr = _member(archive, "matrix_indptr", "iu", (n_targets + 1,))
+    nnz = int(indptr[-1])
+    if not 0 <= nnz <= n_targets * n_records:
+        raise PackageError(f"the matrix declares {nnz:,} nonzeros in {n_targets:,} x {n_records:,} cells")
+    data = _member(archive, "matrix_data", "iuf", (nnz,))
+    indices = _member(archive, "matrix_indices", "iu", (nnz,))
+    matrix = sparse.csr_array((data, indices, indptr), shape=(n_targets, n_records))
+    matrix.check_format(full_check=True)
+    if not np.isfinite(matrix.data).all():
+        raise PackageError("the matrix holds NaN or infinite values")
+    names = set(archive.namelist())
+    columns = _member(archive, "target_columns", "U", (len(_members_under(names, "targets/")),))
+    targets = pd.DataFrame(
+        {
+            name: _restore_column(
+                _member(archive, f"targets/{name}", "biufU", (n_targets,), of="targets"),
+                _member(archive, f"targets_missing/{name}", "b", (n_targets,), of="targets")
+                if f"targets_missing/{name}.npy" in names
+                else None,
+            )
+            for name in columns
+        }
+    )
+    metadata = json.loads(str(_member(archive, "metadata", "U", (), max_chars=_MAX_METADATA_CHARS)))
+    if not isinstance(metadata, dict):
+        raise PackageError(f"the metadata must be a JSON object, got {type(metadata).__name__}")
+    return CalibrationPackage(
+        matrix=matrix,
+        targets=targets,
+        target_names=tuple(str(n) for n in _member(archive, "target_names", "U", (n_targets,), of="targets")),
+        initial_weights=_member(archive, "initial_weights", "iuf", (n_records,), of="records")
+        if "initial_weights.npy" in names
+        else None,
+        geography={
+            key: _member(archive, f"geography/{key}", "iuU", (n_records,), of="records")
+            for key in _members_under(names, "geography/")
+        },
+        metadata=metadata,
+    )
+
+
+def _member(
+    archive: zipfile.ZipFile,
+    name: str,
+    kinds: str,
+    shape: tuple[int, ...],
+    *,
+    of: str | None = None,
+    max_chars: int = _MAX_CHARS,
+) -> np.ndarray:
+    """The array ``name`` of ``archive``, decompressed only once its ``.npy`` header declares a dtype
+    of one of ``kinds`` (text at most ``max_chars`` long) and ``shape`` (one entry per matrix row or
+    column, when ``of`` says which), and the archive declares the size that implies: a damaged or
+    hostile member costs no more than the package's shape allows."""
+    try:
+        info = archive.getinfo(f"{name}.npy")
+    except KeyError:
+        raise PackageError(f"the array {name!r} is missing") from None
+    try:
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            declared, _, dtype = read_header(f)
+            header_size = f.tell()
+        if dtype.kind not in kinds:
+            raise PackageError(f"the array {name!r} must hold {_KIND_NAMES[kinds]}, got {dtype}")
+        if dtype.kind == "U" and dtype.itemsize > 4 * max_chars:
+            raise PackageError(
+                f"the array {name!r} holds text of {dtype.itemsize // 4:,} characters, over {max_chars:,}"
+            )
+        if declared != shape:
+            why = f", as the matrix has {shape[0]:,} {of}" if of else ""
+            raise PackageError(f"the array {name!r} must have shape {shape}{why}, got {declared}")
+        if info.file_size != header_size + dtype.itemsize * math.prod(declared):
+            raise PackageError(f"the array {name!r} is {info.file_size:,} bytes, not the size its header declares")
+        with archive.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except PackageError:
+        raise
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+
+
+def _members_under(names: set[str], prefix: str) -> list[str]:
+    """The arrays named ``prefix<key>.npy`` among ``names``: their keys."""
+    return sorted(n[len(prefix) : -len(".npy")] for n in names if n.startswith(prefix) and n.endswith(".npy"))
 
 
 def import_pickle_package(path: str | os.PathLike) -> CalibrationPackage:
@@ -373,13 +471,3 @@ def _restore_column(values: np.ndarray, missing: np.ndarray | None) -> Any:
     column = values.astype(object)
     column[missing] = None
     return column
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"metadata value {value!r} is not JSON-serialisable")

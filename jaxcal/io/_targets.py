@@ -15,41 +15,85 @@ if TYPE_CHECKING:
     from ._package import CalibrationPackage
 
 RULE_FIELDS = ("variable", "geo_level", "domain_variable")
+SELECTOR_FIELDS = (*RULE_FIELDS, "geographic_id")
+"""What a rule of ``jaxcal fit --exclude-from-fit`` or ``--fail-if`` may name: a target config's
+fields and, beyond PolicyEngine's, one place."""
 POLICYENGINE_TARGET_CONFIG = pathlib.Path(__file__).with_name("policyengine_target_config.yaml")
 """policyengine-us-data 1.115.4's ``calibration/target_config.yaml``: what its fit keeps by default."""
 
 
-def load_target_config(path: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
+def load_target_config(path: str | os.PathLike, **shape: Any) -> dict[str, list[dict[str, str]]]:
     """Read a target-config YAML (keys ``include`` and/or ``exclude``, each a list of rules
-    ``{variable, geo_level?, domain_variable?}``) and check its shape; ``ValueError`` if bad."""
+    ``{variable, geo_level?, domain_variable?}``; ``shape``: :func:`check_target_config`'s
+    ``keys`` and ``fields``) and check its shape; ``ValueError`` if bad."""
     import yaml
+
+    from ._files import load_yaml
 
     try:
         with open(path) as f:
-            config = yaml.safe_load(f)
+            config = load_yaml(f)
     except FileNotFoundError:
         raise ValueError(f"target config not found: {path}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"target config {path} is not valid YAML: {error}") from None
-    return check_target_config(config or {}, source=str(path))
+    return check_target_config(config or {}, source=str(path), **shape)
 
 
-def check_target_config(config: Any, *, source: str = "target config") -> dict[str, list[dict[str, str]]]:
-    if not isinstance(config, dict) or set(config) - {"include", "exclude"}:
-        raise ValueError(f"{source}: expected a mapping with keys 'include' and/or 'exclude'")
+def check_target_config(
+    config: Any,
+    *,
+    source: str = "target config",
+    keys: tuple[str, ...] = ("include", "exclude"),
+    fields: tuple[str, ...] = RULE_FIELDS,
+) -> dict[str, list[dict[str, str]]]:
+    """``config`` checked: a mapping of ``keys`` to lists of rules, each a mapping of some of
+    ``fields`` to values (``variable`` required in a target config's); ``ValueError`` naming
+    ``source`` if it is not."""
+    if not isinstance(config, dict) or set(config) - set(keys):
+        raise ValueError(f"{source}: expected a mapping with keys {' and/or '.join(map(repr, keys))}")
     checked: dict[str, list[dict[str, str]]] = {}
-    for key in ("include", "exclude"):
+    for key in keys:
         rules = config.get(key) or []
         if not isinstance(rules, list):
             raise ValueError(f"{source}: '{key}' must be a list of rules")
         for i, rule in enumerate(rules):
-            if not isinstance(rule, dict) or "variable" not in rule or set(rule) - set(RULE_FIELDS):
+            required = {"variable"} if fields == RULE_FIELDS else set()
+            if not isinstance(rule, dict) or not rule or required - set(rule) or set(rule) - set(fields):
+                named = "'variable' and optionally " if required else "some of "
+                others = fields[1:] if required else fields
                 raise ValueError(
-                    f"{source}: {key}[{i}] must be a mapping with 'variable' and optionally "
-                    f"'geo_level' and 'domain_variable', got {rule!r}"
+                    f"{source}: {key}[{i}] must be a mapping with {named}{', '.join(map(repr, others))}, got {rule!r}"
                 )
         checked[key] = [{k: str(v) for k, v in rule.items()} for rule in rules]
     return checked
+
+
+def parse_target_rules(text: str, *, flag: str) -> list[dict[str, str]]:
+    """The rules ``text`` gives: a YAML file whose ``exclude`` list holds target-config rules (a
+    place's ``geographic_id`` allowed), or one rule written ``field=value[,field=value...]``
+    (fields of :data:`SELECTOR_FIELDS`). ``ValueError`` naming ``flag`` for a bad one."""
+    if text.endswith((".yaml", ".yml")) or os.path.isfile(text):
+        config = load_target_config(text, keys=("exclude",), fields=SELECTOR_FIELDS)
+        if not config["exclude"]:
+            raise ValueError(f"{flag} {text}: the file names no targets (an 'exclude' list of rules)")
+        return config["exclude"]
+    rule: dict[str, str] = {}
+    for part in text.split(","):
+        field, equals, value = part.partition("=")
+        field, value = field.strip(), value.strip()
+        if not equals or field not in SELECTOR_FIELDS or not value or field in rule:
+            raise ValueError(
+                f"{flag} {text!r}: expected field=value[,field=value...] with each field once, one of "
+                f"{', '.join(SELECTOR_FIELDS)} (or a YAML file of rules)"
+            )
+        rule[field] = value
+    return [rule]
+
+
+def target_rules_mask(targets: pd.DataFrame, rules: list[dict[str, str]]) -> np.ndarray:
+    """Rows some rule matches: every field the rule gives equals the row's."""
+    return _matches(targets, rules)
 
 
 def target_config_mask(targets: pd.DataFrame, config: dict[str, list[dict[str, str]]]) -> np.ndarray:

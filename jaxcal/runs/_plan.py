@@ -211,9 +211,11 @@ def load_named_set(name: str, presets_file: str | os.PathLike | None = None) -> 
     mapping of :data:`HYPERPARAMETERS` to numbers), checked: a ``ValueError`` naming the file."""
     import yaml
 
+    from ..io._files import load_yaml
+
     path = pathlib.Path(presets_file) if presets_file is not None else _default_presets_file()
     try:
-        sets = yaml.safe_load(path.read_text()) or {}
+        sets = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ValueError(f"presets file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as error:

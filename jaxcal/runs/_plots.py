@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io import atomic_write
+from ..io import atomic_write, json_safe
 from ._names import FRONTIER, HOLDOUT_LOG
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def write_holdout_log(holdout: HoldoutFit, directory: str | os.PathLike, stem: s
     directory = pathlib.Path(directory)
     paths = {kind: directory / f"{stem}.{kind}" for kind in ("json", "csv", "png")}
     records = {"summary": holdout.summary(), "log": holdout.log.to_dict(orient="records")}
-    atomic_write(paths["json"], lambda f: f.write(json.dumps(records, indent=2)), mode="w")
+    atomic_write(paths["json"], lambda f: f.write(json.dumps(json_safe(records), indent=2, allow_nan=False)), mode="w")
     atomic_write(paths["csv"], lambda f: holdout.log.to_csv(f, index=False), mode="w")
     figure = holdout_figure(holdout)
     atomic_write(paths["png"], lambda f: figure.savefig(f, format="png", dpi=100))

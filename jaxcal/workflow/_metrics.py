@@ -42,6 +42,8 @@ def weight_health(weights: Any) -> dict[str, Any]:
     w = np.asarray(weights, np.float64)
     finite = bool(np.isfinite(w).all())
     non_negative = bool((w >= 0).all()) if finite else False
+    # Kept means > 0, as PolicyEngine's weight_nonzero counts ((weights > 0).sum()): a weight of
+    # 1e-8 is kept, and tiny_share tells how many kept weights are below TINY_WEIGHT.
     positive = w[w > 0] if finite else np.zeros(0)
     n_positive = int(positive.size)
     total = float(positive.sum())
