@@ -38,9 +38,13 @@ PLAN_FLAGS = (
     "pe_compat_adam_restarts",
     "allow_pickle",
     "quiet",
+    "exclude_from_fit",
+    "fail_if",
 )
 """Flags that go to the plan as they are."""
 PE = "policyengine-us-data's"
+TOLERANCE_EXIT = 3
+"""``jaxcal fit``'s exit code when a ``--fail-if`` rule is unmet (1 is a user mistake, 130 a signal)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -147,6 +151,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"weigh every target alike in the loss, not {PE} target groups (each group counts once)",
     )
     parser.add_argument(
+        "--exclude-from-fit",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="leave the targets RULE matches out of the loss but in every output, with their estimates (an honest "
+        "check): FIELD=VALUE[,FIELD=VALUE...] over variable, geo_level, domain_variable, geographic_id, or a YAML "
+        "file with an 'exclude' list of such rules; repeatable",
+    )
+    parser.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="RULE:TOLERANCE",
+        help=f"exit {TOLERANCE_EXIT} (outputs written) unless every target RULE matches ends within TOLERANCE "
+        "(a fraction, or a percentage such as 1%%) of its value, e.g. variable=person_count,geo_level=national:1%%; "
+        "repeatable",
+    )
+    parser.add_argument(
         "--resume-from",
         type=pathlib.Path,
         help="a checkpoint, a weights .npy with a sibling checkpoint, or a bare .npy to warm-start from",
@@ -236,8 +258,29 @@ def run(args: argparse.Namespace) -> int:
         record = runs.write_run_dir(plan, begin, outcome, elapsed=time.perf_counter() - started)
     if not plan.quiet:
         print(headline(record), flush=True)
+        if record.excluded_from_fit:
+            print(excluded_line(record.excluded_from_fit), flush=True)
         print("\n".join(f"{label}:{path}" for label, path in runs.output_paths(plan, record).items()), flush=True)
+    unmet = [check for check in record.fail_if or () if not check["passed"]]
+    if unmet:
+        raise CommandError(
+            "; ".join(
+                f"--fail-if {check['rule']}: {check['n_failed']:,} of {check['n_targets']:,} targets outside "
+                f"{check['tolerance']:.4g} (worst {check['worst_target']} at {check['worst_rel_error']:+.2%})"
+                for check in unmet
+            )
+            + " (outputs written)",
+            code=TOLERANCE_EXIT,
+        )
     return 0
+
+
+def excluded_line(excluded: dict) -> str:
+    """What a fit says of the targets it left out of its loss (the headline is of the others)."""
+    return (
+        f"excluded from the fit: {excluded['n_targets']:,} targets, mean rel error {excluded['mean_error_pct']:.2f}%, "
+        f"median {excluded['median_error_pct']:.2f}% (achievable ones; in unified_diagnostics.csv)"
+    )
 
 
 def headline(record: RunRecord) -> str:
@@ -246,7 +289,8 @@ def headline(record: RunRecord) -> str:
     return (
         f"{record.n_targets:,} targets, {record.n_records:,} records: "
         f"mean rel error {record.mean_error_pct:.2f}%, median {record.median_error_pct:.2f}%, "
-        f"within 10% {record.share_within_10pct:.1%} (achievable targets), records kept {record.weight_nonzero:,}, "
+        f"within 10% {record.share_within_10pct:.1%} ({'fitted ' if record.excluded_from_fit else ''}"
+        "achievable targets), records kept {record.weight_nonzero:,}, "
         f"{record.elapsed_seconds:.1f}s"
     )
 

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ._plan import PROGRESS_EPOCHS as PROGRESS_EPOCHS
     from ._plan import FitPlan as FitPlan
     from ._plan import HoldoutPlan as HoldoutPlan
+    from ._plan import ToleranceRule as ToleranceRule
     from ._plan import checkpoint_path_for as checkpoint_path_for
     from ._plan import load_named_set as load_named_set
     from ._plan import resolve_hyperparameters as resolve_hyperparameters
@@ -96,6 +97,7 @@ _EXPORTS = {
     "PLATFORMS": "_plan",
     "PROGRESS_EPOCHS": "_plan",
     "FitPlan": "_plan",
+    "ToleranceRule": "_plan",
     "HoldoutPlan": "_plan",
     "checkpoint_path_for": "_plan",
     "load_named_set": "_plan",

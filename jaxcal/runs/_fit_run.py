@@ -68,11 +68,24 @@ def load_fit_package(plan: FitPlan) -> CalibrationPackage:
 
 def fit_objective(plan: FitPlan, package: CalibrationPackage) -> Objective:
     """The loss ``plan`` fits ``package`` with: its lambdas and, with ``plan.target_groups``,
-    PolicyEngine's target groups weighed equally."""
+    PolicyEngine's target groups weighed equally. Targets excluded from the fit go to groups of
+    their own that weigh 0, so that the rest weigh what they would without them, and so they
+    stay when a held-out split selects rows of the objective."""
     hyper = plan.hyperparameters
     groups = policyengine_target_groups(package.targets) if plan.target_groups else None
+    excluded = plan.excluded_targets(package.targets)
+    multipliers = None
+    if excluded.any():
+        fitted_groups = groups if groups is not None else np.zeros(package.n_targets, np.int32)
+        groups = np.where(excluded, fitted_groups + fitted_groups.max() + 1, fitted_groups)
+        multipliers = {int(group): 0.0 for group in np.unique(groups[excluded])}
     return Objective.create(
-        package.n_targets, lambda_l0=hyper["lambda_l0"], lambda_l2=hyper["lambda_l2"], target_groups=groups
+        package.n_targets,
+        lambda_l0=hyper["lambda_l0"],
+        lambda_l2=hyper["lambda_l2"],
+        target_groups=groups,
+        normalize_groups=plan.target_groups,
+        group_multipliers=multipliers,
     )
 
 
@@ -117,6 +130,7 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
     problem, or asked to continue with another gate temperature or held-out split, is a
     ``ValueError``; other hyperparameters than the checkpoint's (which the run uses) and a
     ``--seed`` the checkpoint's key makes moot are warnings."""
+    plan.excluded_targets(package.targets)  # its rules' mistakes before any device work
     _use_platform(plan.device)
     mesh = None if plan.devices is None else _record_mesh(plan.devices, plan.device)
     signature = package.signature()
@@ -529,6 +543,12 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
             + " target groups: resume it "
             + ("with --no-target-groups" if plan.target_groups else "without --no-target-groups")
         )
+    saved_excluded = checkpoint.hyperparameters.get("exclude_from_fit", [])
+    if saved_excluded != hyper.get("exclude_from_fit", []):
+        raise ValueError(
+            f"the checkpoint was fitted excluding {saved_excluded or 'no targets'}, this run excludes "
+            f"{hyper.get('exclude_from_fit') or 'none'}: resume it with the --exclude-from-fit rules it was fitted with"
+        )
     saved_split, split = checkpoint.hyperparameters.get("holdout"), hyper.get("holdout")
     if saved_split != split:
         raise ValueError(
@@ -547,7 +567,7 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
     changed = [
         k
         for k in sorted(hyper)
-        if k not in ("epochs", "target_groups", "optimizer", "beta", "holdout")
+        if k not in ("epochs", "target_groups", "optimizer", "beta", "holdout", "exclude_from_fit")
         and checkpoint.hyperparameters.get(k) != hyper[k]
     ]
     if changed:

@@ -12,9 +12,13 @@ import math
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 from ._names import FIT_FILES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 HYPERPARAMETERS = ("epochs", "beta", "lambda_l0", "lambda_l2", "learning_rate")
 """What a named set, a preset and the flags choose (policyengine-us-data's ``fit_l0_weights`` settings)."""
@@ -76,7 +80,10 @@ class FitPlan:
     As policyengine-us-data's fit, the package's targets are restricted by ``target_config``,
     else by PolicyEngine's own (:data:`jaxcal.io.POLICYENGINE_TARGET_CONFIG`) unless
     ``all_active_targets``; with ``target_groups`` the loss weighs PolicyEngine's target groups
-    equally (:func:`jaxcal.io.policyengine_target_groups`).
+    equally (:func:`jaxcal.io.policyengine_target_groups`). The targets ``exclude_from_fit``'s
+    rules match (:func:`jaxcal.io.parse_target_rules`) weigh 0 in the loss but stay in the
+    package, so that every output reports them; ``fail_if`` holds :class:`ToleranceRule` texts
+    the fitted weights must meet.
     """
 
     package_path: pathlib.Path
@@ -98,8 +105,14 @@ class FitPlan:
     holdout: HoldoutPlan | None = None
     allow_pickle: bool = False
     quiet: bool = False
+    exclude_from_fit: tuple[str, ...] = ()
+    fail_if: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exclude_from_fit", tuple(self.exclude_from_fit))
+        object.__setattr__(self, "fail_if", tuple(self.fail_if))
+        self.exclusion_rules()
+        self.tolerance_rules()
         for name in ("package_path", "output", "target_config", "resume_from", "checkpoint_output"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, pathlib.Path(getattr(self, name)))
@@ -165,11 +178,43 @@ class FitPlan:
 
         return POLICYENGINE_TARGET_CONFIG
 
+    def exclusion_rules(self) -> list[dict[str, str]]:
+        """The rules of every ``--exclude-from-fit``, in order."""
+        from ..io._targets import parse_target_rules
+
+        return [rule for text in self.exclude_from_fit for rule in parse_target_rules(text, flag="--exclude-from-fit")]
+
+    def tolerance_rules(self) -> list[ToleranceRule]:
+        return [ToleranceRule.parse(text) for text in self.fail_if]
+
+    def excluded_targets(self, targets: pd.DataFrame) -> np.ndarray:
+        """Which of ``targets`` (the fitted package's) the fit leaves out of its loss; a
+        ``ValueError`` when a rule of ``--exclude-from-fit`` or ``--fail-if`` matches none of
+        them (a misspelt rule would otherwise change nothing) or every target is excluded."""
+        import numpy as np
+
+        from ..io._targets import parse_target_rules, target_rules_mask
+
+        excluded = np.zeros(len(targets), bool)
+        for text in self.exclude_from_fit:
+            matched = target_rules_mask(targets, parse_target_rules(text, flag="--exclude-from-fit"))
+            if not matched.any():
+                raise ValueError(f"--exclude-from-fit {text} matches none of the {len(targets):,} fitted targets")
+            excluded |= matched
+        if excluded.all():
+            raise ValueError(f"--exclude-from-fit leaves none of the {len(targets):,} targets to fit")
+        for rule in self.tolerance_rules():
+            if not rule.mask(targets).any():
+                raise ValueError(f"--fail-if {rule.text} matches none of the {len(targets):,} fitted targets")
+        return excluded
+
     def fit_hyperparameters(self) -> dict[str, Any]:
         """What a checkpoint records and a resumed fit compares: the hyperparameters, whether the
-        loss weighs target groups, the optimizer, and the split."""
+        loss weighs target groups, the optimizer, the targets excluded from it and the split."""
         split = {"holdout": self.holdout.to_dict()} if self.holdout else {}
-        return dict(self.hyperparameters) | {"target_groups": self.target_groups, "optimizer": self.optimizer} | split
+        chosen = {"target_groups": self.target_groups, "optimizer": self.optimizer}
+        excluded = {"exclude_from_fit": self.exclusion_rules()} if self.exclude_from_fit else {}
+        return dict(self.hyperparameters) | chosen | excluded | split
 
     def record_hyperparameters(self) -> dict[str, Any]:
         """The run record's ``hyperparameters``: :meth:`fit_hyperparameters` and where and how it ran."""
@@ -179,6 +224,58 @@ class FitPlan:
             "devices": self.devices,
             "pe_compat_adam_restarts": self.pe_compat_adam_restarts,
             "all_active_targets": self.all_active_targets,
+        }
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class ToleranceRule:
+    """``--fail-if FIELD=VALUE[,FIELD=VALUE...]:TOLERANCE``: every target the rule matches must
+    end within ``tolerance`` (a fraction; ``1%`` is 0.01) of its value, in PolicyEngine's
+    relative error, else the fit exits non-zero (after writing its outputs)."""
+
+    text: str
+    rules: tuple[Mapping[str, str], ...]
+    tolerance: float
+
+    @classmethod
+    def parse(cls, text: str) -> ToleranceRule:
+        from ..io._targets import parse_target_rules
+
+        selector, colon, limit = text.rpartition(":")
+        number = limit.strip().removesuffix("%")
+        if not colon or not selector or not _numeric_text(number):
+            raise ValueError(
+                f"--fail-if {text!r}: expected FIELD=VALUE[,FIELD=VALUE...]:TOLERANCE, e.g. "
+                "variable=person_count,geo_level=national:1%"
+            )
+        tolerance = float(number) / (100 if limit.strip().endswith("%") else 1)
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise ValueError(f"--fail-if {text!r}: the tolerance must be a non-negative number, got {limit!r}")
+        return cls(text, tuple(parse_target_rules(selector, flag="--fail-if")), tolerance)
+
+    def mask(self, targets: pd.DataFrame) -> np.ndarray:
+        from ..io._targets import target_rules_mask
+
+        return target_rules_mask(targets, list(self.rules))
+
+    def check(self, targets: pd.DataFrame, names: Any, rel_error: Any) -> dict[str, Any]:
+        """The rule against the fitted weights' relative errors: the targets it covers, those
+        outside the tolerance and the worst one, and whether it passed."""
+        import numpy as np
+
+        covered = np.flatnonzero(self.mask(targets))
+        errors = np.abs(np.asarray(rel_error, np.float64)[covered])
+        worst = covered[np.argmax(errors)]
+        failed = int((~(errors <= self.tolerance)).sum())
+        return {
+            "rule": self.text,
+            "tolerance": self.tolerance,
+            "n_targets": int(covered.size),
+            "n_failed": failed,
+            "worst_target": str(names[worst]),
+            "worst_rel_error": float(np.asarray(rel_error, np.float64)[worst]),
+            "passed": failed == 0,
         }
 
 

@@ -46,7 +46,7 @@ class RunRecord(eqx.Module):
     with its meaning; where PolicyEngine records a command-line default that the run did not
     use (``dataset``, ``db_path``, ``n_clones`` of a fit from a package), this record has the
     package's own. The errors are over the achievable targets (a row that is not all zeros), as
-    PolicyEngine's; ``hyperparameters`` holds jaxcal's fuller account of the settings.
+    PolicyEngine's, that the fit fitted; ``hyperparameters`` holds jaxcal's fuller account of the settings.
     """
 
     command: str | None = None
@@ -105,6 +105,12 @@ class RunRecord(eqx.Module):
     weight_health: Mapping[str, Any] | None = None
     holdout: Mapping[str, Any] | None = None
     """The held-out split and, for a fit, its best epoch and losses."""
+    excluded_from_fit: Mapping[str, Any] | None = None
+    """A fit's ``--exclude-from-fit``: its rules, the targets they matched and their errors (the
+    top-level errors are those of the fitted targets)."""
+    fail_if: Sequence[Mapping[str, Any]] | None = None
+    """A fit's ``--fail-if`` rules, each with the targets it covers, those outside its tolerance,
+    the worst and whether it passed."""
     tier: Mapping[str, Any] | None = None
     """A derived tier's budget, state floor and chosen lambda_l0."""
     elapsed_seconds: float | None = None

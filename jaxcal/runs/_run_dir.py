@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..io import CalibrationPackage, atomic_write, file_provenance, json_safe, save_package
-from ..workflow import HoldoutFit
+from ..workflow import HoldoutFit, error_summary
 from ._diagnostics import target_diagnostics
 from ._names import (
     CALIBRATION_LOG,
@@ -58,13 +58,14 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
     if checkpoint is not None and checkpoint.parent == directory:
         files.append(checkpoint.name)
     applied_config = plan.applied_target_config
+    excluded = plan.excluded_targets(begin.package.targets)
     record = RunRecord.create(
         "fit",
         directory,
         files,
         problem=begin.package,
         weights=weights,
-        diagnostics=diagnostics,
+        diagnostics=diagnostics.loc[~excluded],
         package=str(plan.package_path),
         package_signature=begin.signature,
         inputs=_inputs(package=plan.package_path, target_config=plan.target_config, resume_from=plan.resume_from),
@@ -79,10 +80,28 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
         final_loss=float(outcome.losses[-1]) if len(outcome.losses) else None,
         weights_file=plan.output.name,
         holdout=None if outcome.holdout is None else outcome.holdout.summary(),
+        excluded_from_fit=_excluded_summary(plan, diagnostics, excluded) if excluded.any() else None,
+        fail_if=[
+            rule.check(begin.package.targets, begin.package.target_names, diagnostics["rel_error"])
+            for rule in plan.tolerance_rules()
+        ]
+        or None,
         elapsed_seconds=elapsed,
     )
     record.write(directory)
     return record
+
+
+def _excluded_summary(plan: FitPlan, diagnostics: pd.DataFrame, excluded: np.ndarray) -> dict[str, Any]:
+    """The record's account of the targets left out of the loss: the rules, the targets and their
+    errors over the achievable ones."""
+    left_out = diagnostics.loc[excluded]
+    return {
+        "rules": plan.exclusion_rules(),
+        "n_targets": int(excluded.sum()),
+        "targets": left_out["target"].tolist(),
+        **error_summary(left_out.loc[left_out["achievable"], "rel_error"]),
+    }
 
 
 def output_paths(plan: FitPlan, record: RunRecord) -> dict[str, pathlib.Path]:
