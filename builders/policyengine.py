@@ -57,7 +57,9 @@ class PolicyEngineSimulation:
         self.variable_entities = _entities(self._variables)
 
     def calculate(self, variable: str, year: int, map_to: str | None = None) -> np.ndarray:
-        result = self._simulation.calculate(variable, year, map_to=map_to)
+        # PolicyEngine's formulas divide by zero on purpose (empty groups, 0/0 state income tax rates), then mask.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result = self._simulation.calculate(variable, year, map_to=map_to)
         return np.asarray(result.decode_to_str() if hasattr(result, "decode_to_str") else result)
 
     def set_input(self, variable: str, year: int, values: np.ndarray) -> None:

@@ -49,6 +49,11 @@ else:  # the default package (`jaxcal build --demo`): 2,000 households x 2 clone
     EPOCHS = 1_000
 
 # %matplotlib inline
+import warnings
+
+# policyengine-us imports huggingface_hub, whose tqdm.auto warns in a kernel without ipywidgets (no bar is shown here).
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import jax
 import matplotlib.pyplot as plt
 import numpy as np

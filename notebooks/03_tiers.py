@@ -104,8 +104,8 @@ parent = jaxcal.workflow.fit_with_holdout(
     patience=PARENT_EPOCHS // 5,
     log_weight_jitter_sd=0.05,
 )
-print(parent.summary() | {"holdout_families": "..."})
-jaxcal.runs.holdout_figure(parent)
+print(parent.summary() | {"held_out_families": "..."})
+jaxcal.runs.holdout_figure(parent, title="Parent fit: train and held-out data loss")
 
 # %% [markdown]
 # ## 2. The sparsity frontier: a vmapped `lambda_l0` sweep
@@ -127,15 +127,28 @@ frontier
 fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 axes[0].plot(frontier["records_kept"], frontier["train_loss"], "o-", label="train targets")
 axes[0].plot(frontier["records_kept"], frontier["holdout_loss"], "s--", label="held-out targets")
-for _, row in frontier.iterrows():
-    axes[0].annotate(f"{row['lambda_l0']:g}", (row["records_kept"], row["train_loss"]), fontsize=7)
-axes[0].set(xscale="log", yscale="log", xlabel="records kept", ylabel="data loss", title="Frontier (labels: lambda_l0)")
+for i, row in enumerate(frontier.itertuples()):  # labels alternate above and below: neighbours can nearly coincide
+    axes[0].annotate(
+        f"{row.lambda_l0:.0e}",
+        (row.records_kept, row.train_loss),
+        textcoords="offset points",
+        xytext=(4, 6 if i % 2 else -11),
+        fontsize=7,
+    )
+axes[0].set(
+    yscale="log",
+    xlabel="records kept",
+    ylabel="data loss (log scale)",
+    title="Sparsity frontier (points labelled by lambda_l0)",
+)
+axes[0].margins(x=0.08)  # room for the labels at the ends
+axes[0].grid(alpha=0.3)
 axes[0].legend()
 history = sweeps[0].history
 for i, lam in enumerate(LAMBDAS):
-    axes[1].plot(np.asarray(history.n_active[i]), label=f"{lam:g}")
-axes[1].set(xlabel="epoch", ylabel="records kept (sampled gates)", title="Sparsity during each fit", yscale="log")
-axes[1].legend(title="lambda_l0", fontsize=7)
+    axes[1].plot(np.asarray(history.n_active[i]), label=f"{lam:.0e}")
+axes[1].set(xlabel="epoch", ylabel="records kept (sampled gates)", title="Records kept during each fit of the sweep")
+axes[1].legend(title="lambda_l0", fontsize=7, loc="lower left")
 plt.show()
 
 # %% [markdown]
@@ -186,14 +199,19 @@ errors = pd.DataFrame(
     }
 )
 table = errors.groupby(["geo_level", "held_out", "fit"])["abs_rel_error"].median().unstack("fit")
+table = table[["parent", f"child ({BUDGET} records)"]]
 fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 table.plot.bar(ax=axes[0], logy=True, rot=0)
-axes[0].set(ylabel="median |relative error|", title="Parent vs child by level (held out or not)")
+axes[0].set(
+    xlabel="geography level, train or held-out targets",
+    ylabel="median |relative error| (log scale)",
+    title="Parent vs child: target errors by level",
+)
 axes[0].set_xticklabels([f"{level}\n{'held out' if h else 'train'}" for level, h in table.index], fontsize=8)
 search = pd.DataFrame(derivation.search)
 axes[1].loglog(search["lambda_l0"], search["records_kept"], "o")
 axes[1].axhline(BUDGET, color="grey", linestyle=":", label=f"budget {BUDGET}")
-axes[1].set(xlabel="lambda_l0", ylabel="records kept", title="The search's L0 path")
+axes[1].set(xlabel="lambda_l0", ylabel="records kept", title="The search's L0 path: records kept by lambda_l0")
 axes[1].legend()
 plt.show()
 
@@ -201,12 +219,12 @@ plt.show()
 # The child's refit logged its own held-out curve (early stopping on the held-out families):
 
 # %%
-jaxcal.runs.holdout_figure(tier.refit)
+jaxcal.runs.holdout_figure(tier.refit, title=f"Child refit ({BUDGET} records, gates off): train and held-out data loss")
 
 # %%
 summary = {
     "n_records": package.n_records,
-    "parent": parent.summary() | {"holdout_families": None},
+    "parent": parent.summary() | {"held_out_families": None},
     "frontier": frontier.to_dict(orient="records"),
     "budget": BUDGET,
     "child_records": int(tier.child.n_records),

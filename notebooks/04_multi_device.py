@@ -124,7 +124,14 @@ axes[0].set(yscale="log", xlabel="epoch", ylabel="data loss (sampled gates)", ti
 axes[0].legend()
 most = max(results)
 axes[1].loglog(np.maximum(single, 1e-3), np.maximum(np.asarray(results[most].weights), 1e-3), ".", markersize=2)
-axes[1].set(xlabel="weight, 1 device", ylabel=f"weight, {most} devices", title="Final weights")
+span = [max(single.min(), 1e-3), single.max()]
+axes[1].plot(span, span, color="grey", linestyle=":", linewidth=1, label="equal weights")
+axes[1].set(
+    xlabel="weight, 1 device (households represented)",
+    ylabel=f"weight, {most} devices (households represented)",
+    title=f"Final weights of each record: {most} devices vs 1",
+)
+axes[1].legend(loc="upper left")
 plt.show()
 
 # %% [markdown]
@@ -168,8 +175,14 @@ for n, target in matrices.items():
     print(f"{n} devices: {timing[n]:.2f} ms/epoch")
 
 fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
-ax.bar([str(n) for n in timing], list(timing.values()))
-ax.set(xlabel="devices", ylabel="ms / epoch", title=f"{jax.default_backend()}: {N_RECORDS:,} records")
+bars = ax.bar([str(n) for n in timing], list(timing.values()))
+ax.bar_label(bars, fmt="%.2f")
+ax.set(
+    xlabel="devices",
+    ylabel="ms / epoch",
+    title=f"Time per epoch by device count ({jax.default_backend()}, {N_RECORDS:,} records)",
+)
+ax.margins(y=0.15)
 plt.show()
 
 # %%

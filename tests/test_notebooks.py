@@ -6,6 +6,10 @@ globally), its working directory and outputs in a temporary directory, with
 ``JAXCAL_NOTEBOOK_SMALL=1`` so that it picks its small settings. Each notebook writes
 ``results.json`` to ``$JAXCAL_NOTEBOOK_OUTPUT``; the checks read it. The executed notebook
 is kept in the temporary directory for inspection (the committed ``.ipynb`` has no outputs).
+
+Every execution also checks what a user sees (:func:`check_what_users_see`): no warning on
+stderr, and every figure rendered titled, with both axes labelled (or showing category
+names), as a probe cell run before the notebook records them.
 """
 
 from __future__ import annotations
@@ -46,9 +50,59 @@ def _kernel_manager(directory: pathlib.Path):
     return KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
 
 
+# Run before the notebook's cells (and left out of the executed copy): every figure rendered
+# (inline output or savefig) goes through FigureCanvasBase.print_figure; after drawing it,
+# the probe appends the figure's titles and axis labels to a JSON-lines file.
+FIGURE_PROBE = """
+import json as _json
+import re as _re
+import matplotlib.backend_bases as _backend_bases
+
+def _probe_print_figure(self, *args, _print_figure=_backend_bases.FigureCanvasBase.print_figure, **kwargs):
+    figure = self.figure
+    result = _print_figure(self, *args, **kwargs)  # draws it: the tick labels are set
+    def axis(a, label):
+        # categorical: a tick label has words (numbers, and math text such as 10^3, have none)
+        texts = [_re.sub(r"\\$[^$]*\\$", "", t.get_text()) for t in a.get_ticklabels()]
+        return {"label": label, "categorical": any(c.isalpha() for t in texts for c in t)}
+    record = {
+        "suptitle": figure._suptitle.get_text() if figure._suptitle is not None else "",
+        "axes": [
+            {"title": ax.get_title(), "x": axis(ax.xaxis, ax.get_xlabel()), "y": axis(ax.yaxis, ax.get_ylabel())}
+            for ax in figure.axes
+        ],
+    }
+    with open(FIGURES, "a") as f:
+        f.write(_json.dumps(record) + "\\n")
+    return result
+
+_backend_bases.FigureCanvasBase.print_figure = _probe_print_figure
+"""
+
+
+def check_what_users_see(name: str, notebook, figures: list[dict]) -> None:
+    """No warning in any stderr output; every figure titled, its axes labelled (or categorical)."""
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                assert "warning" not in output["text"].lower(), (
+                    f"{name}, cell {index}, shows a warning:\n{output['text']}"
+                )
+    assert figures, f"{name}: the probe recorded no figure"
+    for figure in figures:
+        for axes in figure["axes"]:
+            assert axes["title"] or figure["suptitle"], f"{name}: a figure without a title: {figure}"
+            for side in ("x", "y"):
+                assert axes[side]["label"] or axes[side]["categorical"], (
+                    f"{name}: an unlabelled {side} axis in {axes['title'] or figure['suptitle']!r}"
+                )
+
+
 def execute(name: str, tmp_path: pathlib.Path, **env: str):
-    """Run notebooks/NAME.ipynb in tmp_path; return (executed notebook, results.json)."""
+    """Run notebooks/NAME.ipynb in tmp_path, check what users see; return (executed notebook, results.json)."""
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    figures_path = tmp_path / "figures.jsonl"
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(f"FIGURES = {str(figures_path)!r}\n" + FIGURE_PROBE))
     output = tmp_path / "output"
     environment = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     environment |= {"JAXCAL_NOTEBOOK_SMALL": "1", "JAXCAL_NOTEBOOK_OUTPUT": str(output), **env}
@@ -58,7 +112,10 @@ def execute(name: str, tmp_path: pathlib.Path, **env: str):
     try:
         client.execute(env=environment)
     finally:
+        notebook.cells.pop(0)  # the probe
         nbformat.write(notebook, tmp_path / f"{name}.executed.ipynb")
+    figures = [json.loads(line) for line in figures_path.read_text().splitlines()] if figures_path.exists() else []
+    check_what_users_see(name, notebook, figures)
     return notebook, json.loads((output / "results.json").read_text())
 
 

@@ -39,8 +39,9 @@ def write_loss_curve(path: str | os.PathLike, losses: np.ndarray, start_epoch: i
     atomic_write(path, lambda f: figure.savefig(f, format="png"))
 
 
-def holdout_figure(holdout: HoldoutFit) -> Figure:
-    """The train and held-out loss per epoch, best epoch marked."""
+def holdout_figure(holdout: HoldoutFit, title: str = "Train and held-out data loss by epoch") -> Figure:
+    """The train and held-out loss per epoch, best epoch marked; ``title`` says which fit it is
+    (the stopping epoch and reason follow it)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4), layout="constrained")
@@ -51,8 +52,10 @@ def holdout_figure(holdout: HoldoutFit) -> Figure:
     axes.axvline(holdout.best_epoch, color="grey", linestyle=":", label=f"best epoch {holdout.best_epoch}")
     axes.set_yscale("log")
     axes.set_xlabel("epoch")
-    axes.set_ylabel("data loss")
-    axes.set_title(f"stopped at epoch {holdout.stopped_epoch}: {holdout.stop_reason}")
+    axes.set_ylabel("data loss (log scale)")
+    reason = str(holdout.stop_reason).replace("_", " ")
+    axes.set_title(f"{title}\nstopped at epoch {holdout.stopped_epoch} ({reason})")
+    axes.grid(alpha=0.3)
     axes.legend()
     return figure
 
