@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ._diagnose_report import DIAGNOSE_FILES as DIAGNOSE_FILES
+    from ._diagnose_report import diagnosis_figure as diagnosis_figure
+    from ._diagnose_report import format_diagnosis as format_diagnosis
+    from ._diagnose_report import write_diagnosis as write_diagnosis
     from ._diagnostics import PackageValidation as PackageValidation
     from ._diagnostics import format_validation as format_validation
     from ._diagnostics import provenance_lines as provenance_lines
@@ -64,6 +68,10 @@ if TYPE_CHECKING:
     from ._run_dir import write_tier_run as write_tier_run
 
 _EXPORTS = {
+    "DIAGNOSE_FILES": "_diagnose_report",
+    "diagnosis_figure": "_diagnose_report",
+    "format_diagnosis": "_diagnose_report",
+    "write_diagnosis": "_diagnose_report",
     "PackageValidation": "_diagnostics",
     "format_validation": "_diagnostics",
     "provenance_lines": "_diagnostics",

@@ -1,6 +1,12 @@
 """The Microplex workflow over the engine: held-out target families with early stopping,
 parent-to-child tiers, fixed records, and the sparsity frontier. Depends on the core and io."""
 
+from ._diagnose import BoundedLeastSquares as BoundedLeastSquares
+from ._diagnose import TargetDiagnosis as TargetDiagnosis
+from ._diagnose import diagnose_targets as diagnose_targets
+from ._diagnose import hierarchy_gaps as hierarchy_gaps
+from ._diagnose import solve_bounded_least_squares as solve_bounded_least_squares
+from ._diagnose import starting_weights as starting_weights
 from ._fixed import Residualization as Residualization
 from ._fixed import residualize as residualize
 from ._frontier import sweep_grid as sweep_grid
