@@ -14,7 +14,8 @@ import argparse
 import pathlib
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .._defaults import OPTIMIZER_NAMES, PE_DEFAULTS, PE_PRESETS
 from ..runs import DEFAULT_OUTPUT, LOG_FORMATS, PLATFORM_ALIASES, PLATFORMS, PROGRESS_EPOCHS
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def excluded_line(excluded: dict) -> str:
+def excluded_line(excluded: Mapping[str, Any]) -> str:
     """What a fit says of the targets it left out of its loss (the headline is of the others)."""
     return (
         f"excluded from the fit: {excluded['n_targets']:,} targets, mean rel error {excluded['mean_error_pct']:.2f}%, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,7 +92,7 @@ def parse_target_rules(text: str, *, flag: str) -> list[dict[str, str]]:
     return [rule]
 
 
-def target_rules_mask(targets: pd.DataFrame, rules: list[dict[str, str]]) -> np.ndarray:
+def target_rules_mask(targets: pd.DataFrame, rules: Sequence[Mapping[str, str]]) -> np.ndarray:
     """Rows some rule matches: every field the rule gives equals the row's."""
     return _matches(targets, rules)
 
@@ -173,7 +174,7 @@ def policyengine_initial_weights(package: CalibrationPackage) -> np.ndarray:
     return weights
 
 
-def _matches(targets: pd.DataFrame, rules: list[dict[str, str]]) -> np.ndarray:
+def _matches(targets: pd.DataFrame, rules: Sequence[Mapping[str, str]]) -> np.ndarray:
     mask = np.zeros(len(targets), bool)
     for rule in rules:
         rule_mask = np.ones(len(targets), bool)

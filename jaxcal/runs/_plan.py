@@ -257,7 +257,7 @@ class ToleranceRule:
     def mask(self, targets: pd.DataFrame) -> np.ndarray:
         from ..io._targets import target_rules_mask
 
-        return target_rules_mask(targets, list(self.rules))
+        return target_rules_mask(targets, self.rules)
 
     def check(self, targets: pd.DataFrame, names: Any, rel_error: Any) -> dict[str, Any]:
         """The rule against the fitted weights' relative errors: the targets it covers, those
