@@ -32,7 +32,7 @@ def main() -> None:
 
     init_key, fit_key = jax.random.split(jax.random.key(args.seed))
     # policyengine-us-data's settings (jaxcal.PE_DEFAULTS): beta 0.35, keep probability 0.999,
-    # log-weight jitter 0.05, lambda_l2 1e-12, learning rate 0.15 (fit's default).
+    # log-weight jitter 0.05, lambda_l2 1e-12, learning rate 0.15.
     defaults = jaxcal.PE_DEFAULTS
     model = jaxcal.CalibrationWeights.init(
         matrix.n_records, key=init_key, init_weights=100.0, init_keep_prob=defaults.init_keep_prob, beta=defaults.beta
@@ -54,6 +54,9 @@ def main() -> None:
         objective,
         key=fit_key,
         epochs=args.epochs,
+        # PolicyEngine's Adam with its rate decaying to 0 over the epochs: unlike the constant
+        # rate (fit's default, PolicyEngine's), it settles (benchmarks/RESULTS.md, "Convergence").
+        optimizer=jaxcal.optimizer_named("adam-cosine", epochs=args.epochs),
         log_weight_jitter_sd=defaults.log_weight_jitter_sd,
         chunk_epochs=max(1, args.epochs // 5),
         callback=report,

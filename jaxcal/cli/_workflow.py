@@ -94,7 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write an artifact-gate JSON for RUN_DIR. Exit 0 passed, 1 failed, 2 incomplete "
         "(a gate the run cannot measure).",
     )
-    gates.add_argument("run_dir", metavar="RUN_DIR", type=pathlib.Path)
+    gates.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        type=pathlib.Path,
+        help="a run directory jaxcal fit or derive wrote (weights, unified_run_config.json, unified_diagnostics.csv)",
+    )
     gates.add_argument("--output", type=pathlib.Path, help="report path (default RUN_DIR/artifact_gates.json)")
     gates.add_argument("--product", help="artifact name, e.g. mp-300k (default: the run's, else RUN_DIR's name)")
     gates.add_argument("--max-holdout-loss", type=float, help="fail when the best held-out loss is above this")

@@ -19,6 +19,7 @@ from ._diagnostics import target_diagnostics
 from ._names import (
     CALIBRATION_LOG,
     DIAGNOSTICS,
+    FIT_FILES,
     GEOGRAPHY_FILES,
     LOSS_CURVE,
     RUN_CONFIG,
@@ -41,7 +42,8 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
     ``unified_diagnostics.csv``, ``loss_curve.png``, PolicyEngine's geography files when the
     package has blocks and districts, the held-out log with a split, and the record, which also
     lists the observers' ``calibration_log.csv`` and the checkpoint this run wrote (when it is in
-    the directory; a checkpoint an earlier run left there is never this run's). The record's
+    the directory; a checkpoint an earlier run left there is never this run's). A fit's file that
+    an earlier run left and this one did not write (a log, a held-out log) is removed. The record's
     hyperparameters say what the fit really started from (a checkpoint's beta, seed and key)."""
     import jax
 
@@ -88,6 +90,8 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
         or None,
         elapsed_seconds=elapsed,
     )
+    for stale in set(FIT_FILES) - set(files):  # an earlier run's, which would pass for this one's
+        (directory / stale).unlink(missing_ok=True)
     record.write(directory)
     return record
 
