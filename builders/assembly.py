@@ -18,7 +18,7 @@ from .simulation import StateValues
 from .takeup import TAKEUP_BY_VARIABLE, takes_up
 from .target_db import Constraint
 from .target_rows import TargetRows
-from .target_values import household_values, person_mask
+from .target_values import components, household_values, person_mask
 
 if TYPE_CHECKING:
     from jax.experimental import sparse as jsparse
@@ -91,6 +91,9 @@ class _GroupValues:
         self._takes_up: dict[tuple[str, int], np.ndarray] = {}
 
     def column_values(self, variable: str, constraints: tuple[Constraint, ...]) -> np.ndarray:
+        parts = components(variable)
+        if len(parts) > 1:  # a sum's household values are the sum of its parts' (each with its take-up)
+            return np.sum([self.column_values(part, constraints) for part in parts], axis=0)
         n_base, n_clones = self.geography.n_base, self.geography.n_clones
         if self.drawn & ({variable} | {c.variable for c in constraints}):
             blocks = [

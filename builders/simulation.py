@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from .dataset import EntityStructure
 from .geography import GeographyAssignment
 from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, TakeupSpec, takes_up
+from .target_values import components
 
 if TYPE_CHECKING:
     from .policyengine import Simulation
@@ -74,6 +75,24 @@ def choose_simulation(mode: str, n_clones: int, n_states: int) -> str:
 def known_entities(simulation: Simulation, variables: Collection[str]) -> dict[str, str]:
     """The entity of each of ``variables`` the model knows."""
     return {v: simulation.variable_entities[v] for v in variables if v in simulation.variable_entities}
+
+
+def expression_entities(variables: Collection[str], entities: Mapping[str, str]) -> dict[str, str]:
+    """The entity of each additive target expression (``a+b``) whose parts ``entities`` knows:
+    theirs, which must be one, as policyengine-us-data requires (a ``ValueError`` otherwise)."""
+    found = {}
+    for variable in variables:
+        parts = components(variable)
+        if len(parts) == 1 or any(part not in entities for part in parts):
+            continue
+        kinds = sorted({entities[part] for part in parts})
+        if len(kinds) != 1:
+            raise ValueError(
+                f"the target variable {variable!r} adds variables of different entities ({', '.join(kinds)}); "
+                "as in policyengine-us-data, a sum's parts must share one entity"
+            )
+        found[variable] = kinds[0]
+    return found
 
 
 def compute_state_values(

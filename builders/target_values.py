@@ -10,7 +10,8 @@ AND-ed per person. Then:
 - ``E_count`` (``household_count``, ``person_count``, ``tax_unit_count``...) counts the
   qualifying ``E`` of the household.
 
-Without constraints every entity qualifies. Geography is applied later, by column.
+Without constraints every entity qualifies. A target may name a sum of variables of one
+entity (``a+b``, :func:`components`). Geography is applied later, by column.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ _OPERATORS = {
     "<": operator.lt,
     "<=": operator.le,
 }
+
+
+def components(variable: str) -> list[str]:
+    """The variables a target sums: one, or the parts of policyengine-us-data's additive
+    expression ``a+b+...`` (its ``target_variable_components``), whose values add up per
+    household since each part is summed over the same qualifying entities."""
+    return [part.strip() for part in variable.split("+")]
 
 
 def satisfies(values: np.ndarray, constraint: Constraint) -> np.ndarray:

@@ -38,10 +38,18 @@ from . import policyengine
 from .assembly import assemble_matrix, to_bcoo
 from .dataset import dataset_period, read_entity_structure
 from .geography import assign_geography, equal_population_districts
-from .simulation import SIMULATION_MODES, choose_simulation, compute_clone_values, compute_state_values, known_entities
+from .simulation import (
+    SIMULATION_MODES,
+    choose_simulation,
+    compute_clone_values,
+    compute_state_values,
+    expression_entities,
+    known_entities,
+)
 from .takeup import TAKEUP_BY_VARIABLE
 from .target_db import read_targets, uprate_targets
 from .target_rows import TARGET_COLUMNS, TargetRows, configured_rows, plan_target_rows
+from .target_values import components
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,7 +123,8 @@ def build_calibration_package(
         if places is None:
             places = equal_population_districts()
         geography = assign_geography(structure.n_households, n_clones, places, seed)
-    amount_variables = sorted({v for v in rows.table["variable"] if not v.endswith("_count")})
+    targeted = set(rows.table["variable"])
+    amount_variables = sorted({part for v in targeted if not v.endswith("_count") for part in components(v)})
     constraint_variables = sorted({c.variable for row in rows.constraints for c in row})
     drawn = (set(amount_variables) | set(constraint_variables)) & TAKEUP_BY_VARIABLE.keys()
     takeup_variables = sorted(drawn) if rerandomize_takeup else []
@@ -131,8 +140,9 @@ def build_calibration_package(
             values = compute_state_values(
                 model, year, states, amount_variables, constraint_variables, takeup_variables, log
             )
-        count_variables = {v for v in rows.table["variable"] if v.endswith("_count")}
+        count_variables = {part for v in targeted if v.endswith("_count") for part in components(v)}
         values.entities.update(known_entities(model, count_variables))
+        values.entities.update(expression_entities(targeted, values.entities))
         report.unknown_variables = sorted(
             (set(amount_variables) | set(constraint_variables) | count_variables) - values.entities.keys()
         )

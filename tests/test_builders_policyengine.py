@@ -61,6 +61,7 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
             constraints=[("state_fips", "==", 6), ("congressional_district_geoid", "==", 601)],
         )
         w.add_target("no_such_variable", YEAR, 1.0)
+        w.add_target("employment_income + age", YEAR, 5e6, constraints=[("age", ">=", 18)])  # PE's additive form
     places = tmp_path / "places.csv"
     PLACES.to_csv(places, index=False)
     output = tmp_path / "package.npz"
@@ -90,6 +91,7 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     targets = package.targets
     assert list(package.target_names) == [
         "national/adjusted_gross_income/[age<30]",
+        "national/employment_income + age/[age>=18]",
         "national/no_such_variable",
         "national/person_count",
         "national/person_count/[age<18]",
@@ -98,21 +100,22 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
         "state_6/household_count/[age>=65]",
         "cd_601/state_6/employment_income",
     ]
-    snap = targets.iloc[4]
+    snap = targets.iloc[5]
     assert snap["original_value"] == 1e6 and snap["period"] == YEAR - 2
     np.testing.assert_allclose(snap["uprating_factor"], 309.794 / 281.148, rtol=1e-6)  # policyengine-us CPI-U
 
     state, district = package.geography["state_fips"], package.geography["cd_geoid"]
     np.testing.assert_array_equal(state, district // 100)
     household = np.tile(np.arange(3), 2)
-    expected = np.zeros((8, 6))
+    expected = np.zeros((9, 6))
     expected[0] = np.array([12_000.0, 0, 8_000])[household]  # tax units with someone under 30: hh0's, the 19-year-old's
-    expected[2] = PERSONS_PER_HOUSEHOLD[household]
-    expected[3] = household == 0  # the child
-    expected[4] = _snap_after_takeup(dataset, state, household)
-    expected[5] = np.array([1, 0, 2])[household]  # working-age tax units: the couple's counts once, the 19-year-old's
-    expected[6] = (household == 1) & (state == 6)
-    expected[7] = np.where(district == 601, np.array([12_000.0, 0, 61_000])[household], 0)
+    expected[1] = np.array([12_000.0 + 30, 70, 61_000 + 40 + 38 + 19])[household]  # adults' earnings plus ages
+    expected[3] = PERSONS_PER_HOUSEHOLD[household]
+    expected[4] = household == 0  # the child
+    expected[5] = _snap_after_takeup(dataset, state, household)
+    expected[6] = np.array([1, 0, 2])[household]  # working-age tax units: the couple's counts once, the 19-year-old's
+    expected[7] = (household == 1) & (state == 6)
+    expected[8] = np.where(district == 601, np.array([12_000.0, 0, 61_000])[household], 0)
     np.testing.assert_allclose(package.matrix.toarray(), expected, rtol=1e-6)
     assert package.nnz == np.count_nonzero(expected)
     metadata = package.metadata
@@ -156,6 +159,17 @@ def test_build_matches_hand_computation_then_fits(tmp_path, capsys):
     fitted = np.load(weights)
     assert fitted.shape == (6,) and np.isfinite(fitted).all()
     json.dumps(metadata)  # provenance stays JSON
+
+    mixed = tmp_path / "mixed.db"
+    with TargetDatabaseWriter(mixed) as w:
+        w.add_target("employment_income+adjusted_gross_income", YEAR, 1.0)  # a person and a tax-unit variable
+    args = ["build", "--dataset", str(dataset), "--db-path", str(mixed), "--n-clones", "1", "--geography", str(places)]
+    assert main([*args, "--package-output", str(tmp_path / "mixed.npz")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        error.startswith("jaxcal build: error:") and "adds variables of different entities (person, tax_unit)" in error
+    )
+    assert not (tmp_path / "mixed.npz").exists()
 
 
 def _snap_after_takeup(dataset, column_state, household):
