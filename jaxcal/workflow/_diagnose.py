@@ -163,7 +163,7 @@ def _interior_point(
         try:
             system = splu(
                 sparse.csc_array(weighted @ a_t) + identity,
-                permc_spec="MMD_AT_PLUS_A",
+                permc_spec="COLAMD",  # its ordering costs seconds where MMD_AT_PLUS_A costs minutes, for 1.4x the fill
                 diag_pivot_thresh=0.0,
                 options={"SymmetricMode": True},
             )
