@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pathlib
 import sqlite3
@@ -57,6 +58,11 @@ CREATE TABLE targets (
 );
 """
 TABLES = ("strata", "stratum_constraints", "targets")
+REQUIRED_COLUMNS = {
+    "stratum_constraints": ("stratum_id", "constraint_variable", "operation", "value"),
+    "targets": ("target_id", "variable", "period", "stratum_id", "value", "active"),
+}
+"""The columns jaxcal reads (``targets``' ``reform_id`` is 0 when absent)."""
 OPERATIONS = ("==", "!=", ">", ">=", "<", "<=", "in")
 """policyengine-us-data's constraint operations (``in``: one of a ``|``-separated set)."""
 GEOGRAPHIC_VARIABLES = ("state_fips", "congressional_district_geoid")
@@ -167,16 +173,18 @@ class TargetDatabaseWriter:
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
     """A read-only connection to an existing target database with the three tables.
 
-    ``FileNotFoundError`` for a missing file, ``ValueError`` for a file without the tables.
+    ``FileNotFoundError`` for a missing file, ``ValueError`` for a file without the tables, one
+    that cannot be read (a view over a dropped table) or one that lacks a column of
+    :data:`REQUIRED_COLUMNS`. :func:`read_targets` also refuses, naming the table and column,
+    a value its schema rules out: NULL or non-whole ids and periods (text such as ``'2024'``
+    reads as the number), text values, an ``active`` other than 0 or 1.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"target database not found: {path}")
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # as_uri escapes # ? %
     try:
-        present = {
-            row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
-        }
+        present = dict(connection.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')"))
     except sqlite3.DatabaseError as error:
         connection.close()
         raise ValueError(f"{path} is not an SQLite target database ({error})") from None
@@ -184,6 +192,17 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     if missing:
         connection.close()
         raise ValueError(f"target database {path} lacks the table(s) {', '.join(missing)}")
+    for table in TABLES:  # a view over a dropped table fails only when read: name it now
+        try:
+            cursor = connection.execute(f"SELECT * FROM {table} LIMIT 0")
+        except sqlite3.Error as error:
+            connection.close()
+            raise ValueError(f"target database {path}: its {table} {present[table]} cannot be read ({error})") from None
+        columns = {d[0] for d in cursor.description}
+        lacking = [c for c in REQUIRED_COLUMNS.get(table, ()) if c not in columns]
+        if lacking:
+            connection.close()
+            raise ValueError(f"target database {path}: the {table} table lacks column(s) {', '.join(lacking)}")
     return connection
 
 
@@ -195,7 +214,17 @@ def stratum_constraints(connection: sqlite3.Connection) -> dict[int, list[Constr
     )
     constraints: dict[int, list[Constraint]] = {}
     for stratum_id, variable, operation, value in rows:
-        constraints.setdefault(int(stratum_id), []).append(Constraint(variable, operation, str(value)))
+        whole = _whole(stratum_id)
+        if whole is None:
+            raise ValueError(
+                f"the stratum_constraints table's stratum_id must be a whole number, got {_sql(stratum_id)}"
+            )
+        for column, text in (("constraint_variable", variable), ("operation", operation), ("value", value)):
+            if text is None or isinstance(text, bytes):
+                raise ValueError(
+                    f"the stratum_constraints table's {column} must be text, got {_sql(text)} (stratum_id {stratum_id})"
+                )
+        constraints.setdefault(whole, []).append(Constraint(str(variable), str(operation), str(value)))
     return constraints
 
 
@@ -218,6 +247,8 @@ def target_overview(connection: sqlite3.Connection) -> pd.DataFrame:
     for column, default in (("reform_id", 0), ("tolerance", None), ("source", None), ("notes", None)):
         if column not in targets:
             targets[column] = default
+    for column, kind in _TARGET_KINDS.items():
+        targets[column] = _checked(targets, column, kind)
     described = {sid: describe_stratum(cs) for sid, cs in stratum_constraints(connection).items()}
     national = ("national", "US", None)
     geo = [described.get(int(sid), national) for sid in targets["stratum_id"]]
@@ -292,6 +323,85 @@ def parse_constraint_value(value: str) -> int | float | bool | str:
     return value
 
 
+_TARGET_KINDS = {
+    "target_id": "whole",
+    "variable": "text",
+    "period": "whole",
+    "stratum_id": "whole",
+    "reform_id": "whole",
+    "value": "number",
+    "active": "flag",
+}
+"""How each column of ``targets`` is read; ``value`` may be NULL (PolicyEngine's schema allows it)."""
+_KIND_PHRASES = {
+    "whole": "a whole number",
+    "text": "text",
+    "number": "a number or NULL",
+    "flag": "0 or 1 (false or true)",
+}
+
+
+def _checked(targets: pd.DataFrame, column: str, kind: str) -> pd.Series:
+    """``targets[column]`` as ``kind`` would have it (text such as ``'2024'`` read as the number
+    it spells, as SQLite's INTEGER columns store it); ``ValueError`` naming the column, the
+    values and their ``target_id`` for what it cannot be (NULL, ``'abc'``, ``2023.5``)."""
+    import numpy as np
+    import pandas as pd
+
+    values: pd.Series = targets[column]  # pyright: ignore[reportAssignmentType]  (one column: a Series)
+    raw = values.tolist()  # Python scalars: what SQLite gave, NULL as None or NaN
+    if kind == "text":
+        bad = np.array([not isinstance(v, str) for v in raw], bool)
+        checked = values
+    elif kind == "number":
+        reals = [_real(v) for v in raw]
+        bad = np.array([r is None for r in reals], bool)
+        checked = pd.Series([np.nan if r is None else r for r in reals], index=values.index, dtype=np.float64)
+    else:
+        wholes = [_whole(v) for v in raw]
+        bad = np.array([w is None or (kind == "flag" and w not in (0, 1)) for w in wholes], bool)
+        checked = pd.Series([w or 0 for w in wholes], index=values.index, dtype=bool if kind == "flag" else np.int64)
+    if bad.any():
+        shown = ", ".join(dict.fromkeys(_sql(v) for v in values[bad].tolist()[:20]))
+        where = ", ".join(str(i) for i in targets["target_id"][bad].tolist()[:5])
+        raise ValueError(
+            f"the targets table's {column} must be {_KIND_PHRASES[kind]}, got {shown} "
+            f"({int(bad.sum())} row(s): target_id {where}{', ...' if bad.sum() > 5 else ''})"
+        )
+    return checked
+
+
+def _sql(value: Any) -> str:
+    """``value`` as an error message shows it: ``NULL`` for SQL's NULL (pandas' NaN)."""
+    return "NULL" if value is None or (isinstance(value, float) and value != value) else repr(value)
+
+
+def _real(value: Any) -> float | None:
+    """``value`` (a number, text that spells one, or NULL: NaN) as a float, else None (inf too)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return float("nan")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` (an integer, a float that is one, or text that spells one) as an int, else None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, float) and value.is_integer() else None
+
+
 def _inserted_id(cursor: sqlite3.Cursor) -> int:
     """The row id an ``INSERT`` on ``cursor`` gave (``lastrowid`` is ``None`` only before one)."""
     if cursor.lastrowid is None:
@@ -308,9 +418,15 @@ def _as_constraint(constraint: ConstraintLike) -> Constraint:
 
 def read_targets(path: str | os.PathLike, year: int) -> tuple[pd.DataFrame, dict[int, list[Constraint]]]:
     """:func:`query_targets` on the database at ``path``, with each stratum's constraints."""
+    import pandas as pd
+
     connection = connect(path)
     try:
         return query_targets(connection, year), stratum_constraints(connection)
+    except (sqlite3.Error, pd.errors.DatabaseError) as error:  # a damaged page, a view failing mid-read
+        raise ValueError(f"target database {path} cannot be read ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"target database {path}: {error}") from None
     finally:
         connection.close()
 

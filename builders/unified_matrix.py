@@ -111,6 +111,13 @@ def build_calibration_package(
         targets = targets.loc[targets["reform_id"] == 0]
         if targets.empty:
             raise ValueError(f"target database {db_path} holds no active baseline targets")
+        unvalued = targets.loc[targets["value"].isna(), "target_id"].tolist()
+        if unvalued:  # PolicyEngine's schema allows a NULL value; no fit can aim at one
+            shown = ", ".join(map(str, unvalued[:5])) + (", ..." if len(unvalued) > 5 else "")
+            raise ValueError(
+                f"target database {db_path}: the targets table's value is NULL for {len(unvalued)} active "
+                f"target(s) (target_id {shown}); give them a value or set active = 0"
+            )
         rows = plan_target_rows(targets, constraints)
         if config is not None:
             rows = configured_rows(rows, config)

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -370,12 +371,25 @@ def test_a_run_directory_is_held_by_one_run(tmp_path, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
-    (tmp_path / "unified_run_config.json").write_text("[1, 2]")  # a record that is not a mapping
-    plain = jaxcal_cli("gates", tmp_path, check=False)
-    assert_user_error(plain, "AttributeError: ", "(run with --debug for the traceback)")
-    debug = jaxcal_cli("--debug", "gates", tmp_path, check=False)
+    """A bug (here planted: gates' report raises) is one line naming the exception, and --debug
+    adds the traceback."""
+    planted = (
+        "import sys, jaxcal.runs\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise AttributeError('planted')\n"
+        "jaxcal.runs.gate_report = broken\n"
+        "from jaxcal.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", planted, *args], capture_output=True, text=True, timeout=300)
+
+    plain = run("gates", str(tmp_path))
+    assert_user_error(plain, "AttributeError: planted", "(run with --debug for the traceback)")
+    debug = run("--debug", "gates", str(tmp_path))
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
-    assert debug.stderr.rstrip().splitlines()[-1].startswith("jaxcal gates: error: AttributeError: ")
+    assert debug.stderr.rstrip().splitlines()[-1].startswith("jaxcal gates: error: AttributeError: planted")
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import zipfile
 from typing import Any
 
 import equinox as eqx
@@ -24,7 +25,8 @@ from jaxtyping import PRNGKeyArray
 
 from .._model import CalibrationWeights
 from ._files import atomic_write
-from ._package import PackageError
+from ._package import PackageError, Shape
+from ._package import _member as _npy_member
 
 FORMAT = "jaxcal-checkpoint"
 FORMAT_VERSION = 2
@@ -121,31 +123,67 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint and check that it can be resumed; ``PackageError`` (a ``ValueError``) if it
     is missing, not one, damaged, or holds what no fit writes: members of the wrong type or
-    shape, or non-finite parameters or optimizer state (a diverged fit's)."""
+    shape, or non-finite parameters or optimizer state (a diverged fit's).
+
+    As a package, member by member: each of a checkpoint's own arrays is decompressed only once
+    its header fits (the package reader's ``_member``), and a member no checkpoint has never is."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise PackageError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            files = dict(npz.items())
-    except Exception as error:  # not a zip, a damaged one, a member that is not an array
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as error:  # all mean "not a checkpoint"
         raise PackageError(f"{path} is not a readable jaxcal checkpoint ({type(error).__name__}: {error})") from None
-    try:
-        not_arrays = sorted(name for name, value in files.items() if not isinstance(value, np.ndarray))
-        if not_arrays:  # numpy gives a member that is no .npy as its bytes
-            raise _Unfit(f"{', '.join(not_arrays)} {'is' if len(not_arrays) == 1 else 'are'} not .npy arrays")
-        if _text(files, "format", required=False) != FORMAT:
+    with archive:
+        files = _Members(archive)
+        try:
+            marker = files.text("format") if "format" in files else None
+        except _Unfit:
+            marker = None
+        if marker != FORMAT:
             raise PackageError(f"{path} is not a jaxcal checkpoint")
-        return _checkpoint(files)
-    except _Unfit as error:
-        raise PackageError(f"the checkpoint {path} cannot be resumed: {error}") from None
+        try:
+            return _checkpoint(files)
+        except _Unfit as error:
+            raise PackageError(f"the checkpoint {path} cannot be resumed: {error}") from None
 
 
 class _Unfit(Exception):
     """What is wrong with a checkpoint's members."""
 
 
-def _checkpoint(files: dict[str, np.ndarray]) -> Checkpoint:
+class _Members:
+    """A checkpoint's ``.npy`` members, each read when asked for, with the dtype and shape asked."""
+
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self.archive = archive
+        self.names = {n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def read(self, name: str, kinds: str, shape: Shape | list[Shape], *, max_chars: int = 4096) -> np.ndarray:
+        if name not in self.names:
+            raise _Unfit(f"it has no {name}")
+        try:
+            return _npy_member(self.archive, name, kinds, shape, max_chars=max_chars)
+        except PackageError as error:
+            raise _Unfit(str(error)) from None
+
+    def text(self, name: str, *, max_chars: int = 4096) -> str:
+        return str(self.read(name, "U", (), max_chars=max_chars))
+
+    def under(self, prefix: str) -> list[str]:
+        return sorted(name for name in self.names if name.startswith(prefix))
+
+
+_MAX_JSON_CHARS = 1 << 24
+"""The longest JSON member (a long held-out log)."""
+_KEY_SHAPES: list[Shape] = [(2,), (4,)]
+"""The shapes of one PRNG key's data: threefry's 2 words, rbg's 4."""
+
+
+def _checkpoint(files: _Members) -> Checkpoint:
     version = _count(files, "format_version")
     if not 1 <= version <= FORMAT_VERSION:
         raise _Unfit(f"its format version is {version}; this jaxcal reads versions 1 to {FORMAT_VERSION}")
@@ -157,14 +195,15 @@ def _checkpoint(files: dict[str, np.ndarray]) -> Checkpoint:
         raise _Unfit(f"its gates need beta > 0 and gamma < 0 < 1 < zeta, got {gates}")
     if not isinstance(use_gates, bool):
         raise _Unfit(f"its gates' use_gates must be true or false, got {use_gates!r}")
+    n_records = len(_parameters(files, "log_weight"))  # the length every other per-record array has
 
     def model(prefix: str) -> CalibrationWeights:
-        log_weight = _parameters(files, f"{prefix}log_weight")
-        log_alpha = _parameters(files, f"{prefix}log_alpha", len(log_weight))
+        log_weight = _parameters(files, f"{prefix}log_weight", n_records)
+        log_alpha = _parameters(files, f"{prefix}log_alpha", n_records)
         return CalibrationWeights(jnp.asarray(log_weight, jnp.float32), jnp.asarray(log_alpha, jnp.float32), **gates)
 
     epochs = _count(files, "epochs")
-    key_data, impl = _member(files, "key_data"), _text(files, "key_impl")
+    key_data, impl = files.read("key_data", "iu", _KEY_SHAPES), files.text("key_impl")
     try:
         key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=impl)
     except (ValueError, TypeError):
@@ -172,7 +211,7 @@ def _checkpoint(files: dict[str, np.ndarray]) -> Checkpoint:
     if key is None or key.shape != ():
         raise _Unfit(f"key_data must be one {impl} key, got a {key_data.dtype} array of shape {key_data.shape}")
     holdout = None
-    if any(name.startswith("holdout/") for name in files):
+    if files.under("holdout/"):
         log = _json(files, "holdout/log", list)
         if not all(isinstance(row, dict) and all(_is_number(v) for v in row.values()) for row in log):
             raise _Unfit("holdout/log must be a list of rows of numbers")
@@ -182,12 +221,12 @@ def _checkpoint(files: dict[str, np.ndarray]) -> Checkpoint:
         holdout = HoldoutState(
             log=tuple(log),
             best_model=model("holdout/best_"),
-            best_opt_state_leaves=_opt_state(files, "holdout/best_opt_state/"),
+            best_opt_state_leaves=_opt_state(files, "holdout/best_opt_state/", n_records),
             best_epochs=best_epochs,
         )
     return Checkpoint(
         model=model(""),
-        opt_state_leaves=_opt_state(files, "opt_state/"),
+        opt_state_leaves=_opt_state(files, "opt_state/", n_records),
         key=key,
         epochs=epochs,
         signature=_json(files, "signature"),
@@ -196,53 +235,34 @@ def _checkpoint(files: dict[str, np.ndarray]) -> Checkpoint:
     )
 
 
-def _member(files: dict[str, np.ndarray], name: str) -> np.ndarray:
-    if name not in files:
-        raise _Unfit(f"it has no {name}")
-    return files[name]
-
-
-def _text(files: dict[str, np.ndarray], name: str, *, required: bool = True) -> str | None:
-    if not required and name not in files:
-        return None
-    value = _member(files, name)
-    if value.ndim != 0 or value.dtype.kind != "U":
-        raise _Unfit(f"{name} must be text, got a {value.dtype} array of shape {value.shape}")
-    return str(value)
-
-
-def _json(files: dict[str, np.ndarray], name: str, kind: type = dict) -> Any:
+def _json(files: _Members, name: str, kind: type = dict) -> Any:
     try:
-        value = json.loads(_text(files, name) or "")
-    except json.JSONDecodeError as error:
-        raise _Unfit(f"{name} is not JSON ({error})") from None
+        value = json.loads(files.text(name, max_chars=_MAX_JSON_CHARS))
+    except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deep
+        raise _Unfit(f"{name} is not JSON ({type(error).__name__}: {error})") from None
     if not isinstance(value, kind):
         raise _Unfit(f"{name} must be a JSON {'object' if kind is dict else 'array'}, got {type(value).__name__}")
     return value
 
 
-def _count(files: dict[str, np.ndarray], name: str) -> int:
-    value = _member(files, name)
-    if value.ndim != 0 or value.dtype.kind not in "iu" or value < 0:
+def _count(files: _Members, name: str) -> int:
+    value = files.read(name, "iu", ())
+    if value < 0:
         raise _Unfit(f"{name} must be a non-negative whole number, got {value!r}")
     return int(value)
 
 
-def _parameters(files: dict[str, np.ndarray], name: str, length: int | None = None) -> np.ndarray:
-    value = _member(files, name)
-    if value.ndim != 1 or value.dtype.kind != "f" or (length is not None and len(value) != length):
-        expected = "one" if length is None else f"{length}"
-        raise _Unfit(f"{name} must hold {expected} float per record, got a {value.dtype} array of shape {value.shape}")
+def _parameters(files: _Members, name: str, length: int | None = None) -> np.ndarray:
+    value = files.read(name, "f", (length,))
     _check_finite(name, value)
     return value
 
 
-def _opt_state(files: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
-    leaves = tuple(files[name] for name in sorted(name for name in files if name.startswith(prefix)))
-    for i, leaf in enumerate(leaves):
-        if leaf.dtype.kind not in "iuf":
-            raise _Unfit(f"{prefix}{i:04d} must be numbers, got {leaf.dtype}")
-        _check_finite(f"{prefix}{i:04d} (optimizer state)", leaf)
+def _opt_state(files: _Members, prefix: str, n_records: int) -> tuple[np.ndarray, ...]:
+    """The optimizer state's leaves: numbers, each a scalar or one per record."""
+    leaves = tuple(files.read(name, "iuf", [(), (n_records,)]) for name in files.under(prefix))
+    for name, leaf in zip(files.under(prefix), leaves):
+        _check_finite(f"{name} (optimizer state)", leaf)
     return leaves
 
 

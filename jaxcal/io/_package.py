@@ -42,6 +42,7 @@ _MAX_CHARS = 4096
 _MAX_METADATA_CHARS = 1 << 24
 _KIND_NAMES = {
     "U": "text",
+    "f": "floats",
     "iu": "integers",
     "iuf": "real numbers",
     "b": "booleans",
@@ -317,19 +318,25 @@ def _read_package(archive: zipfile.ZipFile) -> CalibrationPackage:
     )
 
 
+Shape = tuple[int | None, ...]
+"""An array's expected shape; a None length is any length under the engine's int32 limit."""
+
+
 def _member(
     archive: zipfile.ZipFile,
     name: str,
     kinds: str,
-    shape: tuple[int, ...],
+    shape: Shape | list[Shape],
     *,
     of: str | None = None,
     max_chars: int = _MAX_CHARS,
 ) -> np.ndarray:
     """The array ``name`` of ``archive``, decompressed only once its ``.npy`` header declares a dtype
-    of one of ``kinds`` (text at most ``max_chars`` long) and ``shape`` (one entry per matrix row or
-    column, when ``of`` says which), and the archive declares the size that implies: a damaged or
-    hostile member costs no more than the package's shape allows."""
+    of one of ``kinds`` (text at most ``max_chars`` long) and ``shape`` (one of them, given a list;
+    one entry per matrix row or column, when ``of`` says which), and the archive declares the size
+    that implies: a damaged or hostile member costs no more than the package's shape allows.
+    Checkpoints read their members with it too (:func:`jaxcal.io.load_checkpoint`)."""
+    shapes = shape if isinstance(shape, list) else [shape]
     try:
         info = archive.getinfo(f"{name}.npy")
     except KeyError:
@@ -350,9 +357,10 @@ def _member(
             raise PackageError(
                 f"the array {name!r} holds text of {dtype.itemsize // 4:,} characters, over {max_chars:,}"
             )
-        if declared != shape:
-            why = f", as the matrix has {shape[0]:,} {of}" if of else ""
-            raise PackageError(f"the array {name!r} must have shape {shape}{why}, got {declared}")
+        if not any(_fits(declared, expected) for expected in shapes):
+            why = f", as the matrix has {shapes[0][0]:,} {of}" if of else ""
+            wanted = " or ".join(str(expected).replace("None", "N") for expected in shapes)
+            raise PackageError(f"the array {name!r} must have shape {wanted}{why}, got {declared}")
         if info.file_size != header_size + dtype.itemsize * math.prod(declared):
             raise PackageError(f"the array {name!r} is {info.file_size:,} bytes, not the size its header declares")
         with archive.open(info) as f:
@@ -361,6 +369,12 @@ def _member(
         raise
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+
+
+def _fits(declared: tuple[int, ...], shape: Shape) -> bool:
+    return len(declared) == len(shape) and all(
+        d == s if s is not None else 0 <= d < _INDEX_LIMIT for d, s in zip(declared, shape)
+    )
 
 
 def _members_under(names: set[str], prefix: str) -> list[str]:

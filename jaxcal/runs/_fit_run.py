@@ -112,14 +112,24 @@ class FitStart(eqx.Module):
     """A checkpoint's held-out progress, which the run continues."""
     best_opt_state: optax.OptState | None = None
     """The optimizer state of that progress's best evaluation."""
+    checkpoint_devices: int | None = None
+    """How many devices the resumed checkpoint was fitted on (None when it does not say)."""
+
+    @property
+    def n_devices(self) -> int:
+        """How many devices this run splits the records over."""
+        return 1 if self.mesh is None else int(self.mesh.devices.size)
 
     def record_hyperparameters(self) -> dict[str, Any]:
         """What the fit really started from, for the run record: the gates' ``beta`` and the
         ``seed`` of the model, and on a resume the checkpoint's (with its PRNG key's data as
-        ``prng_key``, which a fresh fit draws from the seed)."""
+        ``prng_key``, which a fresh fit draws from the seed, and the device count it was fitted
+        on as ``checkpoint_devices``)."""
         used: dict[str, Any] = {"beta": self.model.beta, "seed": self.seed}
         if self.source == "checkpoint":
             used["prng_key"] = np.asarray(jax.random.key_data(self.key)).tolist()
+            if self.checkpoint_devices is not None:
+                used["checkpoint_devices"] = self.checkpoint_devices
         return used
 
 
@@ -128,8 +138,9 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
     or beside a weights ``.npy`` given as ``resume_from``), else the weights of a bare ``.npy``,
     else the package's initial weights or policyengine-us-data's rule. A checkpoint of another
     problem, or asked to continue with another gate temperature or held-out split, is a
-    ``ValueError``; other hyperparameters than the checkpoint's (which the run uses) and a
-    ``--seed`` the checkpoint's key makes moot are warnings."""
+    ``ValueError``; other hyperparameters than the checkpoint's (which the run uses), a
+    ``--seed`` the checkpoint's key makes moot and another device count than the checkpoint's
+    (legitimate: splitting the records changes only the order of the sums) are warnings."""
     plan.excluded_targets(package.targets)  # its rules' mistakes before any device work
     _use_platform(plan.device)
     mesh = None if plan.devices is None else _record_mesh(plan.devices, plan.device)
@@ -139,6 +150,7 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
     init_key, fit_key = jax.random.split(jax.random.key(plan.seed))
     if checkpoint is not None:
         _check_checkpoint(plan, checkpoint, signature, package.n_records)
+        saved_devices = _checkpoint_devices(plan, checkpoint, 1 if mesh is None else int(mesh.devices.size))
         saved_seed = checkpoint.hyperparameters.get("seed")
         return FitStart(
             package=package,
@@ -155,6 +167,7 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
             best_opt_state=None
             if checkpoint.holdout is None
             else checkpoint.holdout.best_opt_state(fit_optimizer(plan, checkpoint.epochs)),
+            checkpoint_devices=saved_devices,
         )
     if warm_weights is not None:
         initial = warm_weights
@@ -198,7 +211,7 @@ def fit_observers(plan: FitPlan, begin: FitStart) -> Observers:
             plan.checkpoint_path,
             key=begin.key,
             signature=begin.signature,
-            hyperparameters=plan.fit_hyperparameters() | {"seed": begin.seed},
+            hyperparameters=plan.fit_hyperparameters() | {"seed": begin.seed, "n_devices": begin.n_devices},
             every_chunk=plan.log_freq is not None,
         )
     )
@@ -583,6 +596,22 @@ def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str
             "which the run record names",
             stacklevel=2,
         )
+
+
+def _checkpoint_devices(plan: FitPlan, checkpoint: Checkpoint, devices: int) -> int | None:
+    """The device count ``checkpoint`` was fitted on (its ``n_devices``; None in a checkpoint
+    older than that record), with a warning when this run uses another."""
+    saved = checkpoint.hyperparameters.get("n_devices")
+    if not isinstance(saved, int) or isinstance(saved, bool) or saved < 1:
+        return None
+    if saved != devices:
+        warnings.warn(
+            f"resuming {plan.resume_from}, fitted on {saved} device{'s' if saved > 1 else ''}, on {devices}: "
+            "the records' split changes only the order of the sums (the last digits of the weights); "
+            "the run record keeps the checkpoint's count as checkpoint_devices",
+            stacklevel=3,
+        )
+    return saved
 
 
 def _split_text(split: dict[str, Any] | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ from ._names import DIAGNOSTICS, RUN_CONFIG
 from ._record import RunRecord
 
 SCHEMA_VERSION = 1
+_READ_FIELDS = ("artifacts", "weights_file", "n_records", "holdout", "tier", "product", "mean_error_pct")
+"""The run record's fields the gates read: each must have its JSON type."""
 
 
 def gate_report(
@@ -42,18 +45,25 @@ def gate_report(
     held-out loss), ``mean_error`` (mean absolute relative error of the diagnostics, a
     fraction), ``ess_ratio`` (effective sample size over positive records). ``max_records``
     (default: the ``budget`` a derived tier records) gates the records kept.
+
+    A run config that is not a JSON object, or whose fields have the wrong JSON types, is a
+    ``ValueError`` naming it; weights, diagnostics or a recorded value that are there but
+    unreadable (not an ``.npy`` of real numbers, no ``abs_rel_error`` column, text for a
+    number) fail their gate, saying why.
     """
     run_dir = pathlib.Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory not found: {run_dir}")
-    record = RunRecord.read(run_dir)
+    record = RunRecord.read(run_dir, checked=_READ_FIELDS)
     weights_path = _weights_path(run_dir, record)
-    weights = np.load(weights_path, allow_pickle=False) if weights_path else None
+    weights, unreadable = _read_weights(weights_path) if weights_path else (None, None)
+    if weights_path is None and record.weights_file:
+        unreadable = f"{pathlib.Path(record.weights_file).name}, the run's weights file, is missing or not a file"
     health = weight_health(weights) if weights is not None else None
 
     gates = {
         "artifacts_intact": _artifacts_gate(run_dir, record.artifacts),
-        "weights_valid": _weights_gate(weights, record.n_records),
+        "weights_valid": _weights_gate(weights, record.n_records, unreadable),
         "no_collapse": _gate(
             None if health is None else not health["collapse_suspected"],
             "effective sample size is a healthy share of the positive records",
@@ -64,7 +74,12 @@ def gate_report(
         loss = (record.holdout or {}).get("holdout_loss")
         gates["holdout_loss"] = _limit_gate("held-out loss", loss, "<=", max_holdout_loss)
     if max_mean_error is not None:
-        gates["mean_error"] = _limit_gate("mean relative error", _mean_error(run_dir, record), "<=", max_mean_error)
+        mean = _mean_error(run_dir, record)
+        gates["mean_error"] = (
+            _gate(False, mean, {"limit": max_mean_error})  # diagnostics that cannot give it: what is wrong
+            if isinstance(mean, str)
+            else _limit_gate("mean relative error", mean, "<=", max_mean_error)
+        )
     if min_ess_ratio is not None:
         ratio = None if health is None else health["ess_ratio"]
         gates["ess_ratio"] = _limit_gate("effective sample size / positive records", ratio, ">=", min_ess_ratio)
@@ -108,7 +123,12 @@ def _gate(passed: bool | None, summary: str, metrics: dict[str, Any] | None) -> 
     return {"status": status, "summary": summary, "metrics": metrics or {}}
 
 
-def _limit_gate(what: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
+def _limit_gate(what: str, value: Any, op: str, limit: Any) -> dict[str, Any]:
+    """``value op limit``; fails (a tampered record) when either is there but not a number."""
+    if not _is_number(limit):
+        return _gate(False, f"the limit on the {what} is recorded as {limit!r}, not a number", {"limit": limit})
+    if value is not None and not _is_number(value):
+        return _gate(False, f"the {what} is recorded as {value!r}, not a number", {"value": value, "limit": limit})
     if value is None or not np.isfinite(value):
         return _gate(None, f"the run does not record the {what}", {"limit": limit})
     passed = value <= limit if op == "<=" else value >= limit
@@ -128,6 +148,32 @@ def _weights_path(run_dir: pathlib.Path, record: RunRecord) -> pathlib.Path | No
     return candidates[0] if len(candidates) == 1 else None
 
 
+def _read_weights(path: pathlib.Path) -> tuple[np.ndarray | None, str | None]:
+    """The weights ``.npy`` at ``path``, else None and why not: read only once its header declares
+    real numbers and the file's size, so that a tampered file fails its gate at no cost."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            declared, _, dtype = read_header(f)
+            if dtype.kind not in "iuf":
+                return None, f"{path.name} holds {dtype}, not real numbers"
+            if path.stat().st_size != f.tell() + dtype.itemsize * math.prod(declared):
+                return None, f"{path.name} is not the size its header declares"
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False), None
+    except (OSError, EOFError, ValueError, SyntaxError) as error:
+        return None, f"{path.name} is not a readable .npy ({type(error).__name__}: {error})"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
 def _artifacts_gate(run_dir: pathlib.Path, recorded: Mapping[str, Any]) -> dict[str, Any]:
     """Each recorded artifact: ``{file name: sha256}``, ``{name: {"path", "sha256"}}``, or (older
     runs) ``{logical name: sha256}``, which passes when some file of the run has that sha256; a
@@ -137,8 +183,12 @@ def _artifacts_gate(run_dir: pathlib.Path, recorded: Mapping[str, Any]) -> dict[
     on_disk: dict[str, str] | None = None
     problems = {}
     for name, entry in recorded.items():
-        digest = str(entry["sha256"] if isinstance(entry, dict) else entry).removeprefix("sha256:")
-        path = run_dir / pathlib.Path(entry["path"] if isinstance(entry, dict) else name).name
+        digest, where = (entry.get("sha256"), entry.get("path")) if isinstance(entry, dict) else (entry, name)
+        if not (isinstance(digest, str) and isinstance(where, str)):
+            problems[name] = f"the run record gives {entry!r}, not a sha256 (or a path and sha256)"
+            continue
+        digest = digest.removeprefix("sha256:")
+        path = run_dir / pathlib.Path(where).name
         if path.is_file():
             if sha256_file(path) != digest:
                 problems[name] = f"{path.name}: sha256 differs from the run record"
@@ -157,7 +207,9 @@ def _artifacts_gate(run_dir: pathlib.Path, recorded: Mapping[str, Any]) -> dict[
     return _gate(not problems, summary, {"checked": len(recorded), "problems": problems})
 
 
-def _weights_gate(weights: np.ndarray | None, n_records: int | None) -> dict[str, Any]:
+def _weights_gate(weights: np.ndarray | None, n_records: int | None, unreadable: str | None) -> dict[str, Any]:
+    if unreadable is not None:
+        return _gate(False, unreadable, None)
     if weights is None:
         return _gate(None, "no weights file found", None)
     finite = np.isfinite(weights)
@@ -176,11 +228,23 @@ def _weights_gate(weights: np.ndarray | None, n_records: int | None) -> dict[str
     return _gate(passed, "weights are finite, non-negative, one per record" if passed else "invalid weights", metrics)
 
 
-def _mean_error(run_dir: pathlib.Path, record: RunRecord) -> float | None:
-    """Mean ``abs_rel_error`` of the diagnostics CSV, else the record's ``mean_error_pct / 100``."""
+def _mean_error(run_dir: pathlib.Path, record: RunRecord) -> float | str | None:
+    """Mean ``abs_rel_error`` of the diagnostics CSV, else the record's ``mean_error_pct / 100``;
+    what is wrong with a diagnostics file that cannot give it."""
     path = run_dir / DIAGNOSTICS
     if path.is_file():
         import pandas as pd
 
-        return float(pd.read_csv(path, usecols=["abs_rel_error"])["abs_rel_error"].to_numpy().mean())
+        try:
+            errors = pd.read_csv(path, usecols=lambda column: column == "abs_rel_error")
+        except (OSError, ValueError) as error:  # pandas' parser and empty-file errors, bytes not UTF-8
+            return f"{DIAGNOSTICS} is not a readable CSV ({type(error).__name__}: {error})"
+        if "abs_rel_error" not in errors:
+            return f"{DIAGNOSTICS} has no abs_rel_error column"
+        column = errors["abs_rel_error"]
+        if column.dtype.kind not in "iuf":  # pandas reads a column of numbers (and blanks) as numbers
+            text = [v for v in column.tolist() if not isinstance(v, int | float) or isinstance(v, bool)]
+            shown = repr(text[0]) if text else column.dtype
+            return f"{DIAGNOSTICS}'s abs_rel_error holds {len(text)} value(s) that are not numbers ({shown})"
+        return float(column.to_numpy(np.float64).mean())
     return None if record.mean_error_pct is None else float(record.mean_error_pct) / 100

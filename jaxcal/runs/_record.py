@@ -171,11 +171,27 @@ class RunRecord(eqx.Module):
         )
 
     @classmethod
-    def read(cls, directory: str | os.PathLike) -> RunRecord:
-        """The record in ``directory`` (empty when it has none); keys outside the schema are ignored."""
+    def read(cls, directory: str | os.PathLike, *, checked: Sequence[str] = ()) -> RunRecord:
+        """The record in ``directory`` (empty when it has none); keys outside the schema are ignored.
+
+        ``ValueError`` naming the file for one that is not a JSON object (unreadable, not JSON,
+        nested too deep to parse) or whose field among ``checked`` holds another JSON type than
+        its annotation's (``n_records`` as text, ``artifacts`` as a list)."""
         path = pathlib.Path(directory) / RUN_CONFIG
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if saved.get(f.name) is not None})
+        if not path.exists():
+            return cls()
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: not JSON, not UTF-8
+            raise ValueError(f"{path} is not a readable run config ({type(error).__name__}: {error})") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {_json_type(saved)}")
+        fields = {f.name: saved[f.name] for f in dataclasses.fields(cls) if saved.get(f.name) is not None}
+        for f in dataclasses.fields(cls):
+            if f.name in checked and f.name in fields and not _has_type(fields[f.name], str(f.type)):
+                wanted = _TYPE_PHRASES[str(f.type).split("[")[0].split(" |")[0]]
+                raise ValueError(f"{path}: {f.name} must be {wanted}, got {_json_type(fields[f.name])}")
+        return cls(**fields)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (NaN and infinities as null)."""
@@ -187,6 +203,40 @@ class RunRecord(eqx.Module):
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
         atomic_write(path, lambda f: f.write(text), mode="w")
         return path
+
+
+_TYPE_PHRASES = {
+    "str": "text",
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "Sequence": "a JSON array",
+    "Mapping": "a JSON object",
+}
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    """Whether the JSON ``value`` is what a field annotated ``annotation`` holds: its outer type,
+    and for ``Sequence[str]`` / ``Sequence[Mapping...]`` each item's."""
+    outer = annotation.split("[")[0].split(" |")[0]
+    if outer in ("int", "float") and isinstance(value, bool):
+        return False
+    kinds = {"str": str, "bool": bool, "int": int, "float": (int, float), "Sequence": list, "Mapping": dict}[outer]
+    if not isinstance(value, kinds):
+        return False
+    if annotation.startswith("Sequence[str]"):
+        return all(isinstance(item, str) for item in value)
+    if annotation.startswith("Sequence[Mapping"):
+        return all(isinstance(item, dict) for item in value)
+    return True
+
+
+def _json_type(value: Any) -> str:
+    """``value``'s JSON type, with a short view of it."""
+    names = {dict: "an object", list: "an array", str: "text", bool: "a boolean", type(None): "null"}
+    name = names.get(type(value), "a number")
+    shown = repr(value)
+    return f"{name} ({shown[:40]}{'...' if len(shown) > 40 else ''})"
 
 
 def _git_provenance() -> dict[str, Any]:
