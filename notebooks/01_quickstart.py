@@ -19,7 +19,8 @@
 # 1. Build the **default package**: synthetic households calibrated to real US statistics
 #    shipped with policyengine-us (`docs/default_targets.md`), cloned across
 #    congressional districts. This is what `jaxcal build --demo` does; it is cached.
-# 2. **Fit** it with jaxcal (policyengine-us-data's defaults).
+# 2. **Fit** it with jaxcal (policyengine-us-data's settings, with Adam's rate decaying
+#    so that the loss settles).
 # 3. Look at **target errors** by geography level and by variable.
 # 4. **Export** a calibrated H5 and load it with `policyengine_us.Microsimulation`.
 #
@@ -89,8 +90,12 @@ keys = ("n_clones", "seed", "year", "n_base_records", "dataset_path", "dataset_s
 # 0.999, log-weight jitter 0.05, `lambda_l0` 1e-8 (the `local` preset,
 # `jaxcal.PE_PRESETS["local"]`), `lambda_l2` 1e-12, lr 0.15. The penalties and the loss are
 # the `Objective`; starting weights are PolicyEngine's rule
-# (`jaxcal.io.policyengine_initial_weights`). `jaxcal fit --package-path ...` does the same
-# from the shell and writes the diagnostics files.
+# (`jaxcal.io.policyengine_initial_weights`). One change from PE: the optimizer is
+# `jaxcal.optimizer_named("adam-cosine", epochs=EPOCHS)`, PE's Adam with its rate decaying
+# from 0.15 to 0 over the fit, so that the loss settles; PE's constant-rate Adam (the
+# default of `jaxcal.fit`, exact to PE) keeps taking full steps, and its loss can rise
+# again late in the fit. `jaxcal fit --package-path ... --optimizer adam-cosine` does the
+# same from the shell and writes the diagnostics files.
 
 # %%
 defaults = jaxcal.PE_DEFAULTS
@@ -110,6 +115,7 @@ result = jaxcal.fit(
     key=fit_key,
     epochs=EPOCHS,
     learning_rate=defaults.learning_rate,
+    optimizer=jaxcal.optimizer_named("adam-cosine", epochs=EPOCHS),
     log_weight_jitter_sd=defaults.log_weight_jitter_sd,
 )
 weights = np.asarray(result.weights, np.float64)

@@ -22,11 +22,16 @@
 #
 # 1. **Exact draws**: both start from the same parameters and see the same uniform gate
 #    draws (we record torch's and inject them with `uniforms=`); the parameters are
-#    compared after every Adam step.
+#    compared after every Adam step, for `EXACT_STEPS` (100) steps, against stated bounds.
 # 2. **Own randomness**: several seeds of each; loss and records-kept trajectories overlaid.
 # 3. **Speed**: the same fit timed in both, here.
 #
-# Needs the `parity` extra (`pip install -e ".[parity]"`: torch, l0-python).
+# Both fitters use PE's constant-rate Adam here: parity with it is what this notebook
+# shows (the other notebooks fit with the converging `adam-cosine`).
+#
+# Needs the `parity` extra (`pip install -e ".[parity]"`: torch, l0-python). The tests set
+# `JAXCAL_NOTEBOOK_SMALL=1`, which shrinks sections 2 and 3 only: section 1, whose bounds
+# the text states, runs at the same settings either way.
 
 # %%
 import json
@@ -43,7 +48,8 @@ ROOT = next(
 OUT = pathlib.Path(os.environ.get("JAXCAL_NOTEBOOK_OUTPUT", ROOT / "storage" / "notebooks" / "parity"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-EXACT_STEPS = 30 if SMALL else 100  # Adam steps compared one by one
+EXACT_STEPS = 100  # Adam steps compared one by one (the same with SMALL)
+EXACT_BOUNDS = {"max": 1e-3, "q999": 1e-4}  # tests/test_parity.py's float32 bounds for layout="rows"
 EPOCHS = 150 if SMALL else 500  # own-randomness trajectories
 SEEDS = 2 if SMALL else 4
 EVERY = 5  # epochs between trajectory points
@@ -63,15 +69,16 @@ torch.sparse.check_sparse_tensor_invariants.disable()
 import jaxcal
 from builders.synthetic_problem import policyengine_shaped_problem
 
-if SMALL:  # the problem tests/test_parity.py uses
-    problem = policyengine_shaped_problem(
-        1200, n_base=300, n_states=3, n_national=30, per_state=12, per_district=8, nonzeros=(8, 5, 4), seed=1
-    )
-else:
-    problem = policyengine_shaped_problem(30_000, n_base=6_000, n_states=8, seed=1)
-X, targets = problem.matrix, problem.targets
+# Section 1's problem, whatever SMALL says: the one tests/test_parity.py uses.
+exact_problem = policyengine_shaped_problem(
+    1200, n_base=300, n_states=3, n_national=30, per_state=12, per_district=8, nonzeros=(8, 5, 4), seed=1
+)
+# Sections 2 and 3: a bigger problem by default.
+problem = exact_problem if SMALL else policyengine_shaped_problem(30_000, n_base=6_000, n_states=8, seed=1)
+for name, p in (("exact draws", exact_problem), ("own randomness and speed", problem)):
+    print(f"{name}: {p.matrix.shape[0]} targets x {p.matrix.shape[1]} records, {p.matrix.nnz:,} nonzeros")
+X, targets = exact_problem.matrix, exact_problem.targets
 n = X.shape[1]
-print(f"{X.shape[0]} targets x {n} records, {X.nnz:,} nonzeros")
 
 # %% [markdown]
 # ## 1. Exact draws, step by step
@@ -79,7 +86,9 @@ print(f"{X.shape[0]} targets x {n} records, {X.nnz:,} nonzeros")
 # We run l0-python with two spies: one records each `torch.rand_like` draw (the gates'
 # uniforms), the other the parameters after each `Adam.step`. torch runs on one thread
 # so that its sparse sums have a fixed order; jaxcal uses `layout="rows"`, which adds in
-# torch's order.
+# torch's order. The bounds (those of `tests/test_parity.py`): over all steps and both
+# parameters, the largest relative difference at most 1e-3 and the 99.9% quantile at most
+# 1e-4.
 
 
 # %%
@@ -161,9 +170,10 @@ exact_max = max(max(v["max"]) for v in per_step.values())
 exact_q999 = max(max(v["q999"]) for v in per_step.values())
 moved = float(np.abs(torch_steps[-1][0] - start[0]).max())
 print(
-    f"{EXACT_STEPS} steps: max relative difference {exact_max:.2e}, 99.9% quantile {exact_q999:.2e} "
-    f"(the parameters moved by up to {moved:.2f})"
+    f"{EXACT_STEPS} steps: max relative difference {exact_max:.2e} (bound {EXACT_BOUNDS['max']:g}), "
+    f"99.9% quantile {exact_q999:.2e} (bound {EXACT_BOUNDS['q999']:g}); the parameters moved by up to {moved:.2f}"
 )
+assert exact_max <= EXACT_BOUNDS["max"] and exact_q999 <= EXACT_BOUNDS["q999"]
 
 
 # %%
@@ -180,7 +190,8 @@ steps = np.arange(1, EXACT_STEPS + 1)
 for name, style in (("log_weight", "-"), ("log_alpha", "--")):
     axes[0].semilogy(steps, per_step[name]["max"], style, label=f"{name}: max")
     axes[0].semilogy(steps, per_step[name]["q999"], style, label=f"{name}: 99.9% quantile", alpha=0.6)
-axes[0].axhline(1e-3, color="grey", linestyle=":", label="test bound (max)")
+axes[0].axhline(EXACT_BOUNDS["max"], color="grey", linestyle=":", label="bound (max)")
+axes[0].axhline(EXACT_BOUNDS["q999"], color="grey", linestyle="-.", label="bound (99.9% quantile)")
 axes[0].set(xlabel="Adam step", ylabel="relative difference", title="jaxcal vs l0-python, same draws (float32)")
 axes[0].legend(fontsize=8)
 axes[1].semilogy(
@@ -196,12 +207,24 @@ plt.show()
 # differ from torch's by an ulp on some inputs). `tests/test_parity.py` also runs both in
 # float64, where they agree to about 3e-13 at every step.
 #
+# In float32 the rounding differences grow along the trajectory: constant-rate Adam
+# amplifies them, and a gate near its threshold can tip one way in one fitter and the other
+# in the other. On this problem both bounds hold over 100 steps with margin (printed
+# above; `results.json` keeps the numbers); over 200 steps we measured a max of 1.5e-4 and
+# a 99.9% quantile of 5.7e-5. On the bigger problem of sections 2 and 3 (30,000 records),
+# they grow faster: the max stays under 1.6e-4 for 70 steps, then one record's `log_alpha`
+# departs (1.6e-3 by step 80, 9.4e-3 by step 100), while the 99.9% quantile stays under
+# 1e-4 for about 110 steps. So the step-by-step bounds are for short trajectories;
+# section 2 compares long ones by their distribution.
+#
 # ## 2. Own randomness: many seeds of each
 #
 # Now each fitter draws its own jitter and gates. Individual runs differ, but the
 # distribution of loss and records kept must be the same.
 
 # %%
+X, targets = problem.matrix, problem.targets  # torch_fit and data_loss fit and score this problem now
+n = X.shape[1]
 STAT = dict(beta=0.65, init_weights=100.0, init_keep_prob=0.9)
 STAT_FIT = dict(lambda_l0=1e-2, lambda_l2=0.0, lr=0.05)  # l0-python's fit arguments
 matrix = jaxcal.TargetMatrix.from_scipy(X)
@@ -284,6 +307,9 @@ plt.show()
 # %%
 summary = {
     "exact_steps": EXACT_STEPS,
+    "exact_n_records": exact_problem.matrix.shape[1],
+    "exact_bound_max": EXACT_BOUNDS["max"],
+    "exact_bound_q999": EXACT_BOUNDS["q999"],
     "exact_max_relative_difference": exact_max,
     "exact_q999_relative_difference": exact_q999,
     "exact_parameters_moved": moved,
