@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -25,9 +25,15 @@ REQUIRED_ARRAYS = ("person_id",) + tuple(
 )
 
 
-def write_dataset_h5(path: str | os.PathLike, variables: Mapping[str, np.ndarray], period: int | str) -> pathlib.Path:
+def write_dataset_h5(
+    path: str | os.PathLike,
+    variables: Mapping[str, np.ndarray],
+    period: int | str,
+    verify: Callable[[pathlib.Path], None] | None = None,
+) -> pathlib.Path:
     """Write ``variables`` (name -> array at the variable's entity) for ``period`` as a
-    policyengine-core ``TIME_PERIOD_ARRAYS`` H5 file, atomically; return the path.
+    policyengine-core ``TIME_PERIOD_ARRAYS`` H5 file, atomically (``verify``, given the written
+    file before it takes ``path``'s name, may raise to keep it from there); return the path.
 
     Raises ``ValueError`` when an array :data:`REQUIRED_ARRAYS` names is missing.
     """
@@ -48,7 +54,7 @@ def write_dataset_h5(path: str | os.PathLike, variables: Mapping[str, np.ndarray
                     values = values.astype("S")
                 h5.create_group(name).create_dataset(str(period), data=values)
 
-    atomic_write(path, write)
+    atomic_write(path, write, verify=verify)
     return path
 
 

@@ -130,10 +130,16 @@ def export_h5(
     for spec in drawn:
         out[spec.takeup_variable] = _takeup(spec, structure, clone, base, out["state_fips"])
     out["household_weight"] = weights[columns].astype(np.float32)
-    path = write_dataset_h5(output, out, period or metadata.get("year", 2024))
-    failures = check_h5(path, {**entity_of, "state_fips": "household", "congressional_district_geoid": "household"})
-    if failures:  # a bug here, not a user mistake: say so loudly
-        raise RuntimeError(f"exported {path} fails check-h5: {'; '.join(failures)}")
+
+    def verify(written: pathlib.Path) -> None:
+        """check-h5 on the file before it takes ``output``'s name: a failing export is never left there."""
+        failures = check_h5(
+            written, {**entity_of, "state_fips": "household", "congressional_district_geoid": "household"}
+        )
+        if failures:  # a bug here, not a user mistake: say so loudly
+            raise RuntimeError(f"the export fails check-h5, so {output} was not written: {'; '.join(failures)}")
+
+    path = write_dataset_h5(output, out, period or metadata.get("year", 2024), verify=verify)
     return ExportSummary(
         path=pathlib.Path(path),
         n_households=int(columns.size),

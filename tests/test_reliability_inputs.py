@@ -316,3 +316,21 @@ def test_a_tiny_weight_is_kept_as_policyengine_counts_it():
     its records-kept count and reports the tiny ones apart."""
     health = weight_health(np.array([1e-8, 0.0, 5.0, 2.0]))
     assert health["count_positive"] == 3 and health["tiny_share"] == pytest.approx(1 / 3)
+
+
+def test_a_dataset_that_fails_its_check_never_takes_the_name(tmp_path):
+    """What `jaxcal export` relies on: the H5 is checked before it is renamed into place, so a
+    failing one leaves neither the file nor a temporary beside it, and an older file is kept."""
+    households = generate_households(20, seed=3, states=[6])
+    good = write_h5(households, tmp_path / "out.h5")
+    before = good.read_bytes()
+
+    def refuse(written):
+        assert written != good and written.parent == good.parent  # the temporary, not the name
+        raise RuntimeError("the export fails check-h5")
+
+    with h5py.File(good, "r") as h5:
+        arrays = {name: np.asarray(group["2024"]) for name, group in h5.items()}
+    with pytest.raises(RuntimeError, match="fails check-h5"):
+        write_dataset_h5(good, arrays, 2024, verify=refuse)
+    assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]

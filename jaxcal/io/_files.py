@@ -18,12 +18,18 @@ from typing import IO, Any
 import numpy as np
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Any], None],
+    mode: str = "wb",
+    verify: Callable[[pathlib.Path], None] | None = None,
+) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
 
     A reader never sees a half-written file, and a failed write leaves no trace. The temporary
     name is this writer's own, and the file is synced before the rename (and its directory
-    after), so that a crash leaves the old file or the whole new one.
+    after), so that a crash leaves the old file or the whole new one. ``verify``, given the
+    written temporary file, may raise to keep it from ``path``.
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +38,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         with f:
             write(f)
             sync(f)
+        if verify is not None:
+            verify(temporary)
         commit(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
