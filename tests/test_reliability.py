@@ -409,6 +409,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path)
         "validate --strict nan",
         "sweep output under a file",
         "derive seed 2**63",
+        "epochs past the history bound",
     ],
 )
 def test_mistakes_are_one_line_before_any_work(case, gated_checkpoint, tmp_path):
@@ -441,9 +442,12 @@ def test_mistakes_are_one_line_before_any_work(case, gated_checkpoint, tmp_path)
         "validate --strict nan": "--strict must be a finite non-negative ratio",
         "sweep output under a file": "is not a directory",
         "derive seed 2**63": "--seed must be a whole number",
+        "epochs past the history bound": "more than one run keeps a loss history for (100,000,000",
     }[case]
     if case == "seed 2**63":
         args += ["--seed", 2**63]
+    elif case == "epochs past the history bound":
+        args[-1] = 10**8 + 1
     elif case == "negative seed":
         args += ["--seed", -1]
     elif case in ("weights of strings", "structured weights"):

@@ -29,6 +29,9 @@ PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 PLATFORM_ALIASES = {"cuda": "gpu"}
 """Other spellings of a platform: policyengine-us-data's ``--device cuda``."""
 DEFAULT_OUTPUT = pathlib.Path("storage/calibration/calibration_weights.npy")
+MAX_EPOCHS = 10**8
+"""The most epochs one run takes: its per-epoch history (objective, its terms, records kept) is
+kept in memory, 2 GB at this bound, and the epoch counter is int32."""
 SEED_BOUND = 2**32
 """Seeds lie in ``[0, SEED_BOUND)``: ``jax.random.key`` keeps 32 bits of a seed (without x64), so
 that others would give another seed's key."""
@@ -360,6 +363,11 @@ def _check_hyperparameters(hyper: Mapping[str, Any]) -> None:
     epochs = hyper["epochs"]
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"--epochs must be a non-negative whole number, got {epochs}")
+    if epochs > MAX_EPOCHS:
+        raise ValueError(
+            f"--epochs {epochs:,} is more than one run keeps a loss history for ({MAX_EPOCHS:,}, 20 bytes an "
+            "epoch); run it in parts with --resume-from"
+        )
     for name in ("lambda_l0", "lambda_l2"):
         if not _is_number(hyper[name]) or not math.isfinite(hyper[name]) or hyper[name] < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a finite non-negative number, got {hyper[name]}")
