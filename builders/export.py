@@ -253,10 +253,14 @@ def run_export(args) -> int:
     """``jaxcal export PACKAGE WEIGHTS OUTPUT``: print what was written."""
     from jaxcal.cli import CommandError
     from jaxcal.io import check_inputs_spared, load_package
+    from jaxcal.io._files import check_writable
 
     package = load_package(args.package)
     dataset = args.dataset or package.metadata.get("dataset_path")
     check_inputs_spared([args.output], {"PACKAGE": args.package, "WEIGHTS": args.weights, "the dataset": dataset})
+    if args.output.is_dir():
+        raise CommandError(f"the output {args.output} is a directory; name the .h5 file")
+    check_writable(args.output.parent)  # before the export's work, not after
     if not args.weights.is_file():
         raise CommandError(f"weights not found: {args.weights}")
     weights = np.load(args.weights, allow_pickle=False)

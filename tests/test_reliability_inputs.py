@@ -334,3 +334,27 @@ def test_a_dataset_that_fails_its_check_never_takes_the_name(tmp_path):
     with pytest.raises(RuntimeError, match="fails check-h5"):
         write_dataset_h5(good, arrays, 2024, verify=refuse)
     assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+
+
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(command, package, package_path, tmp_path, capsys):
+    """convert and export check their output's directory up front, as fit, derive and sweep do:
+    an output under a file, or a directory as the output, is one line before unpickling or exporting."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    if command == "convert":
+        pkl = tmp_path / "calibration_package.pkl"
+        pkl.write_bytes(pickle.dumps({"X_sparse": package.matrix, "targets_df": package.targets}))
+        argv = ["convert", pkl, "--allow-pickle"]
+        outputs = [blocker / "p.npz", tmp_path]
+    else:
+        weights = tmp_path / "w.npy"
+        np.save(weights, np.ones(package.n_records))
+        argv = ["export", package_path, weights]
+        outputs = [blocker / "out.h5", tmp_path]
+    for output, phrase in zip(outputs, ["a-file is not a directory", "is a directory"]):
+        if command == "convert" and output == tmp_path:
+            output = tmp_path / "dir.npz"
+            output.mkdir()
+        refused(capsys, [*argv, output], phrase)
+    assert blocker.read_text() == "not a directory"

@@ -87,6 +87,7 @@ def run_convert(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io import import_pickle_package, is_pickle, save_package
+    from ..io._files import check_writable
 
     if not args.input.is_file():
         raise CommandError(f"{args.input} not found")
@@ -99,6 +100,9 @@ def run_convert(args: argparse.Namespace) -> int:
         )
     if args.output.suffix != ".npz":
         raise CommandError(f"the output must be a .npz file, got {args.output}")
+    if args.output.is_dir():
+        raise CommandError(f"the output {args.output} is a directory; name the .npz file")
+    check_writable(args.output.parent)  # before the unpickling, not after
     package = import_pickle_package(args.input)
     path = save_package(package, args.output)
     print(f"wrote {path}: {package.n_targets:,} targets x {package.n_records:,} records, {package.nnz:,} nonzeros")

@@ -150,7 +150,8 @@ def _check_run_dir(args: argparse.Namespace, files: tuple[str, ...], inputs: dic
     seeds, that it writes none of ``inputs``, and that it is (or can be made) a writable directory
     whose ``files`` are not directories."""
     from ..io import check_inputs_spared
-    from ..runs._plan import check_seed, check_writable
+    from ..io._files import check_writable
+    from ..runs._plan import check_seed
 
     check_seed(args.seed)
     if args.holdout_fraction is not None:

@@ -129,6 +129,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_writable(directory: str | os.PathLike) -> None:
+    """That ``directory`` exists and is writable, or could be created: nothing is created here."""
+    existing = pathlib.Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the output directory {directory}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == pathlib.Path(directory):
+            raise ValueError(f"the output directory {directory} is not writable")
+        raise ValueError(f"cannot create the output directory {directory}: {existing} is not writable")
+
+
 def load_yaml(stream: Any) -> Any:
     """``yaml.safe_load`` that refuses aliases: a few lines of them can expand past any memory (the
     billion laughs), and no configuration jaxcal reads needs one (a ``yaml.YAMLError`` then)."""

@@ -150,6 +150,8 @@ class FitPlan:
 
         written = [self.output, self.checkpoint_path, *(self.output.parent / name for name in FIT_FILES)]
         check_inputs_spared(written, {"--package-path": self.package_path, "--target-config": self.target_config})
+        from ..io._files import check_writable
+
         check_writable(self.output.parent)
         check_writable(self.checkpoint_path.parent)
         if self.output.is_dir():
@@ -384,16 +386,3 @@ def check_seed(seed: Any, flag: str = "--seed") -> None:
     """That ``seed`` is a whole number in ``[0, SEED_BOUND)`` (a ``ValueError`` naming ``flag``)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
         raise ValueError(f"{flag} must be a whole number from 0 to 2**32 - 1, got {seed}")
-
-
-def check_writable(directory: pathlib.Path) -> None:
-    """That ``directory`` exists and is writable, or could be created: nothing is created here."""
-    existing = pathlib.Path(directory)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"cannot create the output directory {directory}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        if existing == pathlib.Path(directory):
-            raise ValueError(f"the output directory {directory} is not writable")
-        raise ValueError(f"cannot create the output directory {directory}: {existing} is not writable")
