@@ -358,3 +358,21 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(command, pa
             output.mkdir()
         refused(capsys, [*argv, output], phrase)
     assert blocker.read_text() == "not a directory"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(package_path, tmp_path, capsys, monkeypatch):
+    """No space left while the weights are written (the disk's failure, planted at the sync before
+    the rename): one line that says so, and neither the weights nor a temporary are left."""
+    import errno
+    import os
+
+    from jaxcal.io import _files
+
+    def full(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
+
+    monkeypatch.setattr(_files, "sync", full)
+    output = tmp_path / "run" / "w.npy"
+    argv = ["fit", "--package-path", package_path, "--output", output, "--epochs", 2, "--all-active-targets", "--quiet"]
+    refused(capsys, argv, "No space left on device while writing", "no file was left half-written; free some space")
+    assert not output.exists() and not [p for p in output.parent.iterdir() if p.name.endswith(".tmp")]

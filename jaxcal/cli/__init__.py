@@ -13,7 +13,9 @@ names its type and points to ``jaxcal --debug``, which shows the traceback of ei
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -55,9 +57,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, str(error), 1)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", 130)
+    except OSError as error:
+        if error.errno not in _FULL_OR_READ_ONLY:
+            return _fail(args, f"{type(error).__name__}: {error} (run with --debug for the traceback)", 1)
+        where = f" while writing {error.filename}" if error.filename else ""
+        cure = "write elsewhere" if error.errno == errno.EROFS else "free some space"
+        return _fail(args, f"{os.strerror(error.errno)}{where}: no file was left half-written; {cure} and rerun", 1)
     except Exception as error:  # a bug, or a failure no check foresaw: still one line, unless --debug
         hint = "" if args.debug else " (run with --debug for the traceback)"
         return _fail(args, f"{type(error).__name__}: {error}{hint}", 1)
+
+
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+"""Write failures that are the disk's, not jaxcal's: said as such, without a traceback hint."""
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
