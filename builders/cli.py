@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--geography",
         type=pathlib.Path,
-        help="CSV of places: cd_geoid, population[, block_geoid] (default: the 436 districts, equal populations)",
+        help="CSV of places: cd_geoid, population[, block_geoid] (default: the 436 districts at their ACS 2024 populations)",
     )
     build.add_argument(
         "--skip-takeup-rerandomize",

@@ -37,7 +37,8 @@ import numpy as np
 from . import policyengine
 from .assembly import assemble_matrix, to_bcoo
 from .dataset import dataset_period, read_entity_structure
-from .geography import assign_geography, equal_population_districts
+from .geography import assign_geography
+from .real_targets import district_populations
 from .simulation import (
     SIMULATION_MODES,
     choose_simulation,
@@ -84,7 +85,7 @@ def build_calibration_package(
     and the targets of ``db_path`` at ``year`` (default: the dataset's period).
 
     ``places`` is the geography table of :func:`builders.geography.assign_geography` (default:
-    :func:`builders.geography.equal_population_districts`, all 436 districts). Raises
+    the 436 districts at their ACS 2024 populations, :func:`builders.real_targets.district_populations`). Raises
     ``FileNotFoundError`` / ``ValueError`` naming the problem for a missing or malformed
     dataset or database and for a target config that keeps no target.
 
@@ -128,7 +129,7 @@ def build_calibration_package(
         rows = TargetRows(table=table.loc[:, list(TARGET_COLUMNS)], constraints=rows.constraints)
     with clock("geography"):
         if places is None:
-            places = equal_population_districts()
+            places = district_populations()
         geography = assign_geography(structure.n_households, n_clones, places, seed)
     targeted = set(rows.table["variable"])
     amount_variables = sorted({part for v in targeted if not v.endswith("_count") for part in components(v)})
