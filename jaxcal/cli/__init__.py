@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Sequence
 from importlib import metadata
 
-_ENGINE_COMMANDS = ("jaxcal.cli._diagnose", "jaxcal.cli._fit", "jaxcal.cli._package", "jaxcal.cli._workflow")
+_ENGINE_COMMANDS = ("jaxcal.cli._fit", "jaxcal.cli._package", "jaxcal.cli._diagnose", "jaxcal.cli._workflow")
 
 
 class CommandError(Exception):
