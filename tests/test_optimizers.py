@@ -64,14 +64,15 @@ def _fit(problem, optimizer, epochs=EPOCHS, **settings):
 
 @pytest.mark.parametrize("name", CONVERGING)
 def test_settles_at_scipys_optimum_where_pe_adam_does_not(problem, optimum, name):
-    """Over the second half of the fit PE's Adam leaves the 1% band (to over twice the optimum);
+    """Over the second half of the fit PE's Adam leaves the 1% band (to over 1.1 times the optimum:
+    how far is chaotic, 1.9 to over 2 times on the machines it ran on, as the CPU's rounding goes);
     the converging optimizer stays within 0.01%, ends within 1e-5, and its loss rises by no
     more than 1e-4 of the optimum from one epoch to the next once past the first 100 epochs
     (the first steps, PE's own, overshoot)."""
     pe = _fit(problem, jaxcal.optimizer_named("pe-adam"))
     ours = _fit(problem, jaxcal.optimizer_named(name, epochs=EPOCHS))
     tail = slice(EPOCHS // 2, None)
-    assert np.max(np.asarray(pe.history.total)[tail]) > 2 * optimum
+    assert np.max(np.asarray(pe.history.total)[tail]) > 1.1 * optimum
     assert np.max(np.asarray(ours.history.total)[tail]) < 1.0001 * optimum
     assert _objective(problem, ours.weights) == pytest.approx(optimum, rel=1e-5)
     assert np.max(np.diff(np.asarray(ours.history.total, np.float64)[100:])) < 1e-4 * optimum
