@@ -252,8 +252,7 @@ def _codes(text: str | None) -> list[int] | None:
 def run_export(args) -> int:
     """``jaxcal export PACKAGE WEIGHTS OUTPUT``: print what was written."""
     from jaxcal.cli import CommandError
-    from jaxcal.io import check_inputs_spared, load_package
-    from jaxcal.io._files import check_writable
+    from jaxcal.io import check_inputs_spared, check_writable, load_package
 
     package = load_package(args.package)
     dataset = args.dataset or package.metadata.get("dataset_path")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._contract import policyengine_state_fips as policyengine_state_fips
     from ._files import atomic_write as atomic_write
     from ._files import check_inputs_spared as check_inputs_spared
+    from ._files import check_writable as check_writable
     from ._files import file_provenance as file_provenance
     from ._files import json_safe as json_safe
     from ._files import sha256_arrays as sha256_arrays
@@ -51,6 +52,7 @@ _EXPORTS = {
     "policyengine_state_fips": "_contract",
     "atomic_write": "_files",
     "check_inputs_spared": "_files",
+    "check_writable": "_files",
     "file_provenance": "_files",
     "json_safe": "_files",
     "sha256_arrays": "_files",
