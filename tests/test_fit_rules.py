@@ -10,7 +10,8 @@ import pytest
 import jaxcal.io
 from builders.synthetic_problem import synthetic_package
 from jaxcal.cli import main
-from jaxcal.runs import FitPlan, ToleranceRule, fit_objective, resolve_hyperparameters
+from jaxcal.cli._fit import headline
+from jaxcal.runs import FitPlan, RunRecord, ToleranceRule, fit_objective, resolve_hyperparameters
 
 SMALL = dict(n_base=200, n_states=2, n_national=20, per_state=8, per_district=6, nonzeros=(6, 4, 3), seed=5)
 FIT = ["--epochs", "30", "--all-active-targets", "--lambda-l0", "0", "--quiet"]
@@ -48,6 +49,8 @@ def test_excluded_targets_weigh_nothing_and_are_reported(package, package_path, 
     run, alone = tmp_path / "run" / "w.npy", tmp_path / "alone" / "w.npy"
     assert main(["fit", "--package-path", str(package_path), "--output", str(run), *FIT, *groups]) == 0
     capsys.readouterr()
+    plain = RunRecord.read(run.parent)
+    assert f"(achievable targets), records kept {plain.weight_nonzero:,}, " in headline(plain)
     args = ["fit", "--package-path", str(package_path), "--output", str(run), "--exclude-from-fit", rule]
     assert main([*args, *FIT[:-1], *groups]) == 0
     printed = capsys.readouterr().out
@@ -67,7 +70,7 @@ def test_excluded_targets_weigh_nothing_and_are_reported(package, package_path, 
     fitted = diagnostics.loc[~excluded, "abs_rel_error"]
     assert record["mean_error_pct"] == pytest.approx(100 * fitted.mean())  # the headline: fitted targets only
     assert record["hyperparameters"]["exclude_from_fit"] == summary["rules"]
-    assert "(fitted achievable targets)" in printed
+    assert f"(fitted achievable targets), records kept {record['weight_nonzero']:,}, " in printed
     assert (
         f"excluded from the fit: {excluded.sum()} targets, mean rel error {summary['mean_error_pct']:.2f}%" in printed
     )

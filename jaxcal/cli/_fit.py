@@ -291,7 +291,7 @@ def headline(record: RunRecord) -> str:
         f"{record.n_targets:,} targets, {record.n_records:,} records: "
         f"mean rel error {record.mean_error_pct:.2f}%, median {record.median_error_pct:.2f}%, "
         f"within 10% {record.share_within_10pct:.1%} ({'fitted ' if record.excluded_from_fit else ''}"
-        "achievable targets), records kept {record.weight_nonzero:,}, "
+        f"achievable targets), records kept {record.weight_nonzero:,}, "
         f"{record.elapsed_seconds:.1f}s"
     )
 
