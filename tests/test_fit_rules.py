@@ -121,6 +121,7 @@ def test_fail_if_passes_fails_with_exit_3_and_keeps_the_outputs(package, package
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("jaxcal fit: error: --fail-if " + tight), error
     assert "geo_level=national:10:" not in error[0] and "(outputs written)" in error[0]
+    assert " targets outside 0.01% (worst national/" in error[0]
     record, diagnostics = read_run(output.parent)
     assert [check["passed"] for check in record["fail_if"]] == [False, True]
     person = (package.targets["variable"] == "person_count") & (package.targets["geo_level"] == "national")

@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             "; ".join(
                 f"--fail-if {check['rule']}: {check['n_failed']:,} of {check['n_targets']:,} targets outside "
-                f"{check['tolerance']:.4g} (worst {check['worst_target']} at {check['worst_rel_error']:+.2%})"
+                f"{100 * check['tolerance']:.4g}% (worst {check['worst_target']} at {check['worst_rel_error']:+.2%})"
                 for check in unmet
             )
             + " (outputs written)",
