@@ -110,12 +110,22 @@ class FitPlan:
     quiet: bool = False
     exclude_from_fit: tuple[str, ...] = ()
     fail_if: tuple[str, ...] = ()
+    _exclusions: tuple[tuple[str, tuple[dict[str, str], ...]], ...] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    """Each ``exclude_from_fit`` text with its rules, read once (a rules file is not read again)."""
+    _tolerances: tuple[ToleranceRule, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from ..io._targets import parse_target_rules
+
         object.__setattr__(self, "exclude_from_fit", tuple(self.exclude_from_fit))
         object.__setattr__(self, "fail_if", tuple(self.fail_if))
-        self.exclusion_rules()
-        self.tolerance_rules()
+        exclusions = tuple(
+            (text, tuple(parse_target_rules(text, flag="--exclude-from-fit"))) for text in self.exclude_from_fit
+        )
+        object.__setattr__(self, "_exclusions", exclusions)
+        object.__setattr__(self, "_tolerances", tuple(ToleranceRule.parse(text) for text in self.fail_if))
         for name in ("package_path", "output", "target_config", "resume_from", "checkpoint_output"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, pathlib.Path(getattr(self, name)))
@@ -185,12 +195,10 @@ class FitPlan:
 
     def exclusion_rules(self) -> list[dict[str, str]]:
         """The rules of every ``--exclude-from-fit``, in order."""
-        from ..io._targets import parse_target_rules
-
-        return [rule for text in self.exclude_from_fit for rule in parse_target_rules(text, flag="--exclude-from-fit")]
+        return [dict(rule) for _, rules in self._exclusions for rule in rules]
 
     def tolerance_rules(self) -> list[ToleranceRule]:
-        return [ToleranceRule.parse(text) for text in self.fail_if]
+        return list(self._tolerances)
 
     def excluded_targets(self, targets: pd.DataFrame) -> np.ndarray:
         """Which of ``targets`` (the fitted package's) the fit leaves out of its loss; a
@@ -198,17 +206,17 @@ class FitPlan:
         them (a misspelt rule would otherwise change nothing) or every target is excluded."""
         import numpy as np
 
-        from ..io._targets import parse_target_rules, target_rules_mask
+        from ..io._targets import target_rules_mask
 
         excluded = np.zeros(len(targets), bool)
-        for text in self.exclude_from_fit:
-            matched = target_rules_mask(targets, parse_target_rules(text, flag="--exclude-from-fit"))
+        for text, rules in self._exclusions:
+            matched = target_rules_mask(targets, rules)
             if not matched.any():
                 raise ValueError(f"--exclude-from-fit {text} matches none of the {len(targets):,} fitted targets")
             excluded |= matched
         if excluded.all():
             raise ValueError(f"--exclude-from-fit leaves none of the {len(targets):,} targets to fit")
-        for rule in self.tolerance_rules():
+        for rule in self._tolerances:
             if not rule.mask(targets).any():
                 raise ValueError(f"--fail-if {rule.text} matches none of the {len(targets):,} fitted targets")
         return excluded
