@@ -58,9 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from ..io import check_inputs_spared, load_package
+    from ..io._files import load_weights
     from ..runs import DIAGNOSE_FILES, format_diagnosis, write_diagnosis
     from ..workflow import diagnose_targets
 
@@ -78,21 +78,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
         (args.output / name for name in DIAGNOSE_FILES), {"PACKAGE": args.package, "--weights": args.weights}
     )
     package = load_package(args.package, allow_pickle=args.allow_pickle)
-    weights = None
-    if args.weights is not None:
-        if not args.weights.is_file():
-            raise CommandError(f"--weights: {args.weights} not found")
-        try:
-            weights = np.load(args.weights, allow_pickle=False)
-        except Exception as error:
-            raise CommandError(f"--weights: {args.weights} is not a weights .npy ({error})") from None
-        if not isinstance(weights, np.ndarray) or weights.dtype.kind not in "iuf":
-            raise CommandError(f"--weights: {args.weights} must hold {package.n_records} numbers")
-        if weights.shape != (package.n_records,) or not np.isfinite(weights).all() or (weights < 0).any():
-            raise CommandError(
-                f"--weights: {args.weights} must hold {package.n_records} finite non-negative weights "
-                f"(one per record), got shape {weights.shape}"
-            )
+    weights = None if args.weights is None else load_weights(args.weights, package.n_records, flag="--weights")
     started = time.perf_counter()
 
     def progress(step: int, bound: float) -> None:

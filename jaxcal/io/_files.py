@@ -142,6 +142,27 @@ def check_writable(directory: str | os.PathLike) -> None:
         raise ValueError(f"cannot create the output directory {directory}: {existing} is not writable")
 
 
+def load_weights(path: str | os.PathLike, n_records: int, *, flag: str, kind: str = "a weights .npy") -> np.ndarray:
+    """The weights ``.npy`` at ``path``, as float64: ``n_records`` finite non-negative numbers, else
+    a ``ValueError`` naming ``flag`` (``kind`` says what else the file could have been)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{flag}: {path} not found")
+    try:
+        weights = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise ValueError(f"{flag}: {path} is not {kind} ({error})") from None
+    if not isinstance(weights, np.ndarray) or weights.dtype.kind not in "iuf":
+        found = weights.dtype if isinstance(weights, np.ndarray) else "an .npz archive"
+        raise ValueError(f"{flag}: {path} must hold {n_records} numbers (weights), got {found}")
+    if weights.shape != (n_records,) or not np.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(
+            f"{flag}: {path} must hold {n_records} finite non-negative weights (one per record), "
+            f"got shape {weights.shape}"
+        )
+    return weights.astype(np.float64)
+
+
 def load_yaml(stream: Any) -> Any:
     """``yaml.safe_load`` that refuses aliases: a few lines of them can expand past any memory (the
     billion laughs), and no configuration jaxcal reads needs one (a ``yaml.YAMLError`` then)."""

@@ -42,6 +42,7 @@ from ..io import (
     signature_differences,
 )
 from ..io._checkpoint import HoldoutState
+from ..io._files import load_weights
 from ..workflow import LOG_COLUMNS, HoldoutFit, HoldoutSplit, fit_with_holdout, holdout_split
 from ..workflow._holdout import HoldoutProgress
 from ._names import CALIBRATION_LOG
@@ -506,18 +507,7 @@ def _resume_source(plan: FitPlan, n_records: int) -> tuple[Checkpoint | None, np
     sibling = checkpoint_path_for(path)
     if sibling.is_file():
         return load_checkpoint(sibling), None
-    try:
-        weights = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise ValueError(f"--resume-from: {path} is neither a checkpoint nor a weights .npy ({error})") from None
-    if not isinstance(weights, np.ndarray) or weights.dtype.kind not in "iuf":
-        kind = weights.dtype if isinstance(weights, np.ndarray) else "an .npz archive"
-        raise ValueError(f"--resume-from: {path} must hold {n_records} numbers (weights), got {kind}")
-    if weights.shape != (n_records,) or not np.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError(
-            f"--resume-from: {path} must hold {n_records} finite non-negative weights, got shape {weights.shape}"
-        )
-    return None, weights.astype(np.float64)
+    return None, load_weights(path, n_records, flag="--resume-from", kind="a checkpoint or a weights .npy")
 
 
 def _check_checkpoint(plan: FitPlan, checkpoint: Checkpoint, signature: dict[str, Any], n_records: int) -> None:
