@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._objective import Objective as Objective
     from ._optimizers import optimizer_named as optimizer_named
     from ._sharding import ShardedMatrix as ShardedMatrix
+    from ._sharding import process_records as process_records
     from ._sharding import record_mesh as record_mesh
     from ._sharding import select_devices as select_devices
     from ._sweep import SweepResult as SweepResult
@@ -59,6 +60,7 @@ _EXPORTS = {
     "OPTIMIZER_NAMES": "_defaults",
     "optimizer_named": "_optimizers",
     "ShardedMatrix": "_sharding",
+    "process_records": "_sharding",
     "record_mesh": "_sharding",
     "select_devices": "_sharding",
     "SweepResult": "_sweep",

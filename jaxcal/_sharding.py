@@ -56,6 +56,54 @@ def record_mesh(devices: int | str | Sequence[Any] | None = None, platform: str 
     return Mesh(np.array(select_devices(devices, platform)), (AXIS,))
 
 
+def process_records(n_records: int, mesh: Mesh) -> tuple[int, int]:
+    """The records (columns ``lo`` to ``hi``) whose blocks lie on this process's devices of
+    ``mesh``, as :class:`ShardedMatrix` splits ``n_records``: what a process of a multi-process
+    fit reads of the package (``load_package(..., records=...)``)."""
+    block = _block_size(n_records, mesh.size)
+    mine = [i for i, device in enumerate(mesh.devices.flat) if device.process_index == jax.process_index()]
+    if not mine or mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError(f"process {jax.process_index()}'s devices must be one stretch of the mesh, got blocks {mine}")
+    return min(mine[0] * block, n_records), min((mine[-1] + 1) * block, n_records)
+
+
+def process_sum(x: np.ndarray) -> np.ndarray:
+    """``x`` added up over the processes of a multi-process run (``x`` itself in one process),
+    in its own dtype: the parts travel as bytes, which JAX's 32-bit arrays keep exact."""
+    x = np.ascontiguousarray(x)
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    parts = np.asarray(multihost_utils.process_allgather(x.reshape(-1).view(np.uint8)))
+    return parts.view(x.dtype).reshape(-1, *x.shape).sum(axis=0, dtype=x.dtype)
+
+
+def _block_size(n_records: int, n_devices: int) -> int:
+    return max(math.ceil(n_records / n_devices), 1)
+
+
+def _on_mesh(x: Any, sharding: NamedSharding) -> Array:
+    """``x`` placed as ``sharding`` says, each device's part cut from this host's copy: across
+    processes, each process gives the parts of its own devices (its records; the rest of its
+    copy is not read)."""
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_on_mesh(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _to_host_device(x: Any, device: Any) -> Any:
+    """A mesh-placed array whole on ``device`` of this process (gathered across processes)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return jax.device_put(x, device)
+    if x.is_fully_replicated:
+        return jax.device_put(x.addressable_data(0), device)
+    from jax.experimental import multihost_utils
+
+    return jax.device_put(multihost_utils.process_allgather(x, tiled=True), device)
+
+
 @final
 class ShardedMatrix(AbstractTargetMatrix):
     """X split by records (columns) into one block per device of a one-axis ``mesh``.
@@ -115,18 +163,24 @@ class ShardedMatrix(AbstractTargetMatrix):
         spec = PartitionSpec(self.axis)
         return eqx.tree_at(lambda m: (m.rows, m.cols, m.values), self, (spec, spec, spec))
 
+    @property
+    def host_device(self) -> Any:
+        """Where gathered results go: the mesh's first device of this process."""
+        return next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
+
     def shard_records(self, x: Array) -> Array:
         """A per-record array (first axis ``n_records``) padded with zeros and split by record."""
-        padding = [(0, self.padded_records - self.n_records)] + [(0, 0)] * (x.ndim - 1)
-        return jax.device_put(jnp.pad(x, padding), NamedSharding(self.mesh, PartitionSpec(self.axis)))
+        padding = [(0, self.padded_records - self.n_records)] + [(0, 0)] * (np.ndim(x) - 1)
+        return _on_mesh(np.pad(np.asarray(x), padding), NamedSharding(self.mesh, PartitionSpec(self.axis)))
 
     def unshard_records(self, x: Array) -> Array:
-        """The inverse of :meth:`shard_records`, onto the mesh's first device."""
-        return jax.device_put(x, self.mesh.devices.flat[0])[: self.n_records]
+        """The inverse of :meth:`shard_records`, onto :attr:`host_device`."""
+        return _to_host_device(x, self.host_device)[: self.n_records]
 
     def replicate(self, tree: Any) -> Any:
         """Every array of ``tree`` copied to every device of the mesh."""
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        return jax.tree.map(lambda x: _on_mesh(x, sharding), tree)
 
     def mv(self, w: Float[Array | np.ndarray, " n_records"]) -> Float[Array, " n_targets"]:
         """``X @ w``; ``w`` has ``n_records`` entries, or ``padded_records`` already split by record."""
@@ -175,10 +229,10 @@ class ShardedMatrix(AbstractTargetMatrix):
 
     def gather_state(self, tree: Any, optimizer: optax.GradientTransformation | None = None) -> Any:
         weights, model, opt_state, rest = tree
-        first = self.mesh.devices.flat[0]
+        first = self.host_device
         weights, model = jax.tree.map(self.unshard_records, (weights, model))
-        opt_state = _map_params(optimizer, opt_state, self.unshard_records, lambda x: jax.device_put(x, first))
-        return weights, model, opt_state, jax.device_put(rest, first)
+        opt_state = _map_params(optimizer, opt_state, self.unshard_records, lambda x: _to_host_device(x, first))
+        return weights, model, opt_state, jax.tree.map(lambda x: _to_host_device(x, first), rest)
 
     @classmethod
     def from_matrix(cls, matrix: TargetMatrix, mesh: Mesh, *, chunk: int | None | str = "auto") -> ShardedMatrix:
@@ -200,7 +254,8 @@ class ShardedMatrix(AbstractTargetMatrix):
         chunk: int | None | str = "auto",
     ) -> ShardedMatrix:
         """From COO triplets, checked as :meth:`TargetMatrix.from_coo` checks them, without first
-        placing the whole matrix on one device."""
+        placing the whole matrix on one device. Across processes each gives (at least) the
+        nonzeros of its own records (:func:`process_records`)."""
         rows, cols, values, shape = host_coo(rows, cols, values, shape, layout)
         return cls._split(rows, cols, values, shape, mesh, layout, chunk)
 
@@ -227,8 +282,11 @@ class ShardedMatrix(AbstractTargetMatrix):
             raise ValueError(f"mesh must be a one-axis jax.sharding.Mesh (see jaxcal.record_mesh), got {mesh!r}")
         n_targets, n_records = shape
         n_devices = mesh.size
-        block = max(math.ceil(n_records / n_devices), 1)
+        block = _block_size(n_records, n_devices)
         per_block = np.bincount(cols, minlength=block * n_devices).reshape(n_devices, block).sum(axis=1)
+        if jax.process_count() > 1:  # each process has its own blocks' nonzeros: the longest of all
+            mine = [d.process_index == jax.process_index() for d in mesh.devices.flat]
+            per_block = process_sum(np.where(mine, per_block, 0).astype(np.int64))
         longest = int(per_block.max(initial=0))
         if chunk == "auto":
             chunk = DEFAULT_CHUNK if longest > AUTO_CHUNK_ABOVE else None

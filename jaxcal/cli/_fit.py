@@ -41,6 +41,10 @@ PLAN_FLAGS = (
     "quiet",
     "exclude_from_fit",
     "fail_if",
+    "distributed",
+    "coordinator",
+    "num_processes",
+    "process_id",
 )
 """Flags that go to the plan as they are."""
 PE = "policyengine-us-data's"
@@ -211,6 +215,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         help="how much the held-out loss must drop to count as an improvement (default 0)",
     )
+    processes = parser.add_argument_group(
+        "many hosts",
+        "one process per host joined by jax.distributed; each reads its records of the package, the first "
+        "writes the outputs (see docs/guide.md)",
+    )
+    processes.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process fit, its coordinator and place found by JAX (Cloud TPU, SLURM, ...)",
+    )
+    processes.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="the first process's address (implies --distributed)"
+    )
+    processes.add_argument("--num-processes", type=int, metavar="N", help="how many processes join the fit")
+    processes.add_argument("--process-id", type=int, metavar="I", help="this process's rank, 0 to N-1 (0 writes)")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     parser.set_defaults(run=run)
 
@@ -218,6 +237,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Everything the user can get wrong is checked (the plan) before the first epoch runs."""
     started = time.perf_counter()
+    import contextlib
+
     from .. import runs
     from ..io._files import run_dir_lock
 
@@ -230,15 +251,18 @@ def run(args: argparse.Namespace) -> int:
         holdout=_holdout_plan(args),
         **{name: getattr(args, name) for name in PLAN_FLAGS},
     )
+    runs.join_processes(plan)
+    writer = runs.writes_outputs()
     package = runs.load_fit_package(plan)
     begin = runs.start(plan, package)
-    if not plan.quiet:
+    if not plan.quiet and writer:
         print(
             f"package {plan.package_path}: {package.n_targets:,} targets x {package.n_records:,} records, "
             f"{package.nnz:,} nonzeros",
             file=sys.stderr,
         )
-    with run_dir_lock(plan.output.parent):  # one run at a time writes a run directory
+    # one run at a time writes a run directory (of a multi-process fit, its first process)
+    with run_dir_lock(plan.output.parent) if writer else contextlib.nullcontext():
         outcome = runs.run_fit(plan, begin, runs.fit_observers(plan, begin))
         if outcome.stopped_by is not None:
             raise CommandError(
@@ -257,6 +281,8 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         record = runs.write_run_dir(plan, begin, outcome, elapsed=time.perf_counter() - started)
+    if record is None:  # another process of a multi-process fit: the first reports
+        return 0
     if not plan.quiet:
         print(headline(record), flush=True)
         if record.excluded_from_fit:

@@ -13,11 +13,12 @@ import os
 import pathlib
 import zipfile
 import zlib
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
 import numpy as np
+from jaxtyping import Float, Int, UInt64
 
 from ._files import atomic_write, json_safe, sha256_arrays
 
@@ -55,6 +56,66 @@ class PackageError(ValueError):
     """A package that cannot be read or is inconsistent; the message says what and why."""
 
 
+_CHUNK = 1 << 20
+"""Nonzeros a record-range read (and a row summary) takes at a time."""
+
+
+@final
+class RowSummary(eqx.Module):
+    """What every process of a multi-process fit knows of the whole matrix, one entry per row:
+    its sum (float64), its nonzero count, and a 64-bit hash of its (column, value) pairs (a sum
+    of splitmix64 hashes, so it adds up over any split of the columns). Computed ``_CHUNK``
+    nonzeros at a time, so a whole matrix and a streamed one give the same numbers."""
+
+    sums: Float[np.ndarray, " n_targets"]
+    nnz: Int[np.ndarray, " n_targets"]
+    fingerprints: UInt64[np.ndarray, " n_targets"]
+
+    @classmethod
+    def of(cls, matrix: sparse.csr_array) -> RowSummary:
+        summary = _RowAccumulator(matrix.indptr)
+        for start in range(0, matrix.nnz, _CHUNK):
+            summary.add(start, matrix.indices[start : start + _CHUNK], matrix.data[start : start + _CHUNK])
+        return summary.result()
+
+    def select(self, rows: np.ndarray) -> RowSummary:
+        return RowSummary(self.sums[rows], self.nnz[rows], self.fingerprints[rows])
+
+
+class _RowAccumulator:
+    """Builds a :class:`RowSummary` from consecutive stretches of a CSR matrix's nonzeros."""
+
+    def __init__(self, indptr: np.ndarray) -> None:
+        self.indptr = np.asarray(indptr, np.int64)
+        n_targets = self.indptr.size - 1
+        self.sums = np.zeros(n_targets, np.float64)
+        self.fingerprints = np.zeros(n_targets, np.uint64)
+
+    def rows(self, start: int, size: int) -> np.ndarray:
+        """The row of each of the nonzeros ``start .. start + size``."""
+        return np.searchsorted(self.indptr, np.arange(start, start + size), side="right") - 1
+
+    def add(self, start: int, cols: np.ndarray, values: np.ndarray, rows: np.ndarray | None = None) -> None:
+        if not cols.size:
+            return
+        rows = self.rows(start, cols.size) if rows is None else rows
+        firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        pairs = (cols.astype(np.uint64) << np.uint64(32)) | values.astype(np.float32).view(np.uint32).astype(np.uint64)
+        self.sums[rows[firsts]] += np.add.reduceat(values.astype(np.float64), firsts)
+        self.fingerprints[rows[firsts]] += np.add.reduceat(_splitmix64(pairs), firsts)
+
+    def result(self) -> RowSummary:
+        return RowSummary(self.sums, np.diff(self.indptr), self.fingerprints)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's mix of each entry (uint64 arithmetic wraps, as the hash intends)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 class CalibrationPackage(eqx.Module):
     """What a build writes and a fit reads: ``matrix`` (targets x records) and its targets.
 
@@ -70,6 +131,11 @@ class CalibrationPackage(eqx.Module):
     initial_weights: np.ndarray | None = None
     geography: Mapping[str, np.ndarray] = eqx.field(default_factory=dict)
     metadata: Mapping[str, Any] = eqx.field(default_factory=dict)
+    records: tuple[int, int] | None = None
+    """A process's share of a multi-process fit (``load_package(..., records=(lo, hi))``): the
+    matrix then holds only the nonzeros of columns ``lo <= c < hi``, and ``whole`` summarises
+    the rows of the whole matrix. None: the matrix is whole."""
+    whole: RowSummary | None = None
 
     def __check_init__(self) -> None:
         n_targets, n_records = _shape(self.matrix)
@@ -137,7 +203,7 @@ class CalibrationPackage(eqx.Module):
 
     @property
     def nnz(self) -> int:
-        return int(self.matrix.nnz)
+        return int(self.matrix.nnz) if self.whole is None else int(self.whole.nnz.sum())
 
     @property
     def target_values(self) -> np.ndarray:
@@ -147,32 +213,57 @@ class CalibrationPackage(eqx.Module):
         """The matrix in the engine's layout."""
         from .._matrix import TargetMatrix
 
+        self._check_whole("target_matrix")
         return TargetMatrix.from_scipy(self.matrix, layout=layout)
 
     def to_bcoo(self) -> jsparse.BCOO:
         from jax.experimental import sparse as jsparse
 
+        self._check_whole("to_bcoo")
         return jsparse.BCOO.from_scipy_sparse(self.matrix)
 
     def row_sums(self) -> np.ndarray:
         """``X @ 1`` in float64: a target whose row sums to 0 is impossible."""
-        return np.asarray(self.matrix.sum(axis=1), np.float64).ravel()
+        if self.whole is not None:
+            return self.whole.sums
+        return np.asarray(self.matrix.astype(np.float64).sum(axis=1)).ravel()
+
+    def estimate(self, weights: Any) -> np.ndarray:
+        """``X @ weights`` in float64. With a record range, every process adds its columns' share:
+        each process of the run must call it."""
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (self.n_records,):
+            raise ValueError(f"weights must have shape ({self.n_records},), got {weights.shape}")
+        share = self.matrix.astype(np.float64) @ weights
+        if self.records is None:
+            return share
+        from .._sharding import process_sum
+
+        return process_sum(share)
+
+    def _check_whole(self, what: str) -> None:
+        if self.records is not None:
+            lo, hi = self.records
+            raise PackageError(f"{what} needs the whole matrix; this package holds only records {lo:,} to {hi:,}")
 
     def select_targets(self, keep: Any) -> CalibrationPackage:
         """The package with only the rows ``keep`` (a boolean mask or indices), in order."""
         rows = _as_indices(keep, self.n_targets)
         return eqx.tree_at(
-            lambda p: (p.matrix, p.targets, p.target_names),
+            lambda p: (p.matrix, p.targets, p.target_names, p.whole),
             self,
             (
                 self.matrix[rows],
                 self.targets.iloc[rows].reset_index(drop=True),
                 tuple(self.target_names[i] for i in rows),
+                None if self.whole is None else self.whole.select(rows),
             ),
+            is_leaf=lambda x: x is None,
         )
 
     def select_records(self, keep: Any) -> CalibrationPackage:
         """The package with only the columns ``keep`` (a boolean mask or indices), in order."""
+        self._check_whole("select_records")
         cols = _as_indices(keep, self.n_records)
         return CalibrationPackage(
             matrix=_as_csr(self.matrix[:, cols]),
@@ -184,13 +275,13 @@ class CalibrationPackage(eqx.Module):
         )
 
     def signature(self) -> dict[str, Any]:
-        """What identifies the problem a fit solves: shape and sha256 of matrix, names and values."""
-        matrix = self.matrix
+        """What identifies the problem a fit solves: shape, the matrix's fingerprint (sha256 of
+        :class:`RowSummary`'s per-row counts and hashes, which every process of a multi-process
+        fit knows), and sha256 of names and values."""
+        whole = self.whole if self.whole is not None else RowSummary.of(self.matrix)
         return {
             "shape": [self.n_targets, self.n_records],
-            "matrix_sha256": sha256_arrays(
-                matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32), matrix.data.astype(np.float32)
-            ),
+            "matrix_fingerprint": sha256_arrays(whole.nnz, whole.fingerprints),
             "target_names_sha256": hashlib.sha256("\n".join(self.target_names).encode()).hexdigest(),
             "target_values_sha256": sha256_arrays(self.target_values),
         }
@@ -230,15 +321,26 @@ def save_package(package: CalibrationPackage, path: str | os.PathLike) -> pathli
     return path
 
 
-def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> CalibrationPackage:
+def load_package(
+    path: str | os.PathLike,
+    *,
+    allow_pickle: bool = False,
+    records: tuple[int, int] | Callable[[int], tuple[int, int]] | None = None,
+) -> CalibrationPackage:
     """Read a package written by :func:`save_package`, or, with ``allow_pickle``, a PolicyEngine pickle.
 
-    Raises :class:`PackageError` (a ``ValueError``) for a missing, corrupt or
-    inconsistent file, and for a pickle without ``allow_pickle``.
+    ``records=(lo, hi)`` (or a function of the matrix's column count that gives them) keeps
+    only those columns' nonzeros (a process's share of a multi-process fit): the matrix is
+    streamed ``_CHUNK`` nonzeros at a time, so memory is that share, and :class:`RowSummary`
+    of the whole matrix is kept as ``whole``. Raises
+    :class:`PackageError` (a ``ValueError``) for a missing, corrupt or inconsistent file, and
+    for a pickle without ``allow_pickle``.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise PackageError(f"package not found: {path}")
+    if records is not None and is_pickle(path):
+        raise PackageError(f"{path} is a pickle: convert it with `jaxcal convert` to read a share of its records")
     if is_pickle(path):
         if not allow_pickle:
             raise PackageError(
@@ -261,16 +363,19 @@ def load_package(path: str | os.PathLike, *, allow_pickle: bool = False) -> Cali
             version = int(_member(archive, "format_version", "iu", ()))
             if version > FORMAT_VERSION:
                 raise PackageError(f"it has format version {version}; this jaxcal reads up to {FORMAT_VERSION}")
-            return _read_package(archive)
+            return _read_package(archive, records)
         except PackageError as error:
             raise PackageError(f"{path}: {error}") from None
         except (KeyError, ValueError, TypeError) as error:
             raise PackageError(f"{path} is a damaged jaxcal package ({type(error).__name__}: {error})") from None
 
 
-def _read_package(archive: zipfile.ZipFile) -> CalibrationPackage:
-    """The package ``archive`` holds. Only a package's own arrays are read, each once its header
-    fits the matrix's shape (:func:`_member`): a member no package has is never decompressed."""
+def _read_package(
+    archive: zipfile.ZipFile, records: tuple[int, int] | Callable[[int], tuple[int, int]] | None = None
+) -> CalibrationPackage:
+    """The package ``archive`` holds (with ``records``, only those columns' nonzeros). Only a
+    package's own arrays are read, each once its header fits the matrix's shape
+    (:func:`_member`): a member no package has is never decompressed."""
     import pandas as pd
     from scipy import sparse
 
@@ -281,9 +386,17 @@ def _read_package(archive: zipfile.ZipFile) -> CalibrationPackage:
     nnz = int(indptr[-1])
     if not 0 <= nnz <= n_targets * n_records:
         raise PackageError(f"the matrix declares {nnz:,} nonzeros in {n_targets:,} x {n_records:,} cells")
-    data = _member(archive, "matrix_data", "iuf", (nnz,))
-    indices = _member(archive, "matrix_indices", "iu", (nnz,))
-    matrix = sparse.csr_array((data, indices, indptr), shape=(n_targets, n_records))
+    whole = None
+    if records is None:
+        data = _member(archive, "matrix_data", "iuf", (nnz,))
+        indices = _member(archive, "matrix_indices", "iu", (nnz,))
+        matrix = sparse.csr_array((data, indices, indptr), shape=(n_targets, n_records))
+    else:
+        lo, hi = records(n_records) if callable(records) else records
+        records = (lo, hi)
+        if not 0 <= lo <= hi <= n_records:
+            raise PackageError(f"records {lo} to {hi} are not a range of the matrix's {n_records:,} columns")
+        matrix, whole = _read_record_range(archive, indptr, (n_targets, n_records), lo, hi)
     matrix.check_format(full_check=True)
     if not np.isfinite(matrix.data).all():
         raise PackageError("the matrix holds NaN or infinite values")
@@ -315,7 +428,43 @@ def _read_package(archive: zipfile.ZipFile) -> CalibrationPackage:
             for key in _members_under(names, "geography/")
         },
         metadata=metadata,
+        records=records,
+        whole=whole,
     )
+
+
+def _read_record_range(
+    archive: zipfile.ZipFile, indptr: np.ndarray, shape: tuple[int, int], lo: int, hi: int
+) -> tuple[sparse.csr_array, RowSummary]:
+    """The matrix's nonzeros in columns ``lo <= c < hi`` and the whole matrix's row summary,
+    streamed from the archive ``_CHUNK`` nonzeros at a time."""
+    from scipy import sparse
+
+    nnz = int(indptr[-1])
+    # A first pass counts this range's nonzeros, so the second fills arrays of that size in place.
+    size = sum(
+        int(((cols >= lo) & (cols < hi)).sum()) for cols in _member_chunks(archive, "matrix_indices", "iu", (nnz,))
+    )
+    summary = _RowAccumulator(indptr)
+    per_row = np.zeros(shape[0], np.int64)
+    kept_cols, kept_values, filled = np.empty(size, np.int32), np.empty(size, np.float32), 0
+    indices = _member_chunks(archive, "matrix_indices", "iu", (nnz,))
+    data = _member_chunks(archive, "matrix_data", "iuf", (nnz,))
+    for start, (cols, values) in zip(range(0, nnz, _CHUNK), zip(indices, data)):
+        if cols.size and (cols.min() < 0 or cols.max() >= shape[1]):
+            raise PackageError(f"the matrix has column indices outside 0 to {shape[1] - 1}")
+        rows = summary.rows(start, cols.size)
+        summary.add(start, cols, values, rows)
+        mine = (cols >= lo) & (cols < hi)
+        count = int(mine.sum())
+        per_row += np.bincount(rows[mine], minlength=shape[0])
+        kept_cols[filled : filled + count] = cols[mine]
+        kept_values[filled : filled + count] = values[mine]
+        filled += count
+    # indptr of the indices' int32 (scipy would otherwise widen the indices to match it)
+    local_indptr = np.r_[0, np.cumsum(per_row)].astype(np.int32 if size < _INDEX_LIMIT else np.int64)
+    matrix = sparse.csr_array((kept_values, kept_cols, local_indptr), shape=shape)
+    return matrix, summary.result()
 
 
 Shape = tuple[int | None, ...]
@@ -336,6 +485,41 @@ def _member(
     one entry per matrix row or column, when ``of`` says which), and the archive declares the size
     that implies: a damaged or hostile member costs no more than the package's shape allows.
     Checkpoints read their members with it too (:func:`jaxcal.io.load_checkpoint`)."""
+    info, _, _, _ = _member_header(archive, name, kinds, shape, of=of, max_chars=max_chars)
+    try:
+        with archive.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+
+
+def _member_chunks(archive: zipfile.ZipFile, name: str, kinds: str, shape: Shape) -> Iterator[np.ndarray]:
+    """The one-dimensional array ``name`` of ``archive``, ``_CHUNK`` entries at a time, checked as
+    :func:`_member` checks it."""
+    info, header_size, dtype, declared = _member_header(archive, name, kinds, shape)
+    try:
+        with archive.open(info) as f:
+            f.read(header_size)
+            for start in range(0, declared[0], _CHUNK):
+                count = min(_CHUNK, declared[0] - start)
+                block = f.read(count * dtype.itemsize)
+                if len(block) != count * dtype.itemsize:
+                    raise EOFError("the member ends early")
+                yield np.frombuffer(block, dtype)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
+        raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+
+
+def _member_header(
+    archive: zipfile.ZipFile,
+    name: str,
+    kinds: str,
+    shape: Shape | list[Shape],
+    *,
+    of: str | None = None,
+    max_chars: int = _MAX_CHARS,
+) -> tuple[zipfile.ZipInfo, int, np.dtype, tuple[int, ...]]:
+    """``name``'s entry, header size, dtype and shape, once :func:`_member`'s checks pass."""
     shapes = shape if isinstance(shape, list) else [shape]
     try:
         info = archive.getinfo(f"{name}.npy")
@@ -351,24 +535,19 @@ def _member(
             )
             declared, _, dtype = read_header(f)
             header_size = f.tell()
-        if dtype.kind not in kinds:
-            raise PackageError(f"the array {name!r} must hold {_KIND_NAMES[kinds]}, got {dtype}")
-        if dtype.kind == "U" and dtype.itemsize > 4 * max_chars:
-            raise PackageError(
-                f"the array {name!r} holds text of {dtype.itemsize // 4:,} characters, over {max_chars:,}"
-            )
-        if not any(_fits(declared, expected) for expected in shapes):
-            why = f", as the matrix has {shapes[0][0]:,} {of}" if of else ""
-            wanted = " or ".join(str(expected).replace("None", "N") for expected in shapes)
-            raise PackageError(f"the array {name!r} must have shape {wanted}{why}, got {declared}")
-        if info.file_size != header_size + dtype.itemsize * math.prod(declared):
-            raise PackageError(f"the array {name!r} is {info.file_size:,} bytes, not the size its header declares")
-        with archive.open(info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    except PackageError:
-        raise
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+    if dtype.kind not in kinds:
+        raise PackageError(f"the array {name!r} must hold {_KIND_NAMES[kinds]}, got {dtype}")
+    if dtype.kind == "U" and dtype.itemsize > 4 * max_chars:
+        raise PackageError(f"the array {name!r} holds text of {dtype.itemsize // 4:,} characters, over {max_chars:,}")
+    if not any(_fits(declared, expected) for expected in shapes):
+        why = f", as the matrix has {shapes[0][0]:,} {of}" if of else ""
+        wanted = " or ".join(str(expected).replace("None", "N") for expected in shapes)
+        raise PackageError(f"the array {name!r} must have shape {wanted}{why}, got {declared}")
+    if info.file_size != header_size + dtype.itemsize * math.prod(declared):
+        raise PackageError(f"the array {name!r} is {info.file_size:,} bytes, not the size its header declares")
+    return info, header_size, dtype, tuple(declared)
 
 
 def _fits(declared: tuple[int, ...], shape: Shape) -> bool:

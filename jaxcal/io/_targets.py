@@ -156,7 +156,8 @@ def _geo_level(geographic_id: Any) -> int:
 def policyengine_initial_weights(package: CalibrationPackage) -> np.ndarray:
     """policyengine-us-data's starting weights: 100 for every column, except that the columns
     of a district with ``person_count`` targets in domain ``age`` get that district's
-    population (the sum of those targets) divided by the number of columns they touch."""
+    population (the sum of those targets) divided by the number of columns they touch. With a
+    record range, every process counts its columns (each process must call it) and sets them."""
     targets = package.targets
     weights = np.full(package.n_records, 100.0)
     age_rows = (
@@ -166,11 +167,16 @@ def policyengine_initial_weights(package: CalibrationPackage) -> np.ndarray:
     ).to_numpy()
     if not age_rows.any():
         return weights
-    rows = targets[age_rows]
-    for _, group in rows.groupby("geographic_id", sort=True):
-        columns = np.unique(package.matrix[group.index.to_numpy()].indices)
-        if columns.size:
-            weights[columns] = group["value"].sum() / columns.size
+    groups = [group for _, group in targets[age_rows].groupby("geographic_id", sort=True)]
+    columns = [np.unique(package.matrix[group.index.to_numpy()].indices) for group in groups]
+    counts = np.array([c.size for c in columns], np.int64)
+    if package.records is not None:  # a process's share: the columns of every process count
+        from .._sharding import process_sum
+
+        counts = process_sum(counts)
+    for group, cols, count in zip(groups, columns, counts):
+        if count:
+            weights[cols] = group["value"].sum() / count
     return weights
 
 

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from ._fit_run import FitStart as FitStart
     from ._fit_run import fit_objective as fit_objective
     from ._fit_run import fit_observers as fit_observers
+    from ._fit_run import join_processes as join_processes
     from ._fit_run import load_fit_package as load_fit_package
     from ._fit_run import run_fit as run_fit
     from ._fit_run import start as start
+    from ._fit_run import writes_outputs as writes_outputs
     from ._gates import exit_code as exit_code
     from ._gates import gate_report as gate_report
     from ._gates import write_gate_report as write_gate_report
@@ -81,8 +83,10 @@ _EXPORTS = {
     "FitStart": "_fit_run",
     "fit_objective": "_fit_run",
     "fit_observers": "_fit_run",
+    "join_processes": "_fit_run",
     "load_fit_package": "_fit_run",
     "run_fit": "_fit_run",
+    "writes_outputs": "_fit_run",
     "start": "_fit_run",
     "DIAGNOSTICS": "_names",
     "REPORT": "_names",

@@ -21,7 +21,7 @@ def target_diagnostics(package: CalibrationPackage, weights: Any) -> pd.DataFram
     import pandas as pd
 
     weights = np.asarray(weights, np.float64)
-    estimates = package.matrix.astype(np.float64) @ weights
+    estimates = package.estimate(weights)
     rel_error = relative_errors(estimates, package.target_values)
     return pd.DataFrame(
         {

@@ -9,6 +9,7 @@ SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import signal
 import threading
@@ -29,7 +30,7 @@ from .._matrix import AbstractTargetMatrix, TargetMatrix
 from .._model import CalibrationWeights
 from .._objective import Objective
 from .._optimizers import optimizer_named
-from .._sharding import ShardedMatrix, record_mesh, select_devices
+from .._sharding import ShardedMatrix, process_records, record_mesh, select_devices
 from ..io import (
     CalibrationPackage,
     Checkpoint,
@@ -50,9 +51,33 @@ from ._observers import CalibrationLog, Checkpoints, FitChunk, FitObserver, Obse
 from ._plan import FitPlan, checkpoint_path_for
 
 
+def join_processes(plan: FitPlan) -> None:
+    """Join a multi-process fit (``plan.distributed``) with ``jax.distributed.initialize``, before
+    anything else touches JAX; on CPUs the processes talk through JAX's gloo collectives."""
+    if not plan.distributed:
+        return
+    try:
+        jax.distributed.initialize(
+            coordinator_address=plan.coordinator, num_processes=plan.num_processes, process_id=plan.process_id
+        )
+    except (RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"could not join the multi-process fit: {first}") from None
+
+
+def writes_outputs() -> bool:
+    """Whether this process writes the run's outputs: the first of a multi-process fit does."""
+    return jax.process_index() == 0
+
+
 def load_fit_package(plan: FitPlan) -> CalibrationPackage:
-    """The package ``plan`` fits: ``package_path``, restricted by its ``applied_target_config``."""
-    package = load_package(plan.package_path, allow_pickle=plan.allow_pickle)
+    """The package ``plan`` fits: ``package_path``, restricted by its ``applied_target_config``.
+    In a multi-process fit each process reads only its records' nonzeros (:func:`process_records`)."""
+    records = None
+    if jax.process_count() > 1:
+        _use_platform(plan.device)
+        records = functools.partial(process_records, mesh=_record_mesh("all", plan.device))
+    package = load_package(plan.package_path, allow_pickle=plan.allow_pickle, records=records)
     config = plan.applied_target_config
     if config is None:
         return package
@@ -123,10 +148,13 @@ class FitStart(eqx.Module):
 
     def record_hyperparameters(self) -> dict[str, Any]:
         """What the fit really started from, for the run record: the gates' ``beta`` and the
-        ``seed`` of the model, and on a resume the checkpoint's (with its PRNG key's data as
+        ``seed`` of the model, the processes of a multi-process fit (``n_processes``), and on a
+        resume the checkpoint's (with its PRNG key's data as
         ``prng_key``, which a fresh fit draws from the seed, and the device count it was fitted
         on as ``checkpoint_devices``)."""
         used: dict[str, Any] = {"beta": self.model.beta, "seed": self.seed}
+        if jax.process_count() > 1:
+            used["n_processes"] = jax.process_count()
         if self.source == "checkpoint":
             used["prng_key"] = np.asarray(jax.random.key_data(self.key)).tolist()
             if self.checkpoint_devices is not None:
@@ -144,7 +172,7 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
     (legitimate: splitting the records changes only the order of the sums) are warnings."""
     plan.excluded_targets(package.targets)  # its rules' mistakes before any device work
     _use_platform(plan.device)
-    mesh = None if plan.devices is None else _record_mesh(plan.devices, plan.device)
+    mesh = _fit_mesh(plan)
     signature = package.signature()
     split = _holdout_split(plan, package)
     checkpoint, warm_weights = (None, None) if plan.resume_from is None else _resume_source(plan, package.n_records)
@@ -204,6 +232,8 @@ def start(plan: FitPlan, package: CalibrationPackage) -> FitStart:
 def fit_observers(plan: FitPlan, begin: FitStart) -> Observers:
     """What ``jaxcal fit`` watches a run with: progress, ``calibration_log.csv`` (with ``log_freq``)
     and checkpoints (every chunk with ``log_freq``, else at the end)."""
+    if not writes_outputs():  # in a multi-process fit the first process reports and writes
+        return Observers([])
     observers: list[FitObserver] = [Progress(begin.package, begin.epoch + plan.epochs, quiet=plan.quiet)]
     if plan.log_freq is not None:
         observers.append(CalibrationLog(plan.output.parent / CALIBRATION_LOG, begin.package, plan.log_format))
@@ -475,10 +505,16 @@ def _use_platform(device: str) -> None:
     if device == "auto":
         return
     try:
-        chosen = select_devices(1, device)[0]
+        chosen = next(d for d in select_devices("all", device) if d.process_index == jax.process_index())
     except ValueError as error:
         raise ValueError(f"--device {device}: {error}") from None
     jax.config.update("jax_default_device", chosen)
+
+
+def _fit_mesh(plan: FitPlan) -> Mesh | None:
+    """The devices the run splits the records over (``--devices``; every process's, across
+    processes), or None for one device."""
+    return None if plan.devices is None else _record_mesh(plan.devices, plan.device)
 
 
 def _record_mesh(devices: int | str, platform: str) -> Mesh:

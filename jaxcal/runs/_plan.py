@@ -110,6 +110,12 @@ class FitPlan:
     quiet: bool = False
     exclude_from_fit: tuple[str, ...] = ()
     fail_if: tuple[str, ...] = ()
+    distributed: bool = False
+    """One process of a multi-process fit (``jax.distributed``); the ``coordinator``,
+    ``num_processes`` and ``process_id`` not given are JAX's to find (Cloud TPU, SLURM)."""
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     _exclusions: tuple[tuple[str, tuple[dict[str, str], ...]], ...] = dataclasses.field(
         init=False, repr=False, compare=False
     )
@@ -152,6 +158,10 @@ class FitPlan:
             raise ValueError("--pe-compat-adam-restarts cannot be combined with held-out targets")
         if self.holdout is not None and self.devices is not None:
             raise ValueError("--devices cannot be combined with held-out targets (the held-out fit runs on one device)")
+        if self.coordinator is not None or self.num_processes is not None or self.process_id is not None:
+            object.__setattr__(self, "distributed", True)
+        if self.distributed:
+            self._check_processes()
         if self.all_active_targets and self.target_config is not None:
             raise ValueError("--all-active-targets cannot be used with --target-config")
         if self.output.suffix != ".npy":
@@ -169,6 +179,19 @@ class FitPlan:
         for path in written[1:]:
             if path.is_dir():
                 raise ValueError(f"cannot write {path}: it is a directory")
+
+    def _check_processes(self) -> None:
+        if self.holdout is not None:
+            raise ValueError("a multi-process fit cannot hold out targets (the held-out fit runs on one device)")
+        if self.devices not in (None, "all"):
+            raise ValueError("a multi-process fit splits the records over every process's devices: drop --devices")
+        object.__setattr__(self, "devices", "all")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"--num-processes must be positive, got {self.num_processes}")
+        if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
+            raise ValueError(f"--process-id must lie in 0 to {(self.num_processes or 1) - 1}, got {self.process_id}")
+        if self.coordinator is not None and not _is_host_port(self.coordinator):
+            raise ValueError(f"--coordinator must be HOST:PORT, got {self.coordinator!r}")
 
     @property
     def epochs(self) -> int:
@@ -394,3 +417,8 @@ def check_seed(seed: Any, flag: str = "--seed") -> None:
     """That ``seed`` is a whole number in ``[0, SEED_BOUND)`` (a ``ValueError`` naming ``flag``)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_BOUND:
         raise ValueError(f"{flag} must be a whole number from 0 to 2**32 - 1, got {seed}")
+
+
+def _is_host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536

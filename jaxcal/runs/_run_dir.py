@@ -37,19 +37,24 @@ if TYPE_CHECKING:
     from ._plan import FitPlan
 
 
-def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapsed: float) -> RunRecord:
+def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapsed: float) -> RunRecord | None:
     """A fit's run directory, beside ``plan.output``: the weights (float32 ``.npy``),
     ``unified_diagnostics.csv``, ``loss_curve.png``, PolicyEngine's geography files when the
     package has blocks and districts, the held-out log with a split, and the record, which also
     lists the observers' ``calibration_log.csv`` and the checkpoint this run wrote (when it is in
     the directory; a checkpoint an earlier run left there is never this run's). A fit's file that
     an earlier run left and this one did not write (a log, a held-out log) is removed. The record's
-    hyperparameters say what the fit really started from (a checkpoint's beta, seed and key)."""
+    hyperparameters say what the fit really started from (a checkpoint's beta, seed and key).
+    In a multi-process fit every process adds its records' share of the estimates and the first
+    writes the directory; the others return None."""
     import jax
 
     directory = plan.output.parent
     weights = np.asarray(outcome.result.weights, np.float32)
-    diagnostics = _write_weights(directory, plan.output.name, begin.package, weights)
+    diagnostics = target_diagnostics(begin.package, weights)
+    if jax.process_index() > 0:  # the first process writes
+        return None
+    _write_weights(directory, plan.output.name, weights, diagnostics)
     write_loss_curve(directory / LOSS_CURVE, outcome.losses, begin.epoch)
     files = [plan.output.name, DIAGNOSTICS, LOSS_CURVE, *write_geography(directory, begin.package)]
     if outcome.holdout is not None:
@@ -169,7 +174,8 @@ def write_tier_run(
     directory = pathlib.Path(directory)
     tier = derivation.tier
     weights = tier.weights.astype(np.float32)
-    diagnostics = _write_weights(directory, TIER_WEIGHTS, tier.child, weights)
+    diagnostics = target_diagnostics(tier.child, weights)
+    _write_weights(directory, TIER_WEIGHTS, weights, diagnostics)
     columns_file, package_file, report_file = TIER_FILES
     atomic_write(directory / columns_file, lambda f: np.save(f, tier.selected.astype(np.int64)))
     save_package(tier.child, directory / package_file)
@@ -237,14 +243,10 @@ def write_sweep_run(
     return record
 
 
-def _write_weights(
-    directory: pathlib.Path, name: str, package: CalibrationPackage, weights: np.ndarray
-) -> pd.DataFrame:
-    """The weights ``.npy`` and ``unified_diagnostics.csv``; the diagnostics table."""
-    diagnostics = target_diagnostics(package, weights)
+def _write_weights(directory: pathlib.Path, name: str, weights: np.ndarray, diagnostics: pd.DataFrame) -> None:
+    """The weights ``.npy`` and ``unified_diagnostics.csv``."""
     atomic_write(directory / name, lambda f: np.save(f, weights))
     atomic_write(directory / DIAGNOSTICS, lambda f: diagnostics.to_csv(f, index=False), mode="w")
-    return diagnostics
 
 
 def _holdout_files(holdout: HoldoutFit, directory: pathlib.Path) -> list[str]:

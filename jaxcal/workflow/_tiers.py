@@ -167,7 +167,7 @@ def assess(
     weights = np.asarray(weights, np.float64)
     evaluate = loss_evaluator(package, split, objective)
     full, train, holdout, _, _ = evaluate(np.asarray(weights, np.float32))
-    estimates = package.matrix.astype(np.float64) @ weights
+    estimates = package.estimate(weights)
     health = weight_health(weights)
     return {
         "train_loss": float(train),
