@@ -81,9 +81,12 @@ def test_two_processes_fit_as_one_process_on_four_devices(package_path, tmp_path
     np.testing.assert_allclose(weights, expected, rtol=1e-4, atol=1e-4 * expected.max())
     one, two = (pd.read_csv(path.parent / "unified_diagnostics.csv") for path in (single, multi))
     np.testing.assert_allclose(two["estimate"], one["estimate"], rtol=1e-4)
-    record = json.loads((multi.parent / "unified_run_config.json").read_text())
+    record, alone = (json.loads((path.parent / "unified_run_config.json").read_text()) for path in (multi, single))
     assert record["hyperparameters"]["n_processes"] == 2 and record["hyperparameters"]["devices"] == "all"
-    assert record["package_signature"] == jaxcal.io.load_package(package_path).signature()
+    assert record["package_signature"] == alone["package_signature"] == jaxcal.io.load_package(package_path).signature()
+    for field in ("n_targets", "n_records", "weight_nonzero", "epochs_completed"):
+        assert record[field] == alone[field], field
+    assert record["median_error_pct"] == pytest.approx(alone["median_error_pct"], rel=1e-3)
 
 
 def test_a_killed_fit_resumes_bitwise(package_path, tmp_path):
