@@ -215,7 +215,8 @@ def test_fit_writes_policyengine_outputs(package, package_path, tmp_path):
     )
     assert (record["weight_format"], record["target_config"], record["device"]) == ("clone_level", str(config), "cpu")
     assert record["checkpoint_output"] == str(output.with_suffix(".checkpoint.npz"))
-    assert result.stdout.splitlines()[1:] == [
+    assert result.stdout.splitlines()[1].startswith("by level: ")  # the headline's second line
+    assert result.stdout.splitlines()[2:] == [
         f"OUTPUT_PATH:{output}",
         f"CHECKPOINT_PATH:{output.with_suffix('.checkpoint.npz')}",
         f"CONFIG_PATH:{output.parent / 'unified_run_config.json'}",

@@ -185,3 +185,43 @@ def test_rules_from_a_yaml_file_and_a_resume_that_changes_them(package, package_
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "resume it with the --exclude-from-fit rules it was fitted with" in error[0], error
     assert main([*again, "--exclude-from-fit", str(rules)]) == 0
+
+
+def test_headline_reports_each_geography_level_and_the_impossible_targets(package, tmp_path, capsys):
+    """Per level the errors of the achievable targets, as the diagnostics give them; a row zeroed out
+    here is counted impossible at its level and left out of that level's errors."""
+    matrix = package.matrix.tolil()
+    district = int(np.flatnonzero(package.targets["geo_level"].to_numpy() == "district")[0])
+    matrix[district, :] = 0
+    impossible = jaxcal.io.CalibrationPackage(
+        matrix=matrix.tocsr(),
+        targets=package.targets,
+        target_names=package.target_names,
+        initial_weights=package.initial_weights,
+        geography=package.geography,
+        metadata=package.metadata,
+    )
+    path = jaxcal.io.save_package(impossible, tmp_path / "impossible.npz")
+    output = tmp_path / "run" / "w.npy"
+    assert main(["fit", "--package-path", str(path), "--output", str(output), *FIT[:-1]]) == 0
+    printed = capsys.readouterr().out
+    record, diagnostics = read_run(output.parent)
+    diagnostics["geo_level"] = package.targets["geo_level"]
+    assert (~diagnostics["achievable"]).sum() == 1
+    expected = diagnostics[diagnostics["achievable"]].groupby("geo_level")["abs_rel_error"].median() * 100
+    by_level = record["errors_by_level"]
+    assert list(by_level) == ["national", "state", "district"]
+    for level, errors in by_level.items():
+        assert errors["n_targets"] == (diagnostics["geo_level"] == level).sum()
+        assert errors["n_impossible"] == (level == "district")
+        assert errors["median_error_pct"] == pytest.approx(expected[level])
+    assert by_level["national"]["n_states"] == 2
+    national, district_errors = by_level["national"], by_level["district"]
+    assert (
+        f"by level: national (the records of 2 states) {national['n_targets']:,} targets, "
+        f"median {national['median_error_pct']:.2f}%; " in printed
+    )
+    assert f"district {district_errors['n_targets']:,} targets, median {district_errors['median_error_pct']:.2f}%" in (
+        printed
+    )
+    assert "; impossible targets 1 (district 1; row sum not positive" in printed

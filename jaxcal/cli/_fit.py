@@ -311,15 +311,33 @@ def excluded_line(excluded: Mapping[str, Any]) -> str:
 
 
 def headline(record: RunRecord) -> str:
-    """The line a fit ends with, before the paths of what it wrote (as policyengine-us-data
-    prints them): how well it fits, over the achievable targets."""
-    return (
+    """The lines a fit ends with, before the paths of what it wrote (as policyengine-us-data
+    prints them): how well it fits, over the achievable targets, then per geography level and
+    how many targets are impossible (PolicyEngine's test: a row sum that is not positive)."""
+    line = (
         f"{record.n_targets:,} targets, {record.n_records:,} records: "
         f"mean rel error {record.mean_error_pct:.2f}%, median {record.median_error_pct:.2f}%, "
         f"within 10% {record.share_within_10pct:.1%} ({'fitted ' if record.excluded_from_fit else ''}"
         f"achievable targets), records kept {record.weight_nonzero:,}, "
         f"{record.elapsed_seconds:.1f}s"
     )
+    if not record.errors_by_level:
+        return line
+    levels = []
+    for level, errors in record.errors_by_level.items():
+        median = errors["median_error_pct"]
+        shown = "no achievable one" if median is None or median != median else f"median {median:.2f}%"
+        # A package of some states only: its national rows sum over their records, not the US's.
+        scope = f" (the records of {errors['n_states']} states)" if errors.get("n_states", 51) < 51 else ""
+        levels.append(f"{level}{scope} {errors['n_targets']:,} targets, {shown}")
+    impossible = {level: e["n_impossible"] for level, e in record.errors_by_level.items() if e["n_impossible"]}
+    shown = (
+        f"impossible targets {sum(impossible.values()):,} ({', '.join(f'{k} {n:,}' for k, n in impossible.items())}; "
+        "row sum not positive: no weights reach them, left out of the errors)"
+        if impossible
+        else "no impossible targets"
+    )
+    return f"{line}\nby level: {'; '.join(levels)}; {shown}"
 
 
 def _holdout_plan(args: argparse.Namespace) -> HoldoutPlan | None:

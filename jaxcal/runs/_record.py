@@ -15,9 +15,10 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, final
 
 import equinox as eqx
+import numpy as np
 
 from ..io import atomic_write, json_safe, sha256_file
-from ..workflow import error_summary, weight_health
+from ..workflow import error_summary, errors_by_level, weight_health
 from ._names import RUN_CONFIG
 
 if TYPE_CHECKING:
@@ -102,6 +103,10 @@ class RunRecord(eqx.Module):
     mean_error_pct: float | None = None
     median_error_pct: float | None = None
     share_within_10pct: float | None = None
+    errors_by_level: Mapping[str, Any] | None = None
+    """The same errors per geography level (:func:`jaxcal.workflow.errors_by_level`), each with
+    its targets and impossible ones; ``national`` also holds ``n_states``, the states the
+    package's columns are in, when it has them (its national rows sum over those states)."""
     weight_health: Mapping[str, Any] | None = None
     holdout: Mapping[str, Any] | None = None
     """The held-out split and, for a fit, its best epoch and losses."""
@@ -132,8 +137,9 @@ class RunRecord(eqx.Module):
     ) -> RunRecord:
         """The record of a run of ``command`` on ``problem`` (the package its weights solve) that
         wrote the files ``artifacts`` (names in ``directory``, hashed now); with ``weights`` and
-        their ``diagnostics`` table, the weight health and the error summary of the achievable
-        targets; PolicyEngine's top-level keys from the package's metadata, the
+        their ``diagnostics`` table (rows of ``problem``'s targets, by index), the weight health and
+        the error summary of the achievable targets, overall and per geography level;
+        PolicyEngine's top-level keys from the package's metadata, the
         ``hyperparameters`` and the source tree; ``fields`` fill (or override) the rest."""
         directory = pathlib.Path(directory)
         meta = problem.metadata
@@ -158,6 +164,11 @@ class RunRecord(eqx.Module):
             }
         if diagnostics is not None:
             measured |= error_summary(diagnostics.loc[diagnostics["achievable"], "rel_error"])
+            levels = problem.targets["geo_level"].to_numpy()[diagnostics.index.to_numpy()]
+            by_level = errors_by_level(diagnostics["rel_error"], diagnostics["achievable"], levels)
+            if "national" in by_level and "state_fips" in problem.geography:
+                by_level["national"]["n_states"] = int(np.unique(problem.geography["state_fips"]).size)
+            measured["errors_by_level"] = by_level
         versions = _versions()
         return cls(
             command=command,

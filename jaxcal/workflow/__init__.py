@@ -18,6 +18,7 @@ from ._holdout import fit_with_holdout as fit_with_holdout
 from ._holdout import holdout_split as holdout_split
 from ._holdout import loss_evaluator as loss_evaluator
 from ._metrics import error_summary as error_summary
+from ._metrics import errors_by_level as errors_by_level
 from ._metrics import relative_errors as relative_errors
 from ._metrics import weight_health as weight_health
 from ._tiers import DEFAULT_LAMBDA_L0 as DEFAULT_LAMBDA_L0

@@ -32,6 +32,31 @@ def error_summary(rel_error: Any) -> dict[str, float]:
     }
 
 
+GEO_LEVELS = ("national", "state", "district")
+"""PolicyEngine's geography levels, in the order reports list them (any other level follows)."""
+
+
+def errors_by_level(rel_error: Any, achievable: Any, geo_level: Any) -> dict[str, dict[str, Any]]:
+    """Per geography level: its targets, how many are impossible (not ``achievable``,
+    PolicyEngine's test: a row sum that is not positive, e.g. an all-zero row no weights move)
+    and :func:`error_summary` of the achievable ones, so that a good national fit cannot hide
+    poor districts. Levels in :data:`GEO_LEVELS` order, any other after them."""
+    rel_error = np.asarray(rel_error, np.float64)
+    achievable = np.asarray(achievable, bool)
+    geo_level = np.asarray(geo_level, object).astype(str)
+    present = set(geo_level.tolist())
+    levels = [level for level in GEO_LEVELS if level in present] + sorted(present - set(GEO_LEVELS))
+    out = {}
+    for level in levels:
+        rows = geo_level == level
+        out[level] = {
+            "n_targets": int(rows.sum()),
+            "n_impossible": int((rows & ~achievable).sum()),
+            **error_summary(rel_error[rows & achievable]),
+        }
+    return out
+
+
 def weight_health(weights: Any) -> dict[str, Any]:
     """Summary of a weight vector: how many records are kept, how the weight spreads over them.
 
