@@ -31,7 +31,7 @@ DEMO_DIR := storage/demo
 demo: $(VENV)/.installed-base
 	package=$$($(VENV)/bin/jaxcal build --demo --demo-dir $(DEMO_DIR)) && \
 	$(VENV)/bin/jaxcal fit --package-path "$$package" --output $(DEMO_DIR)/calibration/calibration_weights.npy \
-		--all-active-targets --epochs 400 --log-freq 50
+		--all-active-targets --epochs 1000 --log-freq 100
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15

@@ -2,9 +2,9 @@
 
 :func:`register_demo_commands` adds ``check-h5`` and ``export``; :func:`add_demo_build_arguments`
 and :func:`run_build_demo` are what ``jaxcal build --demo`` runs: synthetic households
-(:mod:`builders.demo_microdata`), real targets (:mod:`builders.demo_targets`) and the
-builders' matrix build, cached under ``storage/demo/`` and rebuilt only when a setting or
-the targets change.
+(:mod:`builders.demo_microdata`), the real targets of a few states (:mod:`builders.real_targets`)
+and the builders' matrix build, cached under ``storage/demo/`` and rebuilt only when a setting
+or the targets change.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ import json
 import pathlib
 import sys
 import time
+from collections.abc import Sequence
 
 DEMO_DIR = pathlib.Path("storage") / "demo"
-DEMO_SETTINGS = {"n_households": 2_000, "n_clones": 2, "seed": 0, "year": 2024}
-"""The default package: a few thousand base households cloned so every district gets columns."""
+DEMO_STATES = (28, 31, 33, 35, 41, 50)
+"""Mississippi, Nebraska, New Hampshire, New Mexico, Oregon and Vermont: 19 districts (an
+at-large one among them), poor and rich, Medicaid expansion and not, with few enough districts
+that a few thousand households give each a few hundred columns."""
+DEMO_SETTINGS = {"n_households": 3_000, "n_clones": 2, "seed": 0, "year": 2024}
+"""The default package: a few thousand base households, cloned so every district gets columns."""
 
 
 def build_demo_package(
@@ -29,33 +34,32 @@ def build_demo_package(
     n_clones: int = DEMO_SETTINGS["n_clones"],
     seed: int = DEMO_SETTINGS["seed"],
     year: int = DEMO_SETTINGS["year"],
-    states: list[int] | None = None,
+    states: Sequence[int] = DEMO_STATES,
     simulation: str = "auto",
     force: bool = False,
     log=lambda message: print(message, file=sys.stderr),
 ) -> pathlib.Path:
     """Build (or reuse) the demo package in ``directory``; return the package's path.
 
-    Writes ``households.h5``, ``targets.db`` and ``package.npz`` there. The package is reused
-    when its recorded settings and targets match; ``force`` rebuilds. ``states`` (FIPS codes)
-    limits households, districts and state targets to those states (for quick tests); the
-    national targets stay US totals, which the households of a few states cannot reach.
-    Districts are drawn with equal populations (:func:`builders.geography.equal_population_districts`,
-    i.e. states in proportion to House seats), not from policyengine-us's state populations,
-    which are scrambled (docs/default_targets.md). ``simulation`` is
+    Writes ``households.h5``, ``targets.db`` and ``package.npz`` there. The targets are the real
+    ones (:mod:`builders.real_targets`) of ``states`` (FIPS codes) and their districts, whose
+    ACS populations place the clones; national-level targets are those states' totals
+    (:func:`builders.real_targets.state_subset`). The package is reused when its recorded
+    settings and targets match; ``force`` rebuilds. ``simulation`` is
     :func:`builders.unified_matrix.build_calibration_package`'s (default ``auto``: per clone
     for the default 2 clones, exact).
     """
     from builders import policyengine
     from builders.demo_microdata import generate_demo_h5
-    from builders.demo_targets import demo_targets, write_target_db
-    from builders.geography import equal_population_districts
+    from builders.geography import STATE_CODES
+    from builders.real_targets import district_populations, real_targets, state_subset, write_real_target_db
     from builders.unified_matrix import build_calibration_package
     from jaxcal.io import CalibrationPackage, load_package, save_package
 
     directory = pathlib.Path(directory)
     from importlib import metadata as installed
 
+    states = sorted(set(states))
     settings = {
         "n_households": n_households,
         "n_clones": n_clones,
@@ -66,14 +70,11 @@ def build_demo_package(
         "policyengine_us": policyengine.package_version(),
         "jaxcal": installed.version("jaxcal"),
     }
-    targets = demo_targets(year)
-    if states is not None:
-        records = tuple(
-            r for r in targets.records if not any(c[0] == "state_fips" and c[2] not in states for c in r.constraints)
-        )
-        targets = dataclasses.replace(targets, records=records)
+    # The AGI of filers below $1 is negative (losses): PolicyEngine's achievable test (row sum > 0),
+    # which every error summary applies, would count it impossible, so the demo leaves it out.
+    targets = [t for t in state_subset(real_targets(), states) if t.value >= 0]
     fingerprint = hashlib.sha256(
-        json.dumps([settings, [dataclasses.astuple(r) for r in targets.records]], default=str).encode()
+        json.dumps([settings, [dataclasses.astuple(t) for t in targets]], default=str).encode()
     ).hexdigest()
     package_path = directory / "package.npz"
     if package_path.is_file() and not force:
@@ -86,8 +87,12 @@ def build_demo_package(
         except ValueError:
             pass  # unreadable: rebuild
     started = time.perf_counter()
+    codes = " ".join(STATE_CODES[s] for s in states)
+    national = "the US" if len(states) == len(STATE_CODES) else f"these {len(states)} states' totals, not the US"
+    log(f"demo targets: {len(targets):,} real ones of {codes} (national level: {national})")
     dataset = generate_demo_h5(directory / "households.h5", n_households, seed=seed, year=year, states=states)
-    db = write_target_db(targets, directory / "targets.db", overwrite=True)
+    db = write_real_target_db(directory / "targets.db", targets, overwrite=True)
+    places = district_populations()
     package, _ = build_calibration_package(
         dataset,
         db,
@@ -95,15 +100,11 @@ def build_demo_package(
         seed=seed,
         year=year,
         rerandomize_takeup=True,
-        places=equal_population_districts(states),
+        places=places.loc[(places["cd_geoid"] // 100).isin(states)],
         simulation=simulation,
         log=log,
     )
-    metadata = dict(package.metadata) | {
-        "demo_settings": settings,
-        "demo_fingerprint": fingerprint,
-        "demo_excluded_series": [e.series for e in targets.excluded],
-    }
+    metadata = dict(package.metadata) | {"demo_settings": settings, "demo_fingerprint": fingerprint}
     package = CalibrationPackage(
         matrix=package.matrix,
         targets=package.targets,
@@ -140,8 +141,9 @@ def add_demo_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--demo-states",
-        help="only these state FIPS codes, comma-separated (default all 50 and DC); "
-        "national targets stay US totals, out of reach of a few states",
+        help="these state FIPS codes, comma-separated (default "
+        f"{','.join(map(str, DEMO_STATES))}; 'all' for the 50 states and DC); national-level targets "
+        "are their totals",
     )
     parser.add_argument("--force", action="store_true", help="rebuild the demo package even when cached")
 
@@ -152,12 +154,19 @@ def run_build_demo(args: argparse.Namespace) -> int:
 
     if args.demo_households < 1 or args.demo_clones < 1:
         raise CommandError("--demo-households and --demo-clones must be at least 1", 2)
-    states = None
-    if args.demo_states:
+    from builders.geography import STATE_CODES
+
+    states = DEMO_STATES
+    if args.demo_states == "all":
+        states = tuple(STATE_CODES)
+    elif args.demo_states:
         try:
             states = [int(part) for part in args.demo_states.split(",") if part.strip()]
         except ValueError:
             raise CommandError(f"--demo-states takes comma-separated FIPS codes, got {args.demo_states!r}", 2) from None
+        unknown = [s for s in states if s not in STATE_CODES]
+        if unknown or not states:
+            raise CommandError(f"--demo-states: unknown state FIPS code(s) {unknown or args.demo_states!r}", 2)
     path = build_demo_package(
         args.demo_dir,
         n_households=args.demo_households,

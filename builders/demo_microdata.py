@@ -2,8 +2,9 @@
 
 The CPS-based datasets cannot be downloaded here, so the demo makes its own households:
 plausible ages, household types, employment and self-employment income, Social Security,
-interest, rent and disability (and SSA's disability test, which SSI needs), spread over the 50 states, DC and their congressional
-districts. The output is a dict of arrays keyed by PolicyEngine variable names, written as
+interest, rent and disability (and SSA's disability test, which SSI needs), and who would file
+a tax return unasked, spread over the 50 states, DC and their congressional districts at
+their ACS 2024 populations (:func:`builders.real_targets.district_populations`). The output is a dict of arrays keyed by PolicyEngine variable names, written as
 a time-period H5 (``/<variable>/<year>``), the layout ``policyengine_core``'s
 ``Dataset.from_file`` reads as ``TIME_PERIOD_ARRAYS``.
 
@@ -24,21 +25,21 @@ import numpy as np
 
 from builders.synthetic_problem import DISTRICTS_PER_STATE
 
-DEFAULT_POPULATION = 340_000_000
-"""People the weights add up to (the Census 2024 estimate, rounded); calibration refines it."""
-
 # Household types: (name, share of households). Shares follow the ACS household mix.
 _TYPES = (
-    ("single", 0.20),
-    ("single_65", 0.09),
-    ("couple", 0.17),
-    ("couple_65", 0.11),
-    ("couple_kids", 0.19),
-    ("single_parent", 0.09),
-    ("shared", 0.15),
+    ("single", 0.19),
+    ("single_65", 0.11),
+    ("couple", 0.15),
+    ("couple_65", 0.13),
+    ("couple_kids", 0.17),
+    ("single_parent", 0.08),
+    ("shared", 0.17),
 )
 _TOP_WEIGHT = 0.05
 """Design weight of a household with an oversampled top earner, relative to the others."""
+_VOLUNTARY_FILING = 0.3
+"""Share of tax units that file a return when neither required nor claiming a credit (a stand-in
+for state returns, refunds of withholding and habit; it puts filers in SOI's lowest bands)."""
 _SINGLE, _SINGLE_65, _COUPLE, _COUPLE_65, _COUPLE_KIDS, _SINGLE_PARENT, _SHARED = range(7)
 
 
@@ -56,26 +57,30 @@ def generate_households(
     *,
     seed: int = 0,
     states: Sequence[int] | None = None,
-    population: float = DEFAULT_POPULATION,
+    population: float | None = None,
 ) -> dict[str, np.ndarray]:
     """``n_households`` synthetic households as PolicyEngine input arrays (one per variable).
 
-    Households are spread over ``states`` (FIPS codes; default all 50 and DC) in proportion
-    to their House seats (the 2020 apportionment, a proxy for population that is public
-    law), uniformly over each state's districts. ``household_weight`` makes the people add up
-    to ``population``: equal for all households but those of the oversampled top earners.
-    Ids are 0-based and contiguous; persons are ordered by household.
+    Households are spread over the districts of ``states`` (FIPS codes; default all 50 and
+    DC) in proportion to their ACS 2024 populations. ``household_weight`` makes the people add
+    up to ``population`` (default: those districts' ACS total): equal for all households but
+    those of the oversampled top earners. Ids are 0-based and contiguous; persons are ordered
+    by household.
     """
+    from builders.real_targets import district_populations
+
     if n_households < 1:
         raise ValueError(f"n_households must be at least 1, got {n_households}")
+    districts = district_geoids(states)
+    places = district_populations().set_index("cd_geoid")["population"]
+    district_weight = places.loc[districts].to_numpy(np.float64)
+    population = district_weight.sum() if population is None else population
     if not np.isfinite(population) or population <= 0:
         raise ValueError(f"population must be a positive number, got {population}")
     rng = np.random.default_rng(seed)
     n = n_households
 
     # Geography: a district per household, its state from the GEOID.
-    districts = district_geoids(states)
-    district_weight = np.ones(districts.size)  # every seat represents about the same population
     cd = districts[rng.choice(districts.size, n, p=district_weight / district_weight.sum())]
 
     # Composition.
@@ -109,13 +114,13 @@ def generate_households(
             htype == _SINGLE_PARENT,
         ],
         [
-            18 + rng.gamma(2.0, 9.0, n),
-            65 + rng.exponential(9.0, n),
-            22 + rng.gamma(2.5, 9.0, n),
-            24 + rng.gamma(4.0, 3.5, n),
-            19 + rng.gamma(4.0, 3.5, n),
+            18 + 46 * rng.beta(0.9, 1.1, n),
+            65 + 30 * rng.beta(1.0, 2.0, n),  # 65-95, thinning as ACS 65+ bands do
+            22 + 42 * rng.beta(1.8, 1.0, n),
+            24 + rng.gamma(3.0, 5.0, n),
+            20 + rng.gamma(4.0, 3.5, n),
         ],
-        20 + rng.gamma(2.0, 12.0, n),  # shared
+        19 + rng.gamma(1.5, 14.0, n),  # shared
     )
     head_age = np.clip(np.round(head_age), 18, 95)
     upper = np.where(np.isin(htype, (_SINGLE, _COUPLE)), 64, 95)
@@ -158,11 +163,14 @@ def generate_households(
     works = rng.random(n_persons) < work_rate
     wage_scale = np.select([age < 25, age < 65], [0.5, 1.0], 0.6)
     wage = rng.lognormal(np.log(45_000), 0.85, n_persons) * wage_scale
-    # The top tail, oversampled: 1.5% of workers earn log-uniformly $200k-$30M, so that even a
-    # few thousand households reach every SOI AGI band ($10M+ included). Like a survey's
-    # oversampled stratum, their households get a twentieth of the others' design weight.
-    top = rng.random(n_persons) < 0.015
-    wage = np.where(top, np.exp(rng.uniform(np.log(200_000), np.log(30_000_000), n_persons)), wage)
+    # The top tail, oversampled: 6% of workers earn $200k-$30M, Pareto with index 1.1 (truncated),
+    # so that even a few thousand households reach every SOI AGI band ($10M+ included) with
+    # SOI's mean AGI above $1M (about $3M). Like a survey's oversampled stratum, their households
+    # get a twentieth of the others' design weight.
+    top = rng.random(n_persons) < 0.06
+    low, high, index = 200_000, 30_000_000, 1.1
+    pareto = low * (1 - rng.random(n_persons) * (1 - (low / high) ** index)) ** (-1 / index)
+    wage = np.where(top, pareto, wage)
     employment_income = np.where(works, np.round(wage), 0.0)
 
     self_employed = is_adult & (rng.random(n_persons) < 0.09)
@@ -197,6 +205,7 @@ def generate_households(
     household_weight *= population / household_weight[person_household].sum()
 
     n_tax_units = int(tu_per_household.sum())
+    would_file_taxes_voluntarily = rng.random(n_tax_units) < _VOLUNTARY_FILING
     n_marital = int(new_unit.sum())
     f32 = np.float32
     return {
@@ -224,6 +233,7 @@ def generate_households(
         "social_security_disability": social_security_disability.astype(f32),
         "taxable_interest_income": taxable_interest_income.astype(f32),
         "rent": rent.astype(f32),
+        "would_file_taxes_voluntarily": would_file_taxes_voluntarily,
     }
 
 
@@ -242,7 +252,7 @@ def generate_demo_h5(
     seed: int = 0,
     year: int = 2024,
     states: Sequence[int] | None = None,
-    population: float = DEFAULT_POPULATION,
+    population: float | None = None,
 ) -> pathlib.Path:
     """:func:`generate_households` written by :func:`write_h5`; returns the path."""
     arrays = generate_households(n_households, seed=seed, states=states, population=population)

@@ -154,19 +154,3 @@ def districts_from_state_populations(
         for number in range(1, count + 1)
     ]
     return pd.DataFrame(rows, columns=["cd_geoid", "population"])
-
-
-def equal_population_districts(states: list[int] | None = None) -> pd.DataFrame:
-    """Every congressional district of ``states`` (default: the 50 states and DC, 436) with
-    equal population. Districts are apportioned to equal populations within a state and
-    differ by less than a factor of two between states, so this is population weighting to
-    that precision. (policyengine-us 2.68's ``populations.by_state`` parameter is not usable:
-    its values are shifted between states.)"""
-    from builders.synthetic_problem import DISTRICTS_PER_STATE
-
-    wanted = sorted(DISTRICTS_PER_STATE) if states is None else sorted(states)
-    unknown = [s for s in wanted if s not in DISTRICTS_PER_STATE]
-    if unknown:
-        raise ValueError(f"unknown state FIPS code(s): {unknown}")
-    counts = {s: DISTRICTS_PER_STATE[s] for s in wanted}
-    return districts_from_state_populations({s: float(n) for s, n in counts.items()}, counts)

@@ -4,9 +4,7 @@ from the model goes through here.
 - :func:`load_simulation`: a simulation on a dataset, behind :class:`Simulation`, the narrow
   interface the simulation stage (:mod:`builders.simulation`) runs on (tests pass a fake);
 - :func:`variable_entities`: every model variable's entity, without a dataset;
-- :func:`package_version`, for provenance;
-- :func:`calibration_dir`: where the model keeps its calibration parameters (found without
-  importing it).
+- :func:`package_version`, for provenance.
 
 ``policyengine_us`` is imported inside the functions that need the model (20-45 s), so
 importing this module, or any builder, stays cheap.
@@ -14,9 +12,7 @@ importing this module, or any builder, stays cheap.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -114,14 +110,6 @@ def package_version() -> str:
     from importlib import metadata
 
     return metadata.version("policyengine-us")
-
-
-def calibration_dir() -> pathlib.Path:
-    """``policyengine_us/parameters/calibration``, found without importing the model."""
-    spec = importlib.util.find_spec("policyengine_us")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(NOT_INSTALLED)
-    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "parameters" / "calibration"
 
 
 def _entities(variables: Mapping[str, Any]) -> dict[str, str]:

@@ -25,7 +25,8 @@ of filers (``tax_unit_is_filer == 1``; an infinite bound is left out); SNAP hous
 the series, their periods and what was left out.
 
 :func:`district_populations` gives the ACS district totals as the ``places`` table of
-:func:`builders.geography.assign_geography` (in place of ``equal_population_districts``).
+:func:`builders.geography.assign_geography`; :func:`state_subset` the targets of a few states
+(the default package's).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from builders.geography import STATE_CODES
+from builders.target_db import GEOGRAPHIC_VARIABLES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -422,11 +424,14 @@ class RealTarget:
     period: int
     value: float
     constraints: tuple[tuple[str, str, Any], ...]
-    geography: tuple[tuple[str, str, Any], ...]
-    """The constraints that place it (none for the nation); its stratum's parent is that place."""
     series: str
     source: str
     notes: str
+
+    @property
+    def geography(self) -> tuple[tuple[str, str, Any], ...]:
+        """The constraints that place it (none for the nation); its stratum's parent is that place."""
+        return tuple(c for c in self.constraints if c[0] in GEOGRAPHIC_VARIABLES)
 
     @property
     def geo_level(self) -> str:
@@ -491,7 +496,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                         ACS_YEAR,
                         float(row[column]),
                         (*geography, *age),
-                        geography,
                         f"age {level}",
                         f"Census ACS {ACS_YEAR} 1-year S0101 {codes[column]} ({row['ucgid']})",
                         f"Age: {column}, {where}; " + origin(name, codes[column]),
@@ -509,7 +513,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                 ACS_YEAR,
                 float(row["snap_households"]),
                 (*geography, ("snap", ">", 0)),
-                geography,
                 "snap households district",
                 f"Census ACS {ACS_YEAR} 1-year S2201 {code} ({row['ucgid']})",
                 f"Households receiving SNAP, {where}; " + origin(name, code),
@@ -528,7 +531,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                     SNAP_STATE_YEAR,
                     float(row[column]),
                     (*geography, ("snap", ">", 0)),
-                    geography,
                     f"snap {column} state",
                     f"USDA FNS SNAP FY{SNAP_STATE_YEAR} state {column.capitalize()} ({row['ucgid']})",
                     f"Received SNAP, {where}; SNAP {what}; " + origin(name, column.capitalize()),
@@ -548,7 +550,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                 period // 100,
                 float(row["enrollment"]),
                 (*geography, ("medicaid_enrolled", "==", True)),
-                geography,
                 "medicaid state",
                 f"CMS Medicaid enrollment, Total Medicaid Enrollment, {period} final report ({row['state']})",
                 f"Medicaid enrolled, State FIPS {fips}{fallback}; " + origin(name, f"Reporting Period {period}"),
@@ -567,7 +568,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                     SOI_STATE_YEAR,
                     float(row[column]),
                     (*geography, _FILER, *band),
-                    geography,
                     f"soi agi {column} state",
                     f"IRS SOI state data TY{SOI_STATE_YEAR} (22in55cmcsv) {soi} ({row['state']})",
                     f"Filers, {shown}, {where}; "
@@ -589,7 +589,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                     SOI_NATIONAL_YEAR,
                     float(row[column]),
                     (_FILER, *band),
-                    (),
                     f"soi agi {column} national",
                     f"IRS SOI Publication 1304 Table 1.1 TY{SOI_NATIONAL_YEAR}, {soi}",
                     f"Filers, {shown}, US; " + origin(name, "Table 1.1"),
@@ -610,7 +609,6 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
                     SOI_STATE_YEAR,
                     float(row[column]),
                     (*geography, *domain),
-                    geography,
                     f"eitc {column} state",
                     f"IRS SOI Historical Table 2 TY{SOI_STATE_YEAR} (22in55cmcsv) {soi} ({row['ucgid']})",
                     f"EITC {column}, {where}; " + origin(name, soi),
@@ -619,52 +617,64 @@ def real_targets(data_dir: str | os.PathLike = DATA_DIR) -> list[RealTarget]:
     return targets
 
 
-def _geography_notes(geography: tuple[tuple[str, str, Any], ...]) -> str:
-    variable, _, value = geography[0]
-    if variable == "state_fips":
-        return f"State FIPS {value} ({STATE_CODES[int(value)]})"
-    return f"CD GEOID {value}"
-
-
 def write_real_target_db(
-    path: str | os.PathLike, *, data_dir: str | os.PathLike = DATA_DIR, overwrite: bool = False
+    path: str | os.PathLike,
+    targets: Sequence[RealTarget] | None = None,
+    *,
+    data_dir: str | os.PathLike = DATA_DIR,
+    overwrite: bool = False,
 ) -> pathlib.Path:
-    """Write the real targets into a target database in policy_data.db's schema.
+    """Write ``targets`` (default: all of :func:`real_targets`) into a target database in
+    policy_data.db's schema, under PolicyEngine's strata tree (:func:`builders.target_db.write_target_tree`).
 
-    The strata tree is PolicyEngine's: the nation, the states under it, the districts under
-    their state, and each target's stratum under its place. ``targets.source`` names the
-    publisher's table and variable, ``targets.notes`` the stratum, the wheel file and the
-    vendored extract.
+    ``targets.source`` names the publisher's table and variable, ``targets.notes`` the stratum,
+    the wheel file and the vendored extract.
     """
-    from builders.target_db import TargetDatabaseWriter
+    from builders.target_db import write_target_tree
 
-    path = pathlib.Path(path)
-    targets = real_targets(data_dir)
-    with TargetDatabaseWriter(path, overwrite=overwrite) as db:
-        nation = db.add_stratum([], notes="United States")
-        places: dict[tuple[tuple[str, str, Any], ...], int] = {(): nation}
+    return write_target_tree(path, real_targets(data_dir) if targets is None else targets, overwrite=overwrite)
 
-        def place(geography: tuple[tuple[str, str, Any], ...]) -> int:
-            if geography not in places:
-                variable, _, value = geography[0]
-                parent = nation if variable == "state_fips" else place((("state_fips", "==", int(value) // 100),))
-                places[geography] = db.add_stratum(geography, parent=parent, notes=_geography_notes(geography))
-            return places[geography]
 
-        for state in sorted(STATE_CODES):  # every state and district exists, targets or not
-            place((("state_fips", "==", state),))
-        for target in targets:
-            parent = place(target.geography)
-            stratum = db.add_stratum(target.constraints, parent=parent, notes=target.notes.split(";")[0])
-            db.add_target(
-                target.variable,
-                target.period,
-                target.value,
-                stratum_id=stratum,
-                source=target.source,
-                notes=target.notes,
-            )
-    return path
+def state_subset(targets: Sequence[RealTarget], states: Iterable[int]) -> list[RealTarget]:
+    """The targets of ``states`` (FIPS codes) and their districts, with national-level rows that
+    the records of those states alone can reach (every target when ``states`` are all 51).
+
+    The national age bands become the states' totals (ACS's state estimates add up to its
+    national ones exactly, so for all 51 states this is the national row), noted as such; the
+    national SOI bands (Table 1.1's, which no state file splits) are left out.
+    """
+    states = sorted(set(states))
+    unknown = [s for s in states if s not in STATE_CODES]
+    if unknown:
+        raise ValueError(f"unknown state FIPS code(s) {unknown}; expected the 50 states and DC (11)")
+    if len(states) == len(STATE_CODES):
+        return list(targets)
+
+    def state_of(target: RealTarget) -> int:
+        _, _, value = target.geography[0]
+        return int(value) if target.geo_level == "state" else int(value) // 100
+
+    kept = [t for t in targets if t.geo_level != "national" and state_of(t) in states]
+    codes = ", ".join(STATE_CODES[s] for s in states)
+    totals: dict[tuple, list[RealTarget]] = {}
+    for target in kept:
+        if target.series == "age state":
+            age = tuple(c for c in target.constraints if c not in target.geography)
+            totals.setdefault(age, []).append(target)
+    national = [
+        RealTarget(
+            "person_count",
+            parts[0].period,
+            sum(t.value for t in parts),
+            age,
+            f"age national ({codes} total)",
+            f"sum of {len(parts)} states' {parts[0].source.split(' (')[0]}",
+            f"Age: {parts[0].notes.split(',')[0].removeprefix('Age: ')}, the {len(parts)} states {codes} "
+            f"(not the US); the sum of their state rows",
+        )
+        for age, parts in totals.items()
+    ]
+    return national + kept
 
 
 def summary(targets: Sequence[RealTarget]) -> dict[str, dict[str, int]]:

@@ -5,7 +5,8 @@ Three tables, as in policyengine-us-data, so their real file reads as is:
 ``stratum_constraints`` (what defines it: ``constraint_variable operation value``, AND-ed)
 and ``targets`` (a statistic of a stratum: ``variable, period, value, reform_id, active``...).
 
-- :class:`TargetDatabaseWriter` creates a database atomically (tests, synthetic builds).
+- :class:`TargetDatabaseWriter` creates a database atomically (tests, synthetic builds);
+  :func:`write_target_tree` writes targets under PolicyEngine's strata tree with it.
 - :func:`target_overview` derives each target's ``geo_level``, ``geographic_id`` and
   ``domain_variable`` from its stratum's constraints.
 - :func:`query_targets` keeps the active rows and, per (stratum, variable, reform), the
@@ -24,7 +25,7 @@ import os
 import pathlib
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,6 +169,68 @@ class TargetDatabaseWriter:
             (variable, int(period), stratum_id, int(reform_id), float(value), bool(active), tolerance, source, notes),
         )
         return _inserted_id(cursor)
+
+
+class TargetLike(Protocol):
+    """What :func:`write_target_tree` reads of a target (e.g. :class:`builders.real_targets.RealTarget`)."""
+
+    @property
+    def variable(self) -> str: ...
+    @property
+    def period(self) -> int: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def constraints(self) -> Sequence[tuple[str, str, Any]]: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def notes(self) -> str | None: ...
+
+
+def write_target_tree(
+    path: str | os.PathLike, targets: Iterable[TargetLike], *, overwrite: bool = False
+) -> pathlib.Path:
+    """Write ``targets`` into a new database under PolicyEngine's strata tree; return its path.
+
+    The nation (no constraints) is the root, each state (``state_fips == s``) hangs under it,
+    each district (``congressional_district_geoid == g``) under its state ``g // 100``, and
+    each target's stratum (all its constraints) under its place, the stratum of its geographic
+    constraints; a target with only geographic constraints is its place's. A target's stratum
+    is noted with its notes up to the first ``;``, ``targets.source`` and ``notes`` are its own.
+    """
+    from builders.geography import STATE_CODES
+
+    with TargetDatabaseWriter(path, overwrite=overwrite) as db:
+        nation = db.add_stratum([], notes="United States")
+        places: dict[tuple[tuple[str, str, Any], ...], int] = {(): nation}
+
+        def place(geography: tuple[tuple[str, str, Any], ...]) -> int:
+            if geography not in places:
+                variable, _, value = geography[0]
+                if variable == "state_fips":
+                    parent, notes = nation, f"State FIPS {value} ({STATE_CODES.get(int(value), '?')})"
+                else:
+                    parent, notes = place((("state_fips", "==", int(value) // 100),)), f"CD GEOID {value}"
+                places[geography] = db.add_stratum(geography, parent=parent, notes=notes)
+            return places[geography]
+
+        for target in targets:
+            geography = tuple(c for c in target.constraints if c[0] in GEOGRAPHIC_VARIABLES)
+            if len(geography) > 1:
+                raise ValueError(f"a target has one place, got {geography} ({target.variable})")
+            parent = place(geography)
+            notes = (target.notes or "").split(";")[0] or None
+            stratum = db.add_stratum(target.constraints, parent=parent, notes=notes)
+            db.add_target(
+                target.variable,
+                target.period,
+                target.value,
+                stratum_id=stratum,
+                source=target.source,
+                notes=target.notes,
+            )
+    return pathlib.Path(path)
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -434,6 +497,7 @@ def read_targets(path: str | os.PathLike, year: int) -> tuple[pd.DataFrame, dict
 __all__ = [
     "Constraint",
     "TargetDatabaseWriter",
+    "TargetLike",
     "connect",
     "describe_stratum",
     "parse_constraint_value",
@@ -442,4 +506,5 @@ __all__ = [
     "stratum_constraints",
     "target_overview",
     "uprate_targets",
+    "write_target_tree",
 ]

@@ -14,7 +14,6 @@ from builders.geography import (
     GeographyAssignment,
     assign_geography,
     districts_from_state_populations,
-    equal_population_districts,
 )
 from builders.simulation import StateValues, choose_simulation
 from builders.takeup import TAKEUP_BY_VARIABLE, seeded_rng, stable_string_hash, state_rates, takeup_draws
@@ -245,11 +244,6 @@ def test_geography_errors():
     table = districts_from_state_populations({6: 90.0, 11: 7.0}, {6: 3, 11: 1})
     assert table["cd_geoid"].tolist() == [601, 602, 603, 1101]
     assert table["population"].tolist() == [30.0, 30.0, 30.0, 7.0]
-    everywhere = equal_population_districts()
-    assert len(everywhere) == 436 and everywhere["population"].nunique() == 1
-    assert equal_population_districts([11, 56])["cd_geoid"].tolist() == [1101, 5601]
-    with pytest.raises(ValueError, match="unknown state"):
-        equal_population_districts([72])
 
 
 # ---------------------------------------------------------------- rules per column

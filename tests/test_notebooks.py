@@ -148,7 +148,7 @@ def test_notebook_is_paired_and_committed_without_outputs(name):
 
 @pytest.mark.xdist_group("demo_package")  # shares its demo build with tests/test_docs.py when in one worker
 def test_quickstart(tmp_path, tmp_path_factory):
-    # The guide's examples build the same small package (100 households, 1 clone, states 6 and 36):
+    # The guide's examples build the same small package (100 households, 1 clone, states 33 and 50):
     # whichever runs first builds it, the other finds it cached.
     demo = tmp_path_factory.getbasetemp() / "shared-demo"
     notebook, results = execute("01_quickstart", tmp_path, JAXCAL_NOTEBOOK_DEMO_DIR=str(demo))

@@ -198,6 +198,28 @@ def test_district_populations_drive_assign_geography():
     assert set(np.unique(geo.cd_geoid)) <= set(places["cd_geoid"])
 
 
+def test_state_subset_holds_only_what_those_states_reach():
+    targets = rt.real_targets()
+    subset = rt.state_subset(targets, [50, 28])  # Vermont (at large) and Mississippi (4 districts)
+    levels = rt.summary(subset)
+    assert {level: sum(series.values()) for level, series in levels.items()} == {
+        "national": 18,  # the age bands only: no state file splits SOI's Table 1.1 bands
+        "state": 2 * (18 + 2 + 1 + 20 + 2),  # age, SNAP households and cost, Medicaid, SOI AGI, EITC
+        "district": 5 * (18 + 1),  # age, SNAP households
+    }
+    assert {t.geography[0][2] // (100 if t.geo_level == "district" else 1) for t in subset if t.geography} == {28, 50}
+    # The national rows are the two states' own ACS rows added up, read here from the extract.
+    with open(rt.DATA_DIR / "acs_s0101_state.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["ucgid"] in ("0400000US28", "0400000US50")]
+    national = {t.constraints: t.value for t in subset if t.geo_level == "national"}
+    assert national[(("age", ">=", 85),)] == sum(float(r["85+"]) for r in rows)
+    assert national[(("age", ">=", 20), ("age", "<", 25))] == sum(float(r["20-24"]) for r in rows)
+    assert all("not the US" in t.notes for t in subset if t.geo_level == "national")
+    assert rt.state_subset(targets, rt.STATE_FIPS.values()) == targets  # all 51: the nation's rows
+    with pytest.raises(ValueError, match=r"unknown state FIPS code\(s\) \[72\]"):
+        rt.state_subset(targets, [6, 72])
+
+
 def test_acs_state_totals_agree_with_population_by_state():
     """The ACS 2024 state totals against the other state series the wheel ships (2023 estimates)."""
     census = {rt.STATE_FIPS[r["state"]]: float(r["population"]) for r in rt.read_extract("population_by_state.csv")}
