@@ -116,3 +116,34 @@ def test_derive_command_writes_a_run_that_passes_gates(parent, tmp_path):
     assert main(["gates", str(run), "--max-holdout-loss", "1e9"]) == 0
     gates = json.loads((run / "artifact_gates.json").read_text())
     assert gates["product"] == "mp-60" and gates["gates"]["records_within_budget"]["metrics"]["limit"] == BUDGET
+
+
+@pytest.mark.parametrize("groups", [True, False], ids=["target-groups", "every-target-alike"])
+def test_derive_and_sweep_weigh_targets_as_fit_does(tmp_path, groups):
+    """`derive` and `sweep` weigh policyengine-us-data's target groups equally, as `jaxcal fit`
+    does (``--no-target-groups``: every target alike): the parent's train loss in the tier report
+    is ``sum_i g_i ((t_i - x_i w) / (t_i + 1))^2`` with ``g_i`` one over the size of target i's
+    group, computed here in numpy."""
+    from builders.synthetic_problem import synthetic_package
+
+    package = synthetic_package(400, n_base=100, n_states=2, n_national=8, per_state=6, per_district=4, nonzeros=(4, 3, 2))
+    path = jaxcal.io.save_package(package, tmp_path / "package.npz")
+    weights = np.random.default_rng(0).uniform(50, 150, package.n_records)
+    np.save(tmp_path / "w.npy", weights)
+    flag = [] if groups else ["--no-target-groups"]
+    derive = ["derive", "--package", str(path), "--parent-weights", str(tmp_path / "w.npy"), "--budget", "200"]
+    fast = ["--lambda-l0", "1e-5", "--search-epochs", "3", "--search-rounds", "1", "--refit-epochs", "3"]
+    assert main([*derive, *fast, "--output", str(tmp_path / "derive"), *flag]) == 0
+    report = json.loads((tmp_path / "derive" / "tier_report.json").read_text())
+    t = package.target_values
+    error = (t - package.matrix @ weights) / (t + 1)
+    _, group, sizes = np.unique(
+        jaxcal.io.policyengine_target_groups(package.targets), return_inverse=True, return_counts=True
+    )
+    g = 1 / sizes[group] if groups else np.ones_like(t)
+    assert sizes.size > 1 and sizes.max() > 1  # the groups weigh targets unequally
+    assert report["parent"]["train_loss"] == pytest.approx(float(np.sum(g * error**2)), rel=1e-4)
+    assert jaxcal.runs.RunRecord.read(tmp_path / "derive").hyperparameters["target_groups"] is groups
+    sweep = ["sweep", "--package", str(path), "--lambda-l0", "1e-4", "--epochs", "3", "--output", str(tmp_path / "s")]
+    assert main([*sweep, *flag]) == 0
+    assert jaxcal.runs.RunRecord.read(tmp_path / "s").hyperparameters["target_groups"] is groups

@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     derive.add_argument("--beta", type=float, help="gate temperature of the search (default: policyengine-us-data's)")
     derive.add_argument("--learning-rate", type=float, help="Adam learning rate (default: policyengine-us-data's)")
     derive.add_argument("--seed", type=int, default=0, help="seed of the search and refit draws (default 0)")
+    _add_target_groups_option(derive)
     _add_holdout_options(derive)
     derive.add_argument(
         "--early-stopping-patience", type=int, help="stop the refit this many epochs after the best held-out loss"
@@ -85,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sweep.add_argument("--seed", type=int, default=0, help="seed of the initialisation and gate draws (default 0)")
     sweep.add_argument("--output", type=pathlib.Path, required=True, help="directory to write")
+    _add_target_groups_option(sweep)
     _add_holdout_options(sweep)
     sweep.set_defaults(run=run_sweep)
 
@@ -123,6 +125,27 @@ def _add_holdout_options(parser: argparse.ArgumentParser) -> None:
         metavar="COLUMN",
         help="target columns that define a family (default: geo_level variable domain_variable)",
     )
+
+
+def _add_target_groups_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-target-groups",
+        dest="target_groups",
+        action="store_false",
+        help="weigh every target alike in the loss, not policyengine-us-data's target groups (as `jaxcal fit`)",
+    )
+
+
+def _objective(args: argparse.Namespace, package: Any) -> Any:
+    """The loss `jaxcal fit` weighs targets with: policyengine-us-data's target groups each
+    counting once (the lambdas are the command's), or with ``--no-target-groups`` every target alike."""
+    from .._objective import Objective
+    from ..io import policyengine_target_groups
+
+    if not args.target_groups:
+        return None
+    groups = policyengine_target_groups(package.targets)
+    return Objective.create(package.n_targets, target_groups=groups, normalize_groups=True)
 
 
 def _split(args: argparse.Namespace, package: Any) -> Any:
@@ -190,9 +213,16 @@ def run_derive(args: argparse.Namespace) -> int:
         "min_delta": args.min_delta,
     }
     split = _split(args, package)
+    objective = _objective(args, package)
     with run_dir_lock(args.output):  # one run at a time writes a run directory
         derivation = derive_tier(
-            package, parent_weights, args.budget, key=jax.random.key(args.seed), split=split, **settings
+            package,
+            parent_weights,
+            args.budget,
+            key=jax.random.key(args.seed),
+            split=split,
+            objective=objective,
+            **settings,
         )
         write_tier_run(
             derivation,
@@ -200,7 +230,13 @@ def run_derive(args: argparse.Namespace) -> int:
             product=args.product,
             package_path=args.package,
             parent_weights_path=args.parent_weights,
-            hyperparameters={"budget": args.budget, **settings, "seed": args.seed, "holdout": _holdout_settings(args)},
+            hyperparameters={
+                "budget": args.budget,
+                **settings,
+                "seed": args.seed,
+                "target_groups": args.target_groups,
+                "holdout": _holdout_settings(args),
+            },
         )
     parent, child = derivation.tier.comparison["parent"], derivation.tier.comparison["child"]
     for name in ("records_kept", "train_loss", "holdout_loss", "mean_error_pct", "effective_sample_size"):
@@ -237,6 +273,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             settings["beta"],
             key=jax.random.key(args.seed),
             split=split,
+            objective=_objective(args, package),
             init_keep_prob=settings["init_keep_prob"],
             epochs=settings["epochs"],
             learning_rate=settings["learning_rate"],
@@ -247,7 +284,8 @@ def run_sweep(args: argparse.Namespace) -> int:
             package=package,
             package_path=args.package,
             split=split,
-            hyperparameters=settings | {"seed": args.seed, "holdout": _holdout_settings(args)},
+            hyperparameters=settings
+            | {"seed": args.seed, "target_groups": args.target_groups, "holdout": _holdout_settings(args)},
             elapsed=time.perf_counter() - started,
         )
     print(frontier.to_string(index=False))
