@@ -126,7 +126,9 @@ def test_derive_and_sweep_weigh_targets_as_fit_does(tmp_path, groups):
     group, computed here in numpy."""
     from builders.synthetic_problem import synthetic_package
 
-    package = synthetic_package(400, n_base=100, n_states=2, n_national=8, per_state=6, per_district=4, nonzeros=(4, 3, 2))
+    package = synthetic_package(
+        400, n_base=100, n_states=2, n_national=8, per_state=6, per_district=4, nonzeros=(4, 3, 2)
+    )
     path = jaxcal.io.save_package(package, tmp_path / "package.npz")
     weights = np.random.default_rng(0).uniform(50, 150, package.n_records)
     np.save(tmp_path / "w.npy", weights)
