@@ -56,12 +56,17 @@ def record_mesh(devices: int | str | Sequence[Any] | None = None, platform: str 
     return Mesh(np.array(select_devices(devices, platform)), (AXIS,))
 
 
+def is_local(device: Any) -> bool:
+    """Whether ``device`` belongs to this process (every device does, in one process)."""
+    return device.process_index == jax.process_index()
+
+
 def process_records(n_records: int, mesh: Mesh) -> tuple[int, int]:
     """The records (columns ``lo`` to ``hi``) whose blocks lie on this process's devices of
     ``mesh``, as :class:`ShardedMatrix` splits ``n_records``: what a process of a multi-process
     fit reads of the package (``load_package(..., records=...)``)."""
     block = _block_size(n_records, mesh.size)
-    mine = [i for i, device in enumerate(mesh.devices.flat) if device.process_index == jax.process_index()]
+    mine = [i for i, device in enumerate(mesh.devices.flat) if is_local(device)]
     if not mine or mine != list(range(mine[0], mine[-1] + 1)):
         raise ValueError(f"process {jax.process_index()}'s devices must be one stretch of the mesh, got blocks {mine}")
     return min(mine[0] * block, n_records), min((mine[-1] + 1) * block, n_records)
@@ -166,7 +171,7 @@ class ShardedMatrix(AbstractTargetMatrix):
     @property
     def host_device(self) -> Any:
         """Where gathered results go: the mesh's first device of this process."""
-        return next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
+        return next(d for d in self.mesh.devices.flat if is_local(d))
 
     def shard_records(self, x: Array) -> Array:
         """A per-record array (first axis ``n_records``) padded with zeros and split by record."""
@@ -285,7 +290,7 @@ class ShardedMatrix(AbstractTargetMatrix):
         block = _block_size(n_records, n_devices)
         per_block = np.bincount(cols, minlength=block * n_devices).reshape(n_devices, block).sum(axis=1)
         if jax.process_count() > 1:  # each process has its own blocks' nonzeros: the longest of all
-            mine = [d.process_index == jax.process_index() for d in mesh.devices.flat]
+            mine = [is_local(d) for d in mesh.devices.flat]
             per_block = process_sum(np.where(mine, per_block, 0).astype(np.int64))
         longest = int(per_block.max(initial=0))
         if chunk == "auto":

@@ -6,6 +6,7 @@ whoever wrote it. PolicyEngine's pickle packages are imported only on explicit r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -486,26 +487,29 @@ def _member(
     that implies: a damaged or hostile member costs no more than the package's shape allows.
     Checkpoints read their members with it too (:func:`jaxcal.io.load_checkpoint`)."""
     info, _, _, _ = _member_header(archive, name, kinds, shape, of=of, max_chars=max_chars)
-    try:
-        with archive.open(info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-        raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+    with _unreadable(name), archive.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _member_chunks(archive: zipfile.ZipFile, name: str, kinds: str, shape: Shape) -> Iterator[np.ndarray]:
     """The one-dimensional array ``name`` of ``archive``, ``_CHUNK`` entries at a time, checked as
     :func:`_member` checks it."""
     info, header_size, dtype, declared = _member_header(archive, name, kinds, shape)
+    with _unreadable(name), archive.open(info) as f:
+        f.read(header_size)
+        for start in range(0, declared[0], _CHUNK):
+            count = min(_CHUNK, declared[0] - start)
+            block = f.read(count * dtype.itemsize)
+            if len(block) != count * dtype.itemsize:
+                raise EOFError("the member ends early")
+            yield np.frombuffer(block, dtype)
+
+
+@contextlib.contextmanager
+def _unreadable(name: str) -> Iterator[None]:
+    """A damaged member's read errors as one :class:`PackageError` naming it."""
     try:
-        with archive.open(info) as f:
-            f.read(header_size)
-            for start in range(0, declared[0], _CHUNK):
-                count = min(_CHUNK, declared[0] - start)
-                block = f.read(count * dtype.itemsize)
-                if len(block) != count * dtype.itemsize:
-                    raise EOFError("the member ends early")
-                yield np.frombuffer(block, dtype)
+        yield
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
         raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
 
@@ -525,18 +529,13 @@ def _member_header(
         info = archive.getinfo(f"{name}.npy")
     except KeyError:
         raise PackageError(f"the array {name!r} is missing") from None
-    try:
-        with archive.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                raise ValueError(f".npy format version {version}")
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            declared, _, dtype = read_header(f)
-            header_size = f.tell()
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-        raise PackageError(f"the array {name!r} is unreadable ({type(error).__name__}: {error})") from None
+    with _unreadable(name), archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        declared, _, dtype = read_header(f)
+        header_size = f.tell()
     if dtype.kind not in kinds:
         raise PackageError(f"the array {name!r} must hold {_KIND_NAMES[kinds]}, got {dtype}")
     if dtype.kind == "U" and dtype.itemsize > 4 * max_chars:

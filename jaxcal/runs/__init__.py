@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from ._fit_run import load_fit_package as load_fit_package
     from ._fit_run import run_fit as run_fit
     from ._fit_run import start as start
-    from ._fit_run import writes_outputs as writes_outputs
     from ._gates import exit_code as exit_code
     from ._gates import gate_report as gate_report
     from ._gates import write_gate_report as write_gate_report
@@ -68,6 +67,7 @@ if TYPE_CHECKING:
     from ._run_dir import write_run_dir as write_run_dir
     from ._run_dir import write_sweep_run as write_sweep_run
     from ._run_dir import write_tier_run as write_tier_run
+    from ._run_dir import writes_outputs as writes_outputs
 
 _EXPORTS = {
     "DIAGNOSE_FILES": "_diagnose_report",
@@ -86,7 +86,7 @@ _EXPORTS = {
     "join_processes": "_fit_run",
     "load_fit_package": "_fit_run",
     "run_fit": "_fit_run",
-    "writes_outputs": "_fit_run",
+    "writes_outputs": "_run_dir",
     "start": "_fit_run",
     "DIAGNOSTICS": "_names",
     "REPORT": "_names",

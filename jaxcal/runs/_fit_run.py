@@ -30,7 +30,7 @@ from .._matrix import AbstractTargetMatrix, TargetMatrix
 from .._model import CalibrationWeights
 from .._objective import Objective
 from .._optimizers import optimizer_named
-from .._sharding import ShardedMatrix, process_records, record_mesh, select_devices
+from .._sharding import ShardedMatrix, is_local, process_records, record_mesh, select_devices
 from ..io import (
     CalibrationPackage,
     Checkpoint,
@@ -49,6 +49,7 @@ from ..workflow._holdout import HoldoutProgress
 from ._names import CALIBRATION_LOG
 from ._observers import CalibrationLog, Checkpoints, FitChunk, FitObserver, Observers, Progress
 from ._plan import FitPlan, checkpoint_path_for
+from ._run_dir import writes_outputs
 
 
 def join_processes(plan: FitPlan) -> None:
@@ -63,11 +64,6 @@ def join_processes(plan: FitPlan) -> None:
     except (RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"could not join the multi-process fit: {first}") from None
-
-
-def writes_outputs() -> bool:
-    """Whether this process writes the run's outputs: the first of a multi-process fit does."""
-    return jax.process_index() == 0
 
 
 def load_fit_package(plan: FitPlan) -> CalibrationPackage:
@@ -505,7 +501,7 @@ def _use_platform(device: str) -> None:
     if device == "auto":
         return
     try:
-        chosen = next(d for d in select_devices("all", device) if d.process_index == jax.process_index())
+        chosen = next(d for d in select_devices("all", device) if is_local(d))
     except ValueError as error:
         raise ValueError(f"--device {device}: {error}") from None
     jax.config.update("jax_default_device", chosen)

@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from ._plan import FitPlan
 
 
+def writes_outputs() -> bool:
+    """Whether this process writes the run's outputs: the first of a multi-process fit does."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapsed: float) -> RunRecord | None:
     """A fit's run directory, beside ``plan.output``: the weights (float32 ``.npy``),
     ``unified_diagnostics.csv``, ``loss_curve.png``, PolicyEngine's geography files when the
@@ -52,7 +59,7 @@ def write_run_dir(plan: FitPlan, begin: FitStart, outcome: FitOutcome, *, elapse
     directory = plan.output.parent
     weights = np.asarray(outcome.result.weights, np.float32)
     diagnostics = target_diagnostics(begin.package, weights)
-    if jax.process_index() > 0:  # the first process writes
+    if not writes_outputs():
         return None
     _write_weights(directory, plan.output.name, weights, diagnostics)
     write_loss_curve(directory / LOSS_CURVE, outcome.losses, begin.epoch)
