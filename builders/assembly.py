@@ -15,7 +15,7 @@ import numpy as np
 from .dataset import EntityStructure
 from .geography import GeographyAssignment
 from .simulation import StateValues
-from .takeup import TAKEUP_BY_VARIABLE, takes_up
+from .takeup import ELIGIBLE_ONLY, TAKEUP_BY_VARIABLE, VOLUNTARY_FILING, files_voluntarily, takes_up
 from .target_db import Constraint
 from .target_rows import TargetRows
 from .target_values import components, household_values, person_mask
@@ -135,18 +135,38 @@ class _GroupValues:
         return household_values(qualifying, members, households, s.n_households, amounts)
 
     def _after_takeup(self, variable: str, household_state: np.ndarray, clone: int) -> np.ndarray:
-        entity_household = self.structure.entity_household[self.values.entities[variable]]
+        """The clone's eligible amounts of ``variable`` (a tax unit's as it files or not, by its
+        voluntary-filing draw) times its drawn take-up, as policyengine-us-data's build does."""
+        spec = TAKEUP_BY_VARIABLE[variable]
+        entity_household = self.structure.entity_household[spec.entity]
+        rows = household_state[entity_household], np.arange(entity_household.size)
+        eligible = self.values.eligible[variable][rows]
+        if variable in self.values.eligible_nonfiling:
+            eligible = np.where(self._files(clone), eligible, self.values.eligible_nonfiling[variable][rows])
         key = (variable, clone)
         if key not in self._takes_up:
             n_base = self.geography.n_base
             states = self.geography.state_fips[clone * n_base : (clone + 1) * n_base]
-            spec = TAKEUP_BY_VARIABLE[variable]
-            self._takes_up[key] = takes_up(spec, self.structure.household_ids, entity_household, clone, states)
-        rows = household_state[entity_household], np.arange(entity_household.size)
-        eligible = self.values.eligible[variable][rows]
-        if variable in self.values.declined:
-            return np.where(self._takes_up[key], eligible, self.values.declined[variable][rows])
+            self._takes_up[key] = takes_up(
+                spec,
+                self.structure.household_ids,
+                entity_household,
+                clone,
+                states,
+                reported=self.values.reported.get(spec.takeup_variable),
+                eligible=eligible > 0 if variable in ELIGIBLE_ONLY else None,
+            )
         return eligible * self._takes_up[key]
+
+    def _files(self, clone: int) -> np.ndarray:
+        """Whether each tax unit of ``clone`` would file unasked (drawn once per clone)."""
+        key = (VOLUNTARY_FILING, clone)
+        if key not in self._takes_up:
+            tax_unit_household = self.structure.entity_household["tax_unit"]
+            self._takes_up[key] = files_voluntarily(
+                self.structure.household_ids, tax_unit_household, clone, self.values.filing_inputs
+            )
+        return self._takes_up[key]
 
 
 def to_bcoo(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> jsparse.BCOO:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
@@ -155,3 +155,16 @@ def dataset_period(path: str | os.PathLike) -> int:
             raise TypeError(f"dataset {path}: person_id is a {type(node).__name__}, not a group of periods")
         # h5py ships no annotations; pyright infers a group's member names as str | None (never None).
         return int(next(iter(node)))  # pyright: ignore[reportArgumentType]
+
+
+def read_period_arrays(path: str | os.PathLike, names: Collection[str], period: int) -> dict[str, np.ndarray]:
+    """The arrays of ``names`` the dataset holds for ``period`` (absent ones left out)."""
+    import h5py
+
+    found = {}
+    with h5py.File(path, "r") as h5:
+        for name in names:
+            node = h5.get(name)
+            if isinstance(node, h5py.Group) and str(period) in node:
+                found[name] = np.asarray(node[str(period)])
+    return found

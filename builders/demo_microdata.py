@@ -3,7 +3,9 @@
 The CPS-based datasets cannot be downloaded here, so the demo makes its own households:
 plausible ages, household types, employment and self-employment income, Social Security,
 interest, rent and disability (and SSA's disability test, which SSI needs), and who would file
-a tax return unasked, spread over the 50 states, DC and their congressional districts at
+a tax return unasked, who would enrol in Medicaid if eligible (at the state's take-up rate,
+as PolicyEngine's CPS sets it: a matrix build keeps this flag and draws Medicaid dollars),
+spread over the 50 states, DC and their congressional districts at
 their ACS 2024 populations (:func:`builders.real_targets.district_populations`). The output is a dict of arrays keyed by PolicyEngine variable names, written as
 a time-period H5 (``/<variable>/<year>``), the layout ``policyengine_core``'s
 ``Dataset.from_file`` reads as ``TIME_PERIOD_ARRAYS``.
@@ -24,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from builders.synthetic_problem import DISTRICTS_PER_STATE
+from builders.takeup import TAKEUP_BY_VARIABLE, state_rates
 
 # Household types: (name, share of households). Shares follow the ACS household mix.
 _TYPES = (
@@ -206,6 +209,8 @@ def generate_households(
 
     n_tax_units = int(tu_per_household.sum())
     would_file_taxes_voluntarily = rng.random(n_tax_units) < _VOLUNTARY_FILING
+    medicaid_rate = state_rates(TAKEUP_BY_VARIABLE["medicaid"].rate, (cd // 100)[person_household])
+    takes_up_medicaid_if_eligible = rng.random(n_persons) < medicaid_rate
     n_marital = int(new_unit.sum())
     f32 = np.float32
     return {
@@ -234,6 +239,7 @@ def generate_households(
         "taxable_interest_income": taxable_interest_income.astype(f32),
         "rent": rent.astype(f32),
         "would_file_taxes_voluntarily": would_file_taxes_voluntarily,
+        "takes_up_medicaid_if_eligible": takes_up_medicaid_if_eligible,
     }
 
 

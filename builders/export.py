@@ -22,7 +22,7 @@ import numpy as np
 
 from builders.dataset import GROUP_ENTITIES, EntityStructure, read_entity_structure, write_dataset_h5
 from builders.h5_check import check_h5, read_h5_arrays
-from builders.takeup import TAKEUP_BY_VARIABLE, takes_up
+from builders.takeup import TAKEUP_BY_VARIABLE, reported_takeup, takes_up
 
 ENTITIES = ("person",) + GROUP_ENTITIES
 GEOGRAPHY_INPUTS = (
@@ -127,8 +127,10 @@ def export_h5(
     if "block_geoid" in geography:
         out["block_geoid"] = np.asarray(geography["block_geoid"])[columns].astype(str)
     drawn = _drawn_takeup(package) if metadata.get("rerandomize_takeup", True) else []
+    reported = reported_takeup(dataset, int(period), structure) if drawn else {}
     for spec in drawn:
-        out[spec.takeup_variable] = _takeup(spec, structure, clone, base, out["state_fips"])
+        gather = gathers[spec.entity]
+        out[spec.takeup_variable] = _takeup(spec, structure, clone, gather, state_fips, reported)
     out["household_weight"] = weights[columns].astype(np.float32)
 
     def verify(written: pathlib.Path) -> None:
@@ -219,23 +221,31 @@ def _drawn_takeup(package) -> list:
 
 
 def _takeup(
-    spec, structure: EntityStructure, clone: np.ndarray, base: np.ndarray, column_state: np.ndarray
+    spec,
+    structure: EntityStructure,
+    clone: np.ndarray,
+    gather: tuple[np.ndarray, np.ndarray],
+    state_fips: np.ndarray,
+    reported: Mapping[str, np.ndarray],
 ) -> np.ndarray:
-    """``spec``'s take-up for every exported entity, drawn per clone as the build drew it."""
-    counts = np.bincount(structure.entity_household[spec.entity], minlength=structure.n_households)
-    household_of = []
-    result = []
+    """``spec``'s take-up for every exported entity, as the build drew it: over each whole clone
+    (the reported anchors count a clone's entities together), then the exported entities'."""
+    index, starts = gather
+    entity_clone = np.repeat(clone, np.diff(np.append(starts, index.size)))
+    n_base = structure.n_households
+    result = np.zeros(index.size, bool)
     for c in np.unique(clone):
-        columns = np.flatnonzero(clone == c)
-        households = base[columns]
-        # The clone's households' entities: households in column order, entities in dataset order.
-        sizes = counts[households]
-        local = np.repeat(np.arange(households.size), sizes)
-        result.append(takes_up(spec, structure.household_ids[households], local, int(c), column_state[columns]))
-        household_of.append(np.repeat(columns, sizes))
-    # Back to column order (the export's entity order).
-    position = np.argsort(np.concatenate(household_of), kind="stable")
-    return np.concatenate(result)[position]
+        decisions = takes_up(
+            spec,
+            structure.household_ids,
+            structure.entity_household[spec.entity],
+            int(c),
+            state_fips[c * n_base : (c + 1) * n_base],
+            reported=reported.get(spec.takeup_variable),
+        )
+        mine = entity_clone == c
+        result[mine] = decisions[index[mine]]
+    return result
 
 
 def _codes(text: str | None) -> list[int] | None:

@@ -39,10 +39,6 @@ class Simulation(Protocol):
         """Forget every computed value, so the next calculation sees the inputs as they are now."""
         ...
 
-    def pays_only_takers(self, variable: str, takeup_input: str) -> bool:
-        """Whether the model pays ``variable`` only when ``takeup_input`` is True (with it False, 0)."""
-        ...
-
 
 class PolicyEngineSimulation:
     """:class:`Simulation` over a ``policyengine_us.Simulation``, plus the model's uprating indices."""
@@ -64,13 +60,6 @@ class PolicyEngineSimulation:
     def drop_computed(self) -> None:
         self._simulation.branches.clear()
         self._simulation.drop_computed_arrays()
-
-    def pays_only_takers(self, variable: str, takeup_input: str) -> bool:
-        """Its ``defined_for`` is the take-up input (``snap``, ``ssi``), or it adds up nothing but
-        that input (``medicaid_enrolled`` = eligible and takes up)."""
-        definition = self._variables[variable]
-        defined_for = getattr(definition.defined_for, "name", definition.defined_for)
-        return defined_for == takeup_input or list(definition.adds or ()) == [takeup_input]
 
     def uprating_indices(self) -> tuple[Callable[[int], float], Callable[[int], float]]:
         """``(cpi, population)`` by year (``gov.bls.cpi.cpi_u`` and ``calibration.gov.census.populations.total``),

@@ -24,7 +24,7 @@ import numpy as np
 
 from .dataset import EntityStructure
 from .geography import GeographyAssignment
-from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, TakeupSpec, takes_up
+from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, VOLUNTARY_FILING, TakeupSpec, takes_up
 from .target_values import components
 
 if TYPE_CHECKING:
@@ -52,10 +52,13 @@ class StateValues:
     """Take-up-affected variables with every take-up input True, at the variable's entity."""
     entities: dict[str, str]
     """The entity of every requested variable PolicyEngine knows."""
-    declined: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    """Take-up-affected variables whose model can pay without take-up (``aca_ptc``: filers get
-    the credit anyway), with their own take-up input False and the others True; a drawn
-    non-taker gets this instead of 0."""
+    eligible_nonfiling: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Tax-unit take-up-affected variables with every take-up input True but voluntary filing
+    False: what a tax unit that would not file unasked is eligible for."""
+    filing_inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """The dataset's :data:`builders.takeup.FILING_INPUTS` per tax unit (voluntary filing's rate)."""
+    reported: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """The dataset's reports of receipt per take-up input, at its entity (anchors of the draws)."""
     per_clone: bool = False
 
 
@@ -104,34 +107,30 @@ def compute_state_values(
     takeup_variables: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: None,
 ) -> StateValues:
-    """Run ``simulation`` (on the base dataset) once per state.
+    """Run ``simulation`` (on the base dataset) once per state, as policyengine-us-data's
+    ``build_matrix`` does.
 
     For each state: ``state_fips`` is set for every household and the computed arrays are
-    dropped; amounts are calculated at their entity, constraint variables mapped to persons;
-    then, for ``takeup_variables`` (keys of :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every
-    input of :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts
-    calculated again (policyengine-us-data's eligible amounts). For a variable that the model
-    does not gate on its take-up input (:meth:`~builders.policyengine.Simulation.pays_only_takers`
-    is False, e.g. ``aca_ptc``), the amounts with that input False (the others True) are
-    calculated as well (:attr:`StateValues.declined`), so a drawn non-taker gets what the model
-    pays it, not 0. The dataset's own inputs are restored before the next state.
+    dropped; amounts are calculated at their entity and constraint variables mapped to persons,
+    with the dataset's own take-up. Then, for ``takeup_variables`` (keys of
+    :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every input of
+    :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts calculated again
+    (the eligible amounts), and for the tax-unit ones once more with voluntary filing False.
+    The dataset's own inputs are restored before the next state and at the end.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables) | set(takeup_variables))
     amount_variables = [v for v in amount_variables if v in entities]
     constraint_variables = [v for v in constraint_variables if v in entities]
     specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables if v in entities]
+    tax_unit_specs = [spec for spec in specs if spec.entity == "tax_unit"]
     n_households = len(simulation.calculate("household_id", year))
     forced = [name for name in ELIGIBILITY_INPUTS if name in simulation.variable_entities] if specs else []
     dataset_takeup = {name: simulation.calculate(name, year) for name in forced}
+    filing_inputs = voluntary_filing_inputs(simulation, year) if specs else {}
     amounts: dict[str, list] = {v: [] for v in amount_variables}
     person_values: dict[str, list] = {v: [] for v in constraint_variables}
     eligible: dict[str, list] = {s.variable: [] for s in specs}
-    ungated = [
-        s
-        for s in specs
-        if s.takeup_variable in dataset_takeup and not simulation.pays_only_takers(s.variable, s.takeup_variable)
-    ]
-    declined: dict[str, list] = {s.variable: [] for s in ungated}
+    nonfiling: dict[str, list] = {s.variable: [] for s in tax_unit_specs}
     for i, state in enumerate(states):
         started = time.perf_counter()
         simulation.set_input("state_fips", year, np.full(n_households, state, np.int32))
@@ -148,12 +147,12 @@ def compute_state_values(
             simulation.drop_computed()
             for spec in specs:
                 eligible[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
-            for spec in ungated:
-                shape = dataset_takeup[spec.takeup_variable].shape
-                simulation.set_input(spec.takeup_variable, year, np.zeros(shape, bool))
-                simulation.drop_computed()
-                declined[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
-                simulation.set_input(spec.takeup_variable, year, np.ones(shape, bool))
+        if tax_unit_specs and VOLUNTARY_FILING in dataset_takeup:
+            shape = dataset_takeup[VOLUNTARY_FILING].shape
+            simulation.set_input(VOLUNTARY_FILING, year, np.zeros(shape, bool))
+            simulation.drop_computed()
+            for spec in tax_unit_specs:
+                nonfiling[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
         log(f"  state {state} ({i + 1}/{len(states)}): {time.perf_counter() - started:.1f} s")
     for name, values in dataset_takeup.items():
         simulation.set_input(name, year, values)
@@ -164,8 +163,25 @@ def compute_state_values(
         person_values={v: np.stack(a) for v, a in person_values.items()},
         eligible={v: np.stack(a) for v, a in eligible.items()},
         entities=entities,
-        declined={v: np.stack(a) for v, a in declined.items()},
+        eligible_nonfiling={v: np.stack(a) for v, a in nonfiling.items() if a},
+        filing_inputs=filing_inputs,
     )
+
+
+def voluntary_filing_inputs(simulation: Simulation, year: int) -> dict[str, np.ndarray]:
+    """:data:`builders.takeup.FILING_INPUTS` of the dataset as it is: child dependents, wages
+    (persons' ``employment_income`` added in float32, in person order) and head age per tax unit."""
+    tax_unit_ids = simulation.calculate("tax_unit_id", year)
+    order = np.argsort(tax_unit_ids, kind="stable")
+    person_ids = simulation.calculate("tax_unit_id", year, map_to="person")
+    person_tax_unit = order[np.searchsorted(tax_unit_ids, person_ids, sorter=order)]
+    wages = np.zeros(tax_unit_ids.size, np.float32)
+    np.add.at(wages, person_tax_unit, simulation.calculate("employment_income", year).astype(np.float32))
+    return {
+        "tax_unit_child_dependents": simulation.calculate("tax_unit_child_dependents", year),
+        "tax_unit_wage_income": wages,
+        "age_head": simulation.calculate("age_head", year),
+    }
 
 
 def compute_clone_values(
@@ -177,13 +193,16 @@ def compute_clone_values(
     constraint_variables: Sequence[str],
     takeup_variables: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: None,
+    reported: Mapping[str, np.ndarray] | None = None,
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per clone: every household in its clone's
     state and district (``block_geoid`` too when the geography has blocks), the take-up inputs
     of ``takeup_variables`` set to the clone's draws (:func:`builders.takeup.takes_up`, the
     salts :func:`builders.export.export_h5` uses), then amounts and constraint variables
-    calculated as they are. This is what the exported dataset computes, so ``X @ w`` equals
-    the weighted sums on the export exactly.
+    calculated as they are (``reported`` anchors the draws, :func:`builders.takeup.reported_takeup`).
+    This is what the exported dataset computes, so ``X @ w`` equals the weighted sums on the
+    export exactly. Unlike the per-state build, voluntary filing keeps the dataset's values and
+    housing assistance's non-reporters are drawn among all SPM units, not the eligible only.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -207,7 +226,14 @@ def compute_clone_values(
                 simulation.set_input(name, year, values)
         for spec in specs:
             entity_household = structure.entity_household[spec.entity]
-            drawn = takes_up(spec, structure.household_ids, entity_household, clone, geography.state_fips[columns])
+            drawn = takes_up(
+                spec,
+                structure.household_ids,
+                entity_household,
+                clone,
+                geography.state_fips[columns],
+                reported=(reported or {}).get(spec.takeup_variable),
+            )
             simulation.set_input(spec.takeup_variable, year, drawn)
         simulation.drop_computed()
         for variable in amount_variables:

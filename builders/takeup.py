@@ -1,23 +1,30 @@
 """Take-up re-randomization, bit-compatible with policyengine-us-data.
 
-Each clone of a household draws its own take-up: for a take-up variable ``var`` the
+Each clone of a household draws its own take-up: for a take-up input ``var`` the
 household's entities (in dataset order) take ``seeded_rng(var, f"{household_id}:{clone}")
-.random(n)`` and take up when ``draw < rate[state]``. The seed is policyengine-us-data's
-stable string hash (:func:`stable_string_hash`), so the same (variable, household, clone)
-gives the same draw there and here.
+.random(n)``, and take up when ``draw < rate[state]`` (:func:`takes_up`). The seed is
+policyengine-us-data's stable string hash (:func:`stable_string_hash`), so the same
+(variable, household, clone) gives the same draw there and here. Where the dataset reports
+receipt (Medicaid and Marketplace coverage, housing assistance), reporters always take up and
+the rest are drawn to make up the rate (:func:`assign_takeup`); voluntary filing is drawn at a
+rate by children, wages and age (:func:`files_voluntarily`).
 
 policyengine-us 2.68 carries no take-up rates (they live in policyengine-us-data's
-``parameters/take_up``): :data:`TAKEUP_SPECS` holds those values and their sources.
-"""
+``parameters/take_up``): :data:`TAKEUP_SPECS` holds those values and their sources."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .geography import STATE_CODES
+
+if TYPE_CHECKING:
+    from .dataset import EntityStructure
 
 _MASK64 = (1 << 64) - 1
 _MIX = 0xFF51AFD7ED558CCD
@@ -49,15 +56,20 @@ def _finish(h: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TakeupSpec:
-    """A target variable whose amount depends on a take-up input drawn per entity."""
+    """A boolean take-up input of policyengine-us (default True) drawn per entity, and the
+    target variable whose amount it gates (policyengine-us-data's ``SIMPLE_TAKEUP_VARS``)."""
 
     variable: str
-    """The amount or flag targeted (its entity is ``entity``)."""
+    """The target variable it gates (a row of that exact variable is take-up-affected)."""
     takeup_variable: str
-    """The boolean input policyengine-us multiplies it by (default True)."""
     entity: str
     rate: float | Mapping[str, float]
     """One rate, or a rate per two-letter state code."""
+    reported: str | None = None
+    """The dataset's report of receipt at interview: reporters always take up, and the others
+    are drawn to make up the rate (:func:`assign_takeup`)."""
+    reported_entity: str | None = None
+    """The report's entity, when it is not ``entity`` (a person's report marks its tax unit)."""
 
 
 # policyengine-us-data parameters/take_up/*.yaml (values in force from 2018-2021 on).
@@ -114,22 +126,62 @@ _MEDICAID_RATES = {
     "WV": 0.83,
     "WY": 0.70,
 }
-TAKEUP_SPECS = (
+VOLUNTARY_FILING = "would_file_taxes_voluntarily"
+"""A tax-unit input drawn like take-up, at :data:`VOLUNTARY_FILING_RATES`: it gates no target,
+but a tax unit that would not file unasked is eligible for less (:func:`files_voluntarily`)."""
+VOLUNTARY_FILING_RATES = {  # IRS SOI, CPS: by children, wages and head age
+    "no_children": {
+        "zero": {"under_65": 0.2, "age_65_plus": 0.05},
+        "low": {"under_65": 0.24, "age_65_plus": 0.04},
+        "medium": {"under_65": 0.0, "age_65_plus": 0.0},
+        "high": {"under_65": 0.0, "age_65_plus": 0.005},
+    },
+    "with_children": {
+        "zero": {"under_65": 0.5, "age_65_plus": 0.075},
+        "low": {"under_65": 0.6, "age_65_plus": 0.06},
+        "medium": {"under_65": 0.0, "age_65_plus": 0.0},
+        "high": {"under_65": 0.025, "age_65_plus": 0.0037},
+    },
+}
+TAKEUP_SPECS = (  # policyengine-us-data's order, less voluntary filing
     TakeupSpec("snap", "takes_up_snap_if_eligible", "spm_unit", 0.82),  # USDA
-    TakeupSpec("tanf", "takes_up_tanf_if_eligible", "spm_unit", 0.22),  # HHS ASPE welfare indicators
-    TakeupSpec("ssi", "takes_up_ssi_if_eligible", "person", 0.50),  # Urban Institute
-    TakeupSpec("medicaid_enrolled", "takes_up_medicaid_if_eligible", "person", _MEDICAID_RATES),  # KFF, MACPAC
-    TakeupSpec("aca_ptc", "takes_up_aca_if_eligible", "tax_unit", 0.672),  # KFF
+    TakeupSpec(
+        "aca_ptc",
+        "takes_up_aca_if_eligible",
+        "tax_unit",
+        0.672,  # KFF
+        reported="reported_has_subsidized_marketplace_health_coverage_at_interview",
+        reported_entity="person",
+    ),
     TakeupSpec("dc_property_tax_credit", "takes_up_dc_ptc", "tax_unit", 0.32),  # DC tax expenditure report
     TakeupSpec("head_start", "takes_up_head_start_if_eligible", "person", 0.30),  # NIEER, from 2021-09
     TakeupSpec("early_head_start", "takes_up_early_head_start_if_eligible", "person", 0.09),  # NIEER
+    TakeupSpec("ssi", "takes_up_ssi_if_eligible", "person", 0.50),  # Urban Institute
+    TakeupSpec(
+        "medicaid",
+        "takes_up_medicaid_if_eligible",
+        "person",
+        _MEDICAID_RATES,  # KFF, MACPAC
+        reported="has_medicaid_health_coverage_at_interview",
+    ),
+    TakeupSpec("tanf", "takes_up_tanf_if_eligible", "spm_unit", 0.22),  # HHS ASPE welfare indicators
+    TakeupSpec(
+        "housing_assistance",
+        "takes_up_housing_assistance_if_eligible",
+        "spm_unit",
+        0.28,  # HUD Worst Case Housing Needs 2025
+        reported="receives_housing_assistance",
+    ),
 )
-"""The take-up-affected targets; ``medicaid`` dollars are not one (PolicyEngine scales them to
-state spending, so a record's value depends on all weights): target ``medicaid_enrolled``."""
+"""The take-up inputs policyengine-us-data draws for targets. A row is take-up-affected when its variable,
+or a constraint's, is exactly a spec's ``variable`` (``medicaid`` dollars are; the
+``medicaid_enrolled`` flag is not and keeps the dataset's own take-up, as there)."""
 TAKEUP_BY_VARIABLE = {spec.variable: spec for spec in TAKEUP_SPECS}
-ELIGIBILITY_INPUTS = tuple(spec.takeup_variable for spec in TAKEUP_SPECS) + ("would_file_taxes_voluntarily",)
-"""The inputs policyengine-us-data sets True before computing eligible amounts (its
-``SIMPLE_TAKEUP_VARS``): an eligible SNAP amount assumes SSI and TANF are taken up too."""
+ELIGIBILITY_INPUTS = tuple(spec.takeup_variable for spec in TAKEUP_SPECS) + (VOLUNTARY_FILING,)
+"""The inputs policyengine-us-data sets True before computing eligible amounts: an eligible
+SNAP amount assumes SSI and TANF are taken up too."""
+ELIGIBLE_ONLY = frozenset({"housing_assistance"})
+"""Variables whose non-reporters are drawn among the entities with an eligible amount only."""
 
 _DEFAULT_STATE_RATE = 0.8  # policyengine-us-data's rate for a state missing from a table
 
@@ -179,8 +231,100 @@ def takeup_draws(
 
 
 def takes_up(
-    spec: TakeupSpec, household_ids: np.ndarray, entity_household: np.ndarray, clone: int, household_state: np.ndarray
+    spec: TakeupSpec,
+    household_ids: np.ndarray,
+    entity_household: np.ndarray,
+    clone: int,
+    household_state: np.ndarray,
+    reported: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Whether each entity of one clone takes up: ``draw < rate[state of its household]``."""
+    """Whether each entity of one clone takes up: its draw against its household's state rate,
+    anchored on ``reported`` recipients (:func:`assign_takeup`, grouped by state when the rate
+    is a state table). The entities are a whole clone's, as the anchoring counts them."""
     draws = takeup_draws(spec.takeup_variable, household_ids, entity_household, clone)
-    return draws < state_rates(spec.rate, np.asarray(household_state)[entity_household])
+    entity_state = np.asarray(household_state)[entity_household]
+    groups = entity_state if isinstance(spec.rate, Mapping) else None
+    return assign_takeup(draws, state_rates(spec.rate, entity_state), reported, groups, eligible)
+
+
+def files_voluntarily(
+    household_ids: np.ndarray, tax_unit_household: np.ndarray, clone: int, filing_inputs: Mapping[str, np.ndarray]
+) -> np.ndarray:
+    """Whether each tax unit of one clone would file unasked: its draw against
+    :func:`voluntary_filing_rates` of ``filing_inputs`` (:data:`FILING_INPUTS`)."""
+    draws = takeup_draws(VOLUNTARY_FILING, household_ids, tax_unit_household, clone)
+    return draws < voluntary_filing_rates(*(filing_inputs[name] for name in FILING_INPUTS))
+
+
+FILING_INPUTS = ("tax_unit_child_dependents", "tax_unit_wage_income", "age_head")
+"""The tax-unit inputs of the voluntary-filing rate, from the dataset's own simulation."""
+
+
+def assign_takeup(
+    draws: np.ndarray,
+    rates: np.ndarray,
+    reported: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
+) -> np.ndarray:
+    """Who takes up, from uniform ``draws`` and per-entity ``rates``: ``draw < rate`` among the
+    ``eligible`` (default all). With ``reported`` recipients, reporters always take up and the
+    others are drawn at the rate that makes the group's takers ``int(rate * eligible count)``
+    (reporters count as eligible), within each of ``groups`` (one group when None, which then
+    needs one rate). policyengine-us-data's ``assign_takeup_with_reported_anchors``."""
+    draws, rates = np.asarray(draws, np.float64), np.asarray(rates, np.float64)
+    eligible = np.ones(draws.shape, bool) if eligible is None else np.asarray(eligible, bool)
+    if reported is None:
+        return eligible & (draws < rates)
+    reported = np.asarray(reported, bool)
+    eligible = eligible | reported
+    takes = reported.copy()
+    if groups is None:
+        if np.unique(rates).size > 1:
+            raise ValueError("rates that vary by entity need groups")
+        groups = np.zeros(draws.shape, np.int8)
+    for group in np.unique(groups):
+        members = groups == group
+        group_rates = np.unique(rates[members])
+        if group_rates.size != 1:
+            raise ValueError(f"take-up group {group} has several rates")
+        wanted = int(group_rates[0] * int(np.count_nonzero(members & eligible)))
+        needed = max(0, wanted - int(np.count_nonzero(reported[members])))
+        drawn = members & eligible & ~reported
+        n_drawn = int(np.count_nonzero(drawn))
+        takes[drawn] = draws[drawn] < (needed / n_drawn if n_drawn else 0)
+    return takes
+
+
+def voluntary_filing_rates(child_dependents: np.ndarray, wage_income: np.ndarray, age_head: np.ndarray) -> np.ndarray:
+    """Each tax unit's voluntary-filing rate (float32, as policyengine-us-data compares it):
+    by children (any), wages (0, under 15k, under 30k, more) and head age (65 and over)."""
+    children = np.where(np.asarray(child_dependents) > 0, "with_children", "no_children")
+    wages = np.asarray(wage_income, np.float32)
+    band = np.select([wages <= 0, wages < 15_000, wages < 30_000], ["zero", "low", "medium"], default="high")
+    age = np.where(np.asarray(age_head) >= 65, "age_65_plus", "under_65")
+    table = VOLUNTARY_FILING_RATES
+    return np.array([table[c][w][a] for c, w, a in zip(children, band, age)], np.float32)
+
+
+def reported_takeup(dataset: str | os.PathLike, year: int, structure: EntityStructure) -> dict[str, np.ndarray]:
+    """The dataset's reports of receipt (:attr:`TakeupSpec.reported`) for ``year``, per take-up
+    input at its entity: a tax unit reports Marketplace coverage when any member does."""
+    from .dataset import read_period_arrays
+
+    arrays = read_period_arrays(dataset, [spec.reported for spec in TAKEUP_SPECS if spec.reported], year)
+    anchors = {}
+    for spec in TAKEUP_SPECS:
+        if spec.reported not in arrays:
+            continue
+        reported = arrays[spec.reported].astype(bool).ravel()
+        entity = spec.reported_entity or spec.entity
+        if reported.size != structure.entity_household[entity].size:
+            raise ValueError(f"dataset {dataset}: {spec.reported} has {reported.size} entries, not one per {entity}")
+        if entity != spec.entity:  # persons' reports mark their entity
+            marked = np.zeros(structure.entity_household[spec.entity].size, bool)
+            marked[structure.person_entity[spec.entity][reported]] = True
+            reported = marked
+        anchors[spec.takeup_variable] = reported
+    return anchors

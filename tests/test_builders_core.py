@@ -197,7 +197,7 @@ def test_vectorized_generators_equal_numpys_bit_for_bit():
 
 def test_state_rates():
     np.testing.assert_array_equal(state_rates(0.82, np.array([6, 36])), [0.82, 0.82])
-    medicaid = TAKEUP_BY_VARIABLE["medicaid_enrolled"].rate
+    medicaid = TAKEUP_BY_VARIABLE["medicaid"].rate
     np.testing.assert_array_equal(state_rates(medicaid, np.array([6, 49, 6, 72])), [0.78, 0.53, 0.78, 0.8])
 
 
@@ -487,19 +487,6 @@ def test_build_command_reports_bad_input_in_one_line(tmp_path, db, capsys):
 _ID_ARRAYS = [f"{e}_id" for e in ("household", "tax_unit", "spm_unit", "family", "marital_unit")] + [
     f"person_{e}_id" for e in ("household", "tax_unit", "spm_unit", "family", "marital_unit")
 ]
-
-
-def test_declined_amounts_replace_zero_for_non_takers():
-    """A variable the model pays without take-up (aca_ptc to filers): a non-taker gets its declined amount."""
-    import dataclasses
-
-    values = dataclasses.replace(STATE_VALUES, declined={"snap": np.array([[7.0, 5], [9, 6]])})
-    rows = _rows([("snap", "national", "US", [])])
-    r, c, v = assemble_matrix(rows, GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=True)
-    dense = np.zeros((1, 4))
-    np.add.at(dense, (r, c), v)
-    # takes up: (104, 0) yes -> CA eligible 200; (114, 0) no -> NY declined 6; (104, 1) no -> NY 9; (114, 1) yes -> CA 50
-    np.testing.assert_array_equal(dense, [[200, 6, 9, 50]])
 
 
 def test_matrix_per_clone_takes_each_clone_row():

@@ -56,6 +56,11 @@ DATASET_INPUTS = {
     "filing_status": np.array(["HEAD_OF_HOUSEHOLD", "SINGLE"]),
     "takes_up_snap_if_eligible": np.array([True, False]),
     "takes_up_aca_if_eligible": np.array([True, False]),
+    "would_file_taxes_voluntarily": np.array([True, False]),
+    "tax_unit_id": np.array([0, 1]),
+    "employment_income": np.array([20_000.0, 0, 0]),
+    "tax_unit_child_dependents": np.array([1, 0]),
+    "age_head": np.array([30, 70]),
 }
 
 
@@ -64,15 +69,24 @@ class FakeSimulation:
 
     ``snap`` (SPM units): 200 and 50 in CA, half as much again in NY, only to takers.
     ``aca_ptc`` (tax unit 0 only): 40 to a taker, 10 to a non-taker (the model pays without
-    take-up), twice that in NY. Like PolicyEngine, a formula's result is kept until
+    take-up), twice that in NY, half of it when the unit would not file unasked. Like PolicyEngine, a formula's result is kept until
     :meth:`drop_computed`, so a stage that forgets to drop reads stale values.
     """
 
     variable_entities = {
         name: entity
         for entity, names in {
-            "person": ["age", "person_count"],
-            "tax_unit": ["filing_status", "aca_ptc", "takes_up_aca_if_eligible", "tax_unit_count"],
+            "person": ["age", "person_count", "employment_income"],
+            "tax_unit": [
+                "filing_status",
+                "aca_ptc",
+                "takes_up_aca_if_eligible",
+                "tax_unit_count",
+                "would_file_taxes_voluntarily",
+                "tax_unit_id",
+                "tax_unit_child_dependents",
+                "age_head",
+            ],
             "spm_unit": ["snap", "takes_up_snap_if_eligible"],
             "household": ["household_id", "state_fips", "congressional_district_geoid", "household_count"],
         }.items()
@@ -93,7 +107,7 @@ class FakeSimulation:
             values = self.computed[variable]
         if map_to is None:
             return values
-        assert map_to == "person"
+        assert map_to == "person", map_to
         return values[STRUCTURE.person_entity[self.variable_entities[variable]]]
 
     def _formula(self, variable):
@@ -101,7 +115,13 @@ class FakeSimulation:
         if variable == "snap":
             return np.array([200.0, 50.0]) * np.where(ny, 1.5, 1.0) * self.inputs["takes_up_snap_if_eligible"]
         if variable == "aca_ptc":
-            return np.where(self.inputs["takes_up_aca_if_eligible"], 40.0, 10.0) * [1.0, 0.0] * np.where(ny, 2.0, 1.0)
+            filing = np.where(self.inputs["would_file_taxes_voluntarily"], 1.0, 0.5)
+            return (
+                np.where(self.inputs["takes_up_aca_if_eligible"], 40.0, 10.0)
+                * [1.0, 0.0]
+                * np.where(ny, 2.0, 1.0)
+                * filing
+            )
         raise KeyError(variable)
 
     def set_input(self, variable, year, values):
@@ -110,9 +130,6 @@ class FakeSimulation:
 
     def drop_computed(self):
         self.computed.clear()
-
-    def pays_only_takers(self, variable, takeup_input):
-        return variable == "snap" and takeup_input == "takes_up_snap_if_eligible"
 
 
 AMOUNTS, CONSTRAINTS, TAKEUP = ["aca_ptc", "no_such_variable", "snap"], ["filing_status", "snap"], ["aca_ptc", "snap"]
@@ -170,11 +187,16 @@ def test_per_state_values_by_hand():
     # the dataset's take-up: SPM unit 0 and tax unit 0 take up, the others do not
     np.testing.assert_array_equal(values.amounts["snap"], [[200, 0], [300, 0]])
     np.testing.assert_array_equal(values.amounts["aca_ptc"], [[40, 0], [80, 0]])
-    # every take-up input True; aca_ptc with its own False (the model pays non-takers), snap not (it does not)
+    # every take-up input True, and for the tax-unit aca_ptc once more with voluntary filing False
     np.testing.assert_array_equal(values.eligible["snap"], [[200, 50], [300, 75]])
     np.testing.assert_array_equal(values.eligible["aca_ptc"], [[40, 0], [80, 0]])
-    assert list(values.declined) == ["aca_ptc"]
-    np.testing.assert_array_equal(values.declined["aca_ptc"], [[10, 0], [20, 0]])
+    assert list(values.eligible_nonfiling) == ["aca_ptc"]
+    np.testing.assert_array_equal(values.eligible_nonfiling["aca_ptc"], [[20, 0], [40, 0]])
+    # the voluntary-filing rate's inputs, from the dataset as it is: wages added in float32
+    assert values.filing_inputs["tax_unit_wage_income"].dtype == np.float32
+    np.testing.assert_array_equal(values.filing_inputs["tax_unit_wage_income"], [20_000, 0])
+    np.testing.assert_array_equal(values.filing_inputs["tax_unit_child_dependents"], [1, 0])
+    np.testing.assert_array_equal(values.filing_inputs["age_head"], [30, 70])
     # constraint variables per person: numbers as float32, enums as their names
     assert values.person_values["snap"].dtype == np.float32
     np.testing.assert_array_equal(values.person_values["snap"], [[200, 200, 0], [300, 300, 0]])
@@ -182,7 +204,7 @@ def test_per_state_values_by_hand():
     assert values.amounts["snap"].dtype == np.float64 and not values.per_clone
     assert [line.split(":")[0] for line in log] == ["  state 6 (1/2)", "  state 36 (2/2)"]
     # the dataset's take-up is back, nothing stale is left
-    for name in ("takes_up_snap_if_eligible", "takes_up_aca_if_eligible"):
+    for name in ("takes_up_snap_if_eligible", "takes_up_aca_if_eligible", "would_file_taxes_voluntarily"):
         np.testing.assert_array_equal(simulation.inputs[name], DATASET_INPUTS[name])
     assert simulation.computed == {}
 
@@ -190,7 +212,7 @@ def test_per_state_values_by_hand():
 def test_per_clone_values_by_hand():
     simulation = FakeSimulation()
     values = compute_clone_values(simulation, YEAR, GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, TAKEUP)
-    assert values.per_clone and values.eligible == {} and values.declined == {}
+    assert values.per_clone and values.eligible == {} and values.eligible_nonfiling == {}
     np.testing.assert_array_equal(values.states, [6, 36])
     # clone 0: hh0 in CA draws snap and ACA; hh1 in NY declines snap.
     # clone 1: hh0 in NY declines both (ACA: 10, twice in NY); hh1 in CA takes up snap.
@@ -211,7 +233,7 @@ DRAWN = [
     [1, 0, 0, 1],  # SPM units with snap after the draws: hh0 in clone 0, hh1 in clone 1
     [0, 0, 0, 0],  # a variable the model does not know: an empty row
     [200, 0, 0, 50],  # CA hh0 takes up 200; NY hh1 and NY hh0 decline; CA hh1 takes up 50
-    [0, 0, 20, 0],  # NY columns: hh1 has no credit, hh0 (clone 1) declines: what the model pays it, 10 x 2
+    [0, 0, 20, 0],  # NY columns: hh1 has no credit, hh0 (clone 1) declines: per clone what the model pays it, 10 x 2
     [0, 0, 0, 1],  # district 602: clone 1 of hh1, a single filer
 ]
 DATASET_TAKEUP = [
@@ -244,7 +266,10 @@ def test_matrix_by_hand_through_both_modes(mode, rerandomize):
     assert (v != 0).all() and r.dtype == c.dtype == np.int32 and v.dtype == np.float32
     dense = np.zeros((len(ROWS.table), GEOGRAPHY.n_columns))
     np.add.at(dense, (r, c), v)
-    np.testing.assert_array_equal(dense, DRAWN if rerandomize else DATASET_TAKEUP)
+    expected = np.array(DRAWN if rerandomize else DATASET_TAKEUP)
+    if rerandomize and mode == "per_state":
+        expected[3] = 0  # policyengine-us-data's rule: eligible amount times take-up, so a non-taker gets 0
+    np.testing.assert_array_equal(dense, expected)
     np.testing.assert_array_equal(np.asarray(to_bcoo(r, c, v, dense.shape).todense()), dense)
 
 
@@ -252,8 +277,8 @@ def test_policyengine_adapter_over_a_core_like_simulation():
     """:class:`builders.policyengine.PolicyEngineSimulation` on a stand-in with policyengine-core's attributes."""
     from builders.policyengine import PolicyEngineSimulation
 
-    def variable(entity, defined_for=None, adds=None):
-        return SimpleNamespace(entity=SimpleNamespace(key=entity), defined_for=defined_for, adds=adds)
+    def variable(entity):
+        return SimpleNamespace(entity=SimpleNamespace(key=entity))
 
     class Status:  # an EnumArray: codes that decode to names
         def decode_to_str(self):
@@ -266,10 +291,10 @@ def test_policyengine_adapter_over_a_core_like_simulation():
         calibration=SimpleNamespace(gov=SimpleNamespace(census=SimpleNamespace(populations=population))),
     )
     variables = {
-        "snap": variable("spm_unit", defined_for=SimpleNamespace(name="takes_up_snap_if_eligible")),
-        "ssi": variable("person", defined_for="takes_up_ssi_if_eligible"),
-        "medicaid_enrolled": variable("person", adds=["takes_up_medicaid_if_eligible"]),
-        "aca_ptc": variable("tax_unit", defined_for=SimpleNamespace(name="is_aca_ptc_eligible")),
+        "snap": variable("spm_unit"),
+        "ssi": variable("person"),
+        "medicaid_enrolled": variable("person"),
+        "aca_ptc": variable("tax_unit"),
         "filing_status": variable("tax_unit"),
     }
 
@@ -310,10 +335,6 @@ def test_policyengine_adapter_over_a_core_like_simulation():
         "dropped",
     ]
     assert core.branches == {}
-    assert [
-        simulation.pays_only_takers(v, TAKEUP_BY_VARIABLE[v].takeup_variable)
-        for v in ("snap", "ssi", "medicaid_enrolled", "aca_ptc")
-    ] == [True, True, True, False]
     cpi, population = simulation.uprating_indices()
     assert cpi(2024) / cpi(2022) == pytest.approx(309.794 / 281.148) and population(2024) == 3e8 + 2024
 

@@ -1,0 +1,223 @@
+"""``jaxcal build`` (per state) against policyengine-us-data's own ``UnifiedMatrixBuilder.build_matrix``
+on the same H5, database and clone geography: the same rows, names, order and nonzeros, values to
+float32 rounding, with take-up re-randomization on and off; and its take-up pieces against
+policyengine-us-data's functions on random inputs.
+
+The H5 holds 60 synthetic households in California and New York and reports Medicaid and
+Marketplace coverage and housing assistance at interview (the anchors of the draws); the
+database targets every take-up-affected variable policyengine-us 2.68 computes, the
+``medicaid_enrolled`` flag PolicyEngine leaves alone, constraints on drawn amounts, ``in``, a
+district and an additive expression.
+"""
+
+import pathlib
+import shutil
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import sparse
+
+from builders.demo_microdata import generate_households, write_h5
+from builders.takeup import (
+    TAKEUP_SPECS,
+    VOLUNTARY_FILING,
+    VOLUNTARY_FILING_RATES,
+    assign_takeup,
+    files_voluntarily,
+    takes_up,
+)
+from builders.target_db import TargetDatabaseWriter
+
+pytest.importorskip("sqlalchemy")
+pe_takeup = pytest.importorskip("policyengine_us_data.utils.takeup")
+
+pytestmark = pytest.mark.pe_reference
+
+YEAR = 2024
+N_HOUSEHOLDS, N_CLONES, SEED = 60, 3, 5
+DISTRICTS = {6: 3, 36: 2}
+TAKEUP_TARGETS = ("snap", "aca_ptc", "medicaid", "ssi", "tanf", "housing_assistance", "head_start", "early_head_start")
+"""Every take-up-affected target policyengine-us 2.68 computes (it has no ``dc_property_tax_credit``)."""
+
+
+def test_rates_are_policyengines():
+    from policyengine_us_data.parameters import load_take_up_rate
+
+    rate_keys = {spec["variable"]: spec["rate_key"] for spec in pe_takeup.SIMPLE_TAKEUP_VARS}
+    assert {s.takeup_variable for s in TAKEUP_SPECS} | {VOLUNTARY_FILING} == set(rate_keys)
+    for spec in TAKEUP_SPECS:
+        assert spec.rate == load_take_up_rate(rate_keys[spec.takeup_variable], YEAR), spec.takeup_variable
+        assert pe_takeup.TAKEUP_AFFECTED_TARGETS[spec.variable]["takeup_var"] == spec.takeup_variable
+        assert pe_takeup.TAKEUP_AFFECTED_TARGETS[spec.variable]["entity"] == spec.entity
+    assert load_take_up_rate("voluntary_filing", YEAR) == VOLUNTARY_FILING_RATES
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_anchored_takeup_is_policyengines(seed):
+    """Draws, rates (one or per state), reporters and eligibility masks at random: the same decisions."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    draws = rng.random(n)
+    groups = rng.choice([6, 36, 48], n)
+    by_state = bool(seed % 2)
+    rates = np.select([groups == 6, groups == 36], [0.78, 0.86], 0.76) if by_state else np.full(n, 0.672)
+    reported = rng.random(n) < rng.uniform(0, 0.9) if seed % 3 else None
+    eligible = rng.random(n) < 0.7 if seed >= 3 else None
+    keys = groups if by_state else None
+    expected = pe_takeup.assign_takeup_with_reported_anchors(draws, rates, reported, keys, eligible)
+    np.testing.assert_array_equal(assign_takeup(draws, rates, reported, keys, eligible), expected)
+
+
+@pytest.mark.parametrize("variable", ["medicaid", "aca_ptc", "housing_assistance", "snap"])
+def test_a_clones_takeup_is_policyengines(variable):
+    """:func:`takes_up` for one clone's entities: ``compute_block_takeup_for_entities`` on their
+    blocks, household ids and clone, with reporters and (housing) an eligibility mask."""
+    spec = next(s for s in TAKEUP_SPECS if s.variable == variable)
+    rng = np.random.default_rng(len(variable))
+    household_ids = rng.choice(10_000, 40, replace=False)
+    entity_household = np.sort(rng.integers(0, 40, 90))
+    household_state = rng.choice([6, 36], 40)
+    blocks = np.array([f"{s:02d}0010001001001" for s in household_state[entity_household]])
+    reported = rng.random(90) < 0.25
+    eligible = rng.random(90) < 0.6 if variable == "housing_assistance" else None
+    expected = pe_takeup.compute_block_takeup_for_entities(
+        spec.takeup_variable,
+        spec.rate if not isinstance(spec.rate, dict) else dict(spec.rate),
+        blocks,
+        household_ids[entity_household],
+        np.full(90, 4),
+        reported_mask=reported,
+        eligible_mask=eligible,
+    )
+    decisions = takes_up(spec, household_ids, entity_household, 4, household_state, reported, eligible)
+    np.testing.assert_array_equal(decisions, expected)
+    unanchored = takes_up(spec, household_ids, entity_household, 4, household_state, None, eligible)
+    assert (decisions != unanchored).any()  # the reporters moved some decisions
+
+
+def test_voluntary_filing_is_policyengines():
+    rng = np.random.default_rng(3)
+    household_ids = rng.choice(10_000, 50, replace=False)
+    tax_unit_household = np.sort(rng.integers(0, 50, 80))
+    inputs = {
+        "tax_unit_child_dependents": rng.integers(0, 3, 80),
+        "tax_unit_wage_income": rng.choice([0.0, 9_000.0, 15_000.0, 29_999.5, 30_000.0, 80_000.0], 80),
+        "age_head": rng.integers(18, 90, 80),
+    }
+    expected = pe_takeup.compute_voluntary_filing_takeup_for_tax_units(
+        VOLUNTARY_FILING_RATES,
+        np.full(80, "060010001001001"),
+        household_ids[tax_unit_household],
+        np.full(80, 2),
+        **inputs,
+    )
+    np.testing.assert_array_equal(files_voluntarily(household_ids, tax_unit_household, 2, inputs), expected)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The H5, the database and the block table, in a fresh directory."""
+    directory = tmp_path_factory.mktemp("pe_build")
+    arrays = generate_households(N_HOUSEHOLDS, seed=4, states=list(DISTRICTS))
+    rng = np.random.default_rng(9)
+    arrays["has_medicaid_health_coverage_at_interview"] = rng.random(arrays["person_id"].size) < 0.3
+    arrays["reported_has_subsidized_marketplace_health_coverage_at_interview"] = (
+        rng.random(arrays["person_id"].size) < 0.1
+    )
+    arrays["receives_housing_assistance"] = rng.random(arrays["spm_unit_id"].size) < 0.2
+    dataset = write_h5(arrays, directory / "base.h5", YEAR)
+    database = directory / "policy_data.db"
+    state = lambda fips: [("state_fips", "==", str(fips))]  # noqa: E731
+    with TargetDatabaseWriter(database) as db:
+        db.add_target("person_count", YEAR, 3.4e8)
+        for variable in (*TAKEUP_TARGETS, "medicaid_enrolled", "income_tax", "eitc"):
+            db.add_target(variable, YEAR, 1e9)
+            for fips in DISTRICTS:
+                db.add_target(variable, YEAR, 1e8, constraints=state(fips))
+        db.add_target("person_count", YEAR, 1e7, constraints=[("medicaid_enrolled", "==", "True")])
+        db.add_target("person_count", YEAR, 1e7, constraints=[("medicaid", ">", "0")])
+        db.add_target("household_count", YEAR, 1e7, constraints=[("snap", ">", "0")])
+        db.add_target("spm_unit_count", YEAR, 1e7, constraints=[("snap", ">", "0"), *state(6)])
+        db.add_target("tax_unit_count", YEAR, 1e7, constraints=[("aca_ptc", ">", "0")])
+        filer_band = [("tax_unit_is_filer", "==", "1"), ("adjusted_gross_income", ">=", "0")]
+        db.add_target("tax_unit_count", YEAR, 1e7, constraints=[*filer_band, ("adjusted_gross_income", "<", "25000")])
+        db.add_target("adjusted_gross_income", YEAR, 1e7, constraints=[("tax_unit_is_filer", "==", "1")])
+        db.add_target("tax_unit_count", YEAR, 1e7, constraints=[("filing_status", "in", "JOINT|SURVIVING_SPOUSE")])
+        db.add_target("snap", YEAR, 1e7, constraints=[*state(6), ("congressional_district_geoid", "==", "601")])
+        db.add_target("employment_income+self_employment_income", YEAR, 1e7)
+    blocks = pd.DataFrame(
+        [
+            {
+                "block_geoid": f"{fips:02d}{2 * district - 1 + b // 2:03d}{1000 + 10 * district + b:06d}{1001 + b:04d}",
+                "cd_geoid": fips * 100 + district,
+                "population": 1000 + 300 * b + 50 * district,
+            }
+            for fips, n_districts in DISTRICTS.items()
+            for district in range(1, n_districts + 1)
+            for b in range(3)
+        ]
+    )
+    blocks.to_csv(directory / "block_cd_distributions.csv.gz", index=False)
+    return directory, dataset, database, blocks
+
+
+def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_takeup: bool):
+    """``build_matrix`` as policyengine-us-data's CLI calls it (state-level, one worker) on a copy
+    of the database, with its own ``assign_random_geography`` on the block table."""
+    from policyengine_us import Microsimulation
+    from policyengine_us_data.calibration import clone_and_assign
+    from policyengine_us_data.calibration.unified_matrix_builder import UnifiedMatrixBuilder
+
+    clone_and_assign.load_global_block_distribution.cache_clear()
+    try:
+        with mock.patch.object(clone_and_assign, "STORAGE_FOLDER", directory):
+            geography = clone_and_assign.assign_random_geography(n_records=N_HOUSEHOLDS, n_clones=N_CLONES, seed=SEED)
+    finally:
+        clone_and_assign.load_global_block_distribution.cache_clear()
+    copy = directory / f"pe_{rerandomize_takeup}.db"
+    shutil.copy(database, copy)
+    builder = UnifiedMatrixBuilder(db_uri=f"sqlite:///{copy}", time_period=YEAR, dataset_path=str(dataset))
+    targets, matrix, names = builder.build_matrix(
+        geography, Microsimulation(dataset=str(dataset)), rerandomize_takeup=rerandomize_takeup, county_level=False
+    )
+    return geography, targets, sparse.csr_matrix(matrix), names
+
+
+@pytest.mark.xdist_group("policyengine")
+@pytest.mark.parametrize("rerandomize_takeup", [True, False], ids=["takeup", "no-takeup"])
+def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
+    from builders.unified_matrix import build_calibration_package
+
+    directory, dataset, database, blocks = inputs
+    geography, pe_targets, pe_matrix, pe_names = _policyengine_build(directory, dataset, database, rerandomize_takeup)
+    package, _ = build_calibration_package(
+        dataset,
+        database,
+        n_clones=N_CLONES,
+        seed=SEED,
+        places=blocks,
+        simulation="per_state",
+        rerandomize_takeup=rerandomize_takeup,
+        log=lambda message: None,
+    )
+    np.testing.assert_array_equal(package.geography["cd_geoid"], np.asarray(geography.cd_geoid).astype(int))
+    np.testing.assert_array_equal(package.geography["block_geoid"], np.asarray(geography.block_geoid))
+    assert list(package.target_names) == list(pe_names)
+    np.testing.assert_allclose(package.targets["value"], pe_targets["value"], rtol=1e-12)
+    matrix = sparse.csr_matrix(package.matrix)
+    assert matrix.nnz == pe_matrix.nnz
+    np.testing.assert_array_equal(matrix.indptr, pe_matrix.indptr)
+    np.testing.assert_array_equal(matrix.indices, pe_matrix.indices)
+    np.testing.assert_allclose(matrix.data, pe_matrix.data, rtol=1e-6)
+    if rerandomize_takeup:  # the anchors were there to matter: the H5's reports reached the draws
+        from builders.dataset import read_entity_structure
+        from builders.takeup import reported_takeup
+
+        reported = reported_takeup(dataset, YEAR, read_entity_structure(dataset))
+        assert {name: int(flags.sum()) > 0 for name, flags in reported.items()} == {
+            "takes_up_aca_if_eligible": True,
+            "takes_up_medicaid_if_eligible": True,
+            "takes_up_housing_assistance_if_eligible": True,
+        }
