@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--simulation",
         choices=("auto", "per-clone", "per-state"),
         default="auto",
-        help="run PolicyEngine once per clone (exact) or once per state (approximate take-up); "
-        "auto: whichever is fewer runs (default)",
+        help="run PolicyEngine once per clone (model-exact take-up) or once per state "
+        "(policyengine-us-data's build_matrix); auto: whichever is fewer runs (default)",
     )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
