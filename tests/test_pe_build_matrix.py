@@ -186,6 +186,7 @@ def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_
 
 
 @pytest.mark.xdist_group("policyengine")
+@pytest.mark.filterwarnings("ignore:Accessing .values on a MicroSeries:UserWarning")  # policyengine-us-data's own
 @pytest.mark.parametrize("rerandomize_takeup", [True, False], ids=["takeup", "no-takeup"])
 def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
     from builders.unified_matrix import build_calibration_package
