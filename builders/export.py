@@ -127,7 +127,7 @@ def export_h5(
     if "block_geoid" in geography:
         out["block_geoid"] = np.asarray(geography["block_geoid"])[columns].astype(str)
     drawn = _drawn_takeup(package) if metadata.get("rerandomize_takeup", True) else []
-    reported = reported_takeup(dataset, int(period), structure) if drawn else {}
+    reported = reported_takeup(arrays, structure, str(dataset)) if drawn else {}
     for spec in drawn:
         gather = gathers[spec.entity]
         out[spec.takeup_variable] = _takeup(spec, structure, clone, gather, state_fips, reported)

@@ -106,6 +106,7 @@ def compute_state_values(
     constraint_variables: Sequence[str],
     takeup_variables: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: None,
+    reported: Mapping[str, np.ndarray] | None = None,
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per state, as policyengine-us-data's
     ``build_matrix`` does.
@@ -116,7 +117,8 @@ def compute_state_values(
     :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every input of
     :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts calculated again
     (the eligible amounts), and for the tax-unit ones once more with voluntary filing False.
-    The dataset's own inputs are restored before the next state and at the end.
+    The dataset's own inputs are restored before the next state and at the end. ``reported``
+    (:func:`builders.takeup.reported_takeup`) is kept for the draws at assembly.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables) | set(takeup_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -165,6 +167,7 @@ def compute_state_values(
         entities=entities,
         eligible_nonfiling={v: np.stack(a) for v, a in nonfiling.items() if a},
         filing_inputs=filing_inputs,
+        reported=dict(reported or {}),
     )
 
 

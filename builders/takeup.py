@@ -15,7 +15,6 @@ policyengine-us 2.68 carries no take-up rates (they live in policyengine-us-data
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -304,24 +303,25 @@ def voluntary_filing_rates(child_dependents: np.ndarray, wage_income: np.ndarray
     wages = np.asarray(wage_income, np.float32)
     band = np.select([wages <= 0, wages < 15_000, wages < 30_000], ["zero", "low", "medium"], default="high")
     age = np.where(np.asarray(age_head) >= 65, "age_65_plus", "under_65")
-    table = VOLUNTARY_FILING_RATES
-    return np.array([table[c][w][a] for c, w, a in zip(children, band, age)], np.float32)
+    return np.array([VOLUNTARY_FILING_RATES[c][w][a] for c, w, a in zip(children, band, age)], np.float32)
 
 
-def reported_takeup(dataset: str | os.PathLike, year: int, structure: EntityStructure) -> dict[str, np.ndarray]:
-    """The dataset's reports of receipt (:attr:`TakeupSpec.reported`) for ``year``, per take-up
-    input at its entity: a tax unit reports Marketplace coverage when any member does."""
-    from .dataset import read_period_arrays
+REPORTS = tuple(spec.reported for spec in TAKEUP_SPECS if spec.reported)
+"""The dataset arrays that report receipt (:attr:`TakeupSpec.reported`)."""
 
-    arrays = read_period_arrays(dataset, [spec.reported for spec in TAKEUP_SPECS if spec.reported], year)
+
+def reported_takeup(arrays: Mapping[str, np.ndarray], structure: EntityStructure, source: str) -> dict[str, np.ndarray]:
+    """The reports of receipt among a dataset's ``arrays`` (those of :data:`REPORTS` it holds),
+    per take-up input at its entity: a tax unit reports Marketplace coverage when any member
+    does. ``source`` names the dataset in the error for a report of the wrong length."""
     anchors = {}
     for spec in TAKEUP_SPECS:
-        if spec.reported not in arrays:
+        if spec.reported is None or spec.reported not in arrays:
             continue
-        reported = arrays[spec.reported].astype(bool).ravel()
+        reported = np.asarray(arrays[spec.reported]).astype(bool).ravel()
         entity = spec.reported_entity or spec.entity
         if reported.size != structure.entity_household[entity].size:
-            raise ValueError(f"dataset {dataset}: {spec.reported} has {reported.size} entries, not one per {entity}")
+            raise ValueError(f"dataset {source}: {spec.reported} has {reported.size} entries, not one per {entity}")
         if entity != spec.entity:  # persons' reports mark their entity
             marked = np.zeros(structure.entity_household[spec.entity].size, bool)
             marked[structure.person_entity[spec.entity][reported]] = True

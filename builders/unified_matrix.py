@@ -36,7 +36,7 @@ import numpy as np
 
 from . import policyengine
 from .assembly import assemble_matrix, to_bcoo
-from .dataset import dataset_period, read_entity_structure
+from .dataset import dataset_period, read_entity_structure, read_period_arrays
 from .geography import assign_geography
 from .real_targets import district_populations
 from .simulation import (
@@ -47,7 +47,7 @@ from .simulation import (
     expression_entities,
     known_entities,
 )
-from .takeup import TAKEUP_BY_VARIABLE, reported_takeup
+from .takeup import REPORTS, TAKEUP_BY_VARIABLE, reported_takeup
 from .target_db import read_targets, uprate_targets
 from .target_rows import TARGET_COLUMNS, TargetRows, configured_rows, plan_target_rows
 from .target_values import components
@@ -136,7 +136,9 @@ def build_calibration_package(
     constraint_variables = sorted({c.variable for row in rows.constraints for c in row})
     drawn = (set(amount_variables) | set(constraint_variables)) & TAKEUP_BY_VARIABLE.keys()
     takeup_variables = sorted(drawn) if rerandomize_takeup else []
-    reported = reported_takeup(dataset, year, structure) if takeup_variables else {}
+    reported = (
+        reported_takeup(read_period_arrays(dataset, REPORTS, year), structure, str(dataset)) if takeup_variables else {}
+    )
     states = np.unique(geography.state_fips).tolist()
     mode = choose_simulation(simulation, n_clones, len(states))
     with clock("simulate"):
@@ -155,9 +157,8 @@ def build_calibration_package(
             )
         else:
             values = compute_state_values(
-                model, year, states, amount_variables, constraint_variables, takeup_variables, log
+                model, year, states, amount_variables, constraint_variables, takeup_variables, log, reported=reported
             )
-        values.reported = reported
         count_variables = {part for v in targeted if v.endswith("_count") for part in components(v)}
         values.entities.update(known_entities(model, count_variables))
         values.entities.update(expression_entities(targeted, values.entities))

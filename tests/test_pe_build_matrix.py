@@ -213,10 +213,11 @@ def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
     np.testing.assert_array_equal(matrix.indices, pe_matrix.indices)
     np.testing.assert_allclose(matrix.data, pe_matrix.data, rtol=1e-6)
     if rerandomize_takeup:  # the anchors were there to matter: the H5's reports reached the draws
-        from builders.dataset import read_entity_structure
-        from builders.takeup import reported_takeup
+        from builders.dataset import read_entity_structure, read_period_arrays
+        from builders.takeup import REPORTS, reported_takeup
 
-        reported = reported_takeup(dataset, YEAR, read_entity_structure(dataset))
+        arrays = read_period_arrays(dataset, REPORTS, YEAR)
+        reported = reported_takeup(arrays, read_entity_structure(dataset), str(dataset))
         assert {name: int(flags.sum()) > 0 for name, flags in reported.items()} == {
             "takes_up_aca_if_eligible": True,
             "takes_up_medicaid_if_eligible": True,
