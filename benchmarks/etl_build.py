@@ -45,7 +45,7 @@ ETL_MODULES = (
 etl_housing_assistance download their inputs, so they are left out."""
 JAXCAL = pathlib.Path(sys.executable).with_name("jaxcal")
 STAGE = re.compile(r"^(\S[^:]*): ([0-9.]+) s$")
-PROGRESS = re.compile(r"^(\S.*\.\.\.|\s+(clone|state) \d+/\d+: .*)$")
+PROGRESS = re.compile(r"^(\S.*\.\.\.|\s+(clone|state) \d+ \(\d+/\d+\): .*)$")
 """A stage's start and the per-clone (per-state) lines, left out of the summary (not the log)."""
 
 

@@ -47,6 +47,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run PolicyEngine once per clone (model-exact take-up) or once per state "
         "(policyengine-us-data's build_matrix); auto: whichever is fewer runs (default)",
     )
+    build.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that run PolicyEngine, each on its share of the states or clones (default 1: this one)",
+    )
+    build.add_argument(
+        "--chunk-dir",
+        type=pathlib.Path,
+        help="directory to write each PolicyEngine run's results to as it ends (one file per state or clone)",
+    )
+    build.add_argument(
+        "--resume-chunks",
+        action="store_true",
+        help="read back the runs --chunk-dir holds instead of running them again (a killed build resumes)",
+    )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
     build.set_defaults(run=run_build)
@@ -71,6 +87,10 @@ def run_build(args: argparse.Namespace) -> int:
         raise CommandError(f"{', '.join(missing)} required (or --demo for the default package)", 2)
     if args.n_clones < 1:
         raise CommandError("--n-clones must be at least 1", 2)
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1", 2)
+    if args.resume_chunks and args.chunk_dir is None:
+        raise CommandError("--resume-chunks needs --chunk-dir (the directory to resume from)", 2)
     for what, path in (("dataset", args.dataset), ("target database", args.db_path)):
         if not path.is_file():
             raise CommandError(f"{what} not found: {path}", 2)
@@ -96,6 +116,9 @@ def run_build(args: argparse.Namespace) -> int:
         rerandomize_takeup=not args.skip_takeup_rerandomize,
         places=places,
         simulation=args.simulation,
+        workers=args.workers,
+        chunk_dir=args.chunk_dir,
+        resume_chunks=args.resume_chunks,
     )
     path = save_package(package, args.package_output)
     print(

@@ -16,7 +16,6 @@ they reach the model), restore the dataset's inputs when done, and return
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,8 @@ import numpy as np
 
 from .dataset import EntityStructure
 from .geography import GeographyAssignment
-from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, VOLUNTARY_FILING, TakeupSpec, takes_up
+from .runs import Calculation, RunExecutor, SimulationRun
+from .takeup import ELIGIBILITY_INPUTS, TAKEUP_BY_VARIABLE, VOLUNTARY_FILING, takes_up
 from .target_values import components
 
 if TYPE_CHECKING:
@@ -107,18 +107,19 @@ def compute_state_values(
     takeup_variables: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: None,
     reported: Mapping[str, np.ndarray] | None = None,
+    execute: RunExecutor | None = None,
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per state, as policyengine-us-data's
     ``build_matrix`` does.
 
-    For each state: ``state_fips`` is set for every household and the computed arrays are
-    dropped; amounts are calculated at their entity and constraint variables mapped to persons,
-    with the dataset's own take-up. Then, for ``takeup_variables`` (keys of
-    :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every input of
+    For each state: ``state_fips`` is set for every household, amounts are calculated at their
+    entity and constraint variables mapped to persons, with the dataset's own take-up. Then, for
+    ``takeup_variables`` (keys of :data:`builders.takeup.TAKEUP_BY_VARIABLE`), every input of
     :data:`builders.takeup.ELIGIBILITY_INPUTS` is set True and those amounts calculated again
     (the eligible amounts), and for the tax-unit ones once more with voluntary filing False.
-    The dataset's own inputs are restored before the next state and at the end. ``reported``
-    (:func:`builders.takeup.reported_takeup`) is kept for the draws at assembly.
+    ``execute`` (:class:`builders.runs.RunExecutor`, default in turn here) runs the states; the
+    dataset's inputs are restored after. ``reported`` (:func:`builders.takeup.reported_takeup`)
+    is kept for the draws at assembly.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables) | set(takeup_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -127,46 +128,28 @@ def compute_state_values(
     tax_unit_specs = [spec for spec in specs if spec.entity == "tax_unit"]
     n_households = len(simulation.calculate("household_id", year))
     forced = [name for name in ELIGIBILITY_INPUTS if name in simulation.variable_entities] if specs else []
-    dataset_takeup = {name: simulation.calculate(name, year) for name in forced}
-    filing_inputs = voluntary_filing_inputs(simulation, year) if specs else {}
-    amounts: dict[str, list] = {v: [] for v in amount_variables}
-    person_values: dict[str, list] = {v: [] for v in constraint_variables}
-    eligible: dict[str, list] = {s.variable: [] for s in specs}
-    nonfiling: dict[str, list] = {s.variable: [] for s in tax_unit_specs}
-    for i, state in enumerate(states):
-        started = time.perf_counter()
-        simulation.set_input("state_fips", year, np.full(n_households, state, np.int32))
-        for name, values in dataset_takeup.items():
-            simulation.set_input(name, year, values)
-        simulation.drop_computed()
-        for variable in amount_variables:
-            amounts[variable].append(_numbers(simulation.calculate(variable, year), np.float64))
-        for variable in constraint_variables:
-            person_values[variable].append(_numbers(simulation.calculate(variable, year, map_to="person"), np.float32))
+    forced_shapes = {name: simulation.calculate(name, year).shape for name in forced}
+    base = _calculations(amount_variables, constraint_variables)
+    eligible = tuple(Calculation(f"eligible/{s.variable}", s.variable) for s in specs)
+    nonfiling = tuple(Calculation(f"eligible_nonfiling/{s.variable}", s.variable) for s in tax_unit_specs)
+    runs = []
+    for state in states:
+        passes: list = [({"state_fips": np.full(n_households, state, np.int32)}, base)]
         if specs:
-            for name, values in dataset_takeup.items():
-                simulation.set_input(name, year, np.ones(values.shape, bool))
-            simulation.drop_computed()
-            for spec in specs:
-                eligible[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
-        if tax_unit_specs and VOLUNTARY_FILING in dataset_takeup:
-            shape = dataset_takeup[VOLUNTARY_FILING].shape
-            simulation.set_input(VOLUNTARY_FILING, year, np.zeros(shape, bool))
-            simulation.drop_computed()
-            for spec in tax_unit_specs:
-                nonfiling[spec.variable].append(_numbers(simulation.calculate(spec.variable, year), np.float64))
-        log(f"  state {state} ({i + 1}/{len(states)}): {time.perf_counter() - started:.1f} s")
-    for name, values in dataset_takeup.items():
-        simulation.set_input(name, year, values)
-    simulation.drop_computed()
+            passes.append(({name: np.ones(shape, bool) for name, shape in forced_shapes.items()}, eligible))
+        if nonfiling and VOLUNTARY_FILING in forced_shapes:
+            passes.append(({VOLUNTARY_FILING: np.zeros(forced_shapes[VOLUNTARY_FILING], bool)}, nonfiling))
+        runs.append(SimulationRun(f"state_{state:02d}", f"state {state}", tuple(passes)))
+    results = (execute or RunExecutor())(simulation, year, runs, log)
+    stacked = _stacked(results)
     return StateValues(
         states=np.asarray(states),
-        amounts={v: np.stack(a) for v, a in amounts.items()},
-        person_values={v: np.stack(a) for v, a in person_values.items()},
-        eligible={v: np.stack(a) for v, a in eligible.items()},
+        amounts=stacked.get("amounts", {}),
+        person_values=stacked.get("person_values", {}),
+        eligible=stacked.get("eligible", {}),
         entities=entities,
-        eligible_nonfiling={v: np.stack(a) for v, a in nonfiling.items() if a},
-        filing_inputs=filing_inputs,
+        eligible_nonfiling=stacked.get("eligible_nonfiling", {}),
+        filing_inputs=voluntary_filing_inputs(simulation, year) if specs else {},
         reported=dict(reported or {}),
     )
 
@@ -197,6 +180,7 @@ def compute_clone_values(
     takeup_variables: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: None,
     reported: Mapping[str, np.ndarray] | None = None,
+    execute: RunExecutor | None = None,
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per clone: every household in its clone's
     state and district (``block_geoid`` too when the geography has blocks), the take-up inputs
@@ -206,6 +190,7 @@ def compute_clone_values(
     This is what the exported dataset computes, so ``X @ w`` equals the weighted sums on the
     export exactly. Unlike the per-state build, voluntary filing keeps the dataset's values and
     housing assistance's non-reporters are drawn among all SPM units, not the eligible only.
+    ``execute`` as in :func:`compute_state_values`.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -218,43 +203,48 @@ def compute_clone_values(
     n_base = structure.n_households
     if geography.n_base != n_base:
         raise ValueError(f"the geography has {geography.n_base} base records, the dataset {n_base} households")
-    dataset_inputs = {name: simulation.calculate(name, year) for name in _clone_inputs(simulation, geography, specs)}
-    amounts: dict[str, list] = {v: [] for v in amount_variables}
-    person_values: dict[str, list] = {v: [] for v in constraint_variables}
+    calculations = _calculations(amount_variables, constraint_variables)
+    runs = []
     for clone in range(geography.n_clones):
-        started = time.perf_counter()
         columns = slice(clone * n_base, (clone + 1) * n_base)
-        for name, values in _clone_geography(geography, columns).items():
-            if name in dataset_inputs:
-                simulation.set_input(name, year, values)
+        places = _clone_geography(geography, columns)
+        inputs = {name: values for name, values in places.items() if name in simulation.variable_entities}
         for spec in specs:
-            entity_household = structure.entity_household[spec.entity]
-            drawn = takes_up(
+            inputs[spec.takeup_variable] = takes_up(
                 spec,
                 structure.household_ids,
-                entity_household,
+                structure.entity_household[spec.entity],
                 clone,
                 geography.state_fips[columns],
                 reported=(reported or {}).get(spec.takeup_variable),
             )
-            simulation.set_input(spec.takeup_variable, year, drawn)
-        simulation.drop_computed()
-        for variable in amount_variables:
-            amounts[variable].append(_numbers(simulation.calculate(variable, year), np.float64))
-        for variable in constraint_variables:
-            person_values[variable].append(_numbers(simulation.calculate(variable, year, map_to="person"), np.float32))
-        log(f"  clone {clone + 1}/{geography.n_clones}: {time.perf_counter() - started:.1f} s")
-    for name, values in dataset_inputs.items():
-        simulation.set_input(name, year, values)
-    simulation.drop_computed()
+        runs.append(SimulationRun(f"clone_{clone:06d}", f"clone {clone + 1}", ((inputs, calculations),)))
+    stacked = _stacked((execute or RunExecutor())(simulation, year, runs, log))
     return StateValues(
         states=np.unique(geography.state_fips),
-        amounts={v: np.stack(a) for v, a in amounts.items()},
-        person_values={v: np.stack(a) for v, a in person_values.items()},
+        amounts=stacked.get("amounts", {}),
+        person_values=stacked.get("person_values", {}),
         eligible={},
         entities=entities,
         per_clone=True,
     )
+
+
+def _calculations(amount_variables: Sequence[str], constraint_variables: Sequence[str]) -> tuple[Calculation, ...]:
+    """Amounts at their entity (float64); constraint variables per person (float32, as
+    policyengine-us-data compares them)."""
+    return tuple(Calculation(f"amounts/{v}", v) for v in amount_variables) + tuple(
+        Calculation(f"person_values/{v}", v, "person", "float32") for v in constraint_variables
+    )
+
+
+def _stacked(results: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Runs' results (keys ``kind/variable``) stacked run by run: ``{kind: {variable: array}}``."""
+    stacked: dict[str, dict[str, np.ndarray]] = {}
+    for key in results[0] if results else ():
+        kind, _, variable = key.partition("/")
+        stacked.setdefault(kind, {})[variable] = np.stack([r[key] for r in results])
+    return stacked
 
 
 def _clone_geography(geography: GeographyAssignment, columns: slice) -> dict[str, np.ndarray]:
@@ -266,14 +256,3 @@ def _clone_geography(geography: GeographyAssignment, columns: slice) -> dict[str
     if geography.block_geoid is not None:
         places["block_geoid"] = np.asarray(geography.block_geoid[columns]).astype(str)
     return places
-
-
-def _clone_inputs(simulation: Simulation, geography: GeographyAssignment, specs: Sequence[TakeupSpec]) -> list[str]:
-    """The inputs a per-clone run sets (and restores afterwards)."""
-    names = list(_clone_geography(geography, slice(0, 1))) + [s.takeup_variable for s in specs]
-    return [name for name in names if name in simulation.variable_entities]
-
-
-def _numbers(values: np.ndarray, dtype: type) -> np.ndarray:
-    """A model result as ``dtype`` numbers, or as strings for enums and text."""
-    return values.astype(str) if values.dtype.kind in "OUS" else values.astype(dtype)

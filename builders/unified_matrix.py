@@ -39,6 +39,7 @@ from .assembly import assemble_matrix, to_bcoo
 from .dataset import dataset_period, read_entity_structure, read_period_arrays
 from .geography import assign_geography
 from .real_targets import district_populations
+from .runs import RunExecutor
 from .simulation import (
     SIMULATION_MODES,
     choose_simulation,
@@ -79,6 +80,9 @@ def build_calibration_package(
     rerandomize_takeup: bool = True,
     places: pd.DataFrame | None = None,
     simulation: str = "auto",
+    workers: int = 1,
+    chunk_dir: str | os.PathLike | None = None,
+    resume_chunks: bool = False,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> tuple[CalibrationPackage, BuildReport]:
     """Build the package for ``dataset`` (a PolicyEngine-US H5, see :mod:`builders.dataset`)
@@ -95,11 +99,37 @@ def build_calibration_package(
     reproduces ``X @ w``); ``per_state`` once per state, drawing take-up on eligible amounts
     (:func:`builders.simulation.compute_state_values`); ``auto`` picks the one with fewer
     runs, per clone on ties. The metadata records the mode used (``simulation``).
-    """
-    from jaxcal.io import CalibrationPackage, load_target_config, policyengine_initial_weights
 
+    ``workers``, ``chunk_dir`` and ``resume_chunks`` say where the PolicyEngine runs happen
+    (:class:`builders.runs.RunExecutor`): on ``workers`` processes, each run's results written
+    to ``chunk_dir`` as it ends, and with ``resume_chunks`` the runs found there read back
+    instead of run. None of them changes the package: it is the same bits either way.
+    """
     if simulation.replace("-", "_") not in SIMULATION_MODES:
         raise ValueError(f"simulation must be one of {', '.join(SIMULATION_MODES)}, got {simulation!r}")
+
+    # Entered first, so that worker processes load the model while this one reads the targets and loads it.
+    with RunExecutor(dataset, chunk_dir=chunk_dir, resume=resume_chunks, workers=workers) as execute:
+        return _build(
+            dataset,
+            db_path,
+            n_clones=n_clones,
+            seed=seed,
+            year=year,
+            target_config=target_config,
+            rerandomize_takeup=rerandomize_takeup,
+            places=places,
+            simulation=simulation,
+            execute=execute,
+            log=log,
+        )
+
+
+def _build(
+    dataset, db_path, *, n_clones, seed, year, target_config, rerandomize_takeup, places, simulation, execute, log
+) -> tuple[CalibrationPackage, BuildReport]:
+    """:func:`build_calibration_package`'s stages, its PolicyEngine runs on ``execute``."""
+    from jaxcal.io import CalibrationPackage, load_target_config, policyengine_initial_weights
 
     report = BuildReport()
     clock = _StageClock(report, log)
@@ -154,10 +184,19 @@ def build_calibration_package(
                 takeup_variables,
                 log,
                 reported=reported,
+                execute=execute,
             )
         else:
             values = compute_state_values(
-                model, year, states, amount_variables, constraint_variables, takeup_variables, log, reported=reported
+                model,
+                year,
+                states,
+                amount_variables,
+                constraint_variables,
+                takeup_variables,
+                log,
+                reported=reported,
+                execute=execute,
             )
         count_variables = {part for v in targeted if v.endswith("_count") for part in components(v)}
         values.entities.update(known_entities(model, count_variables))

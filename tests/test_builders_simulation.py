@@ -17,6 +17,7 @@ import builders
 from builders.assembly import assemble_matrix, to_bcoo
 from builders.dataset import EntityStructure
 from builders.geography import GeographyAssignment
+from builders.runs import RunExecutor
 from builders.simulation import compute_clone_values, compute_state_values, known_entities
 from builders.takeup import TAKEUP_BY_VARIABLE, seeded_rng
 from builders.target_db import Constraint
@@ -226,6 +227,84 @@ def test_per_clone_values_by_hand():
     with pytest.raises(ValueError, match="3 base records, the dataset 2 households"):
         wrong = GeographyAssignment(np.full(3, 6), np.full(3, 601), None, n_base=3, n_clones=1)
         compute_clone_values(simulation, YEAR, wrong, STRUCTURE, AMOUNTS, CONSTRAINTS, TAKEUP)
+
+
+def _assert_same_values(a, b):
+    assert a.entities == b.entities and a.per_clone == b.per_clone
+    for field in ("amounts", "person_values", "eligible", "eligible_nonfiling", "filing_inputs"):
+        got, expected = getattr(a, field), getattr(b, field)
+        assert got.keys() == expected.keys(), field
+        for name in expected:
+            assert got[name].dtype == expected[name].dtype and np.array_equal(got[name], expected[name]), name
+
+
+@pytest.mark.parametrize("mode", ["per_state", "per_clone"])
+def test_runs_kept_in_a_chunk_directory_resume_as_the_same_values(mode, tmp_path):
+    dataset = tmp_path / "dataset.h5"
+    dataset.write_bytes(b"the runs' signature covers this file's sha256")
+    chunks = tmp_path / "chunks"
+
+    def compute(execute, simulation=None, log=None, takeup=TAKEUP):
+        simulation = simulation or FakeSimulation()
+        log = [] if log is None else log
+        if mode == "per_state":
+            return compute_state_values(
+                simulation, YEAR, [6, 36], AMOUNTS, CONSTRAINTS, takeup, log.append, execute=execute
+            )
+        return compute_clone_values(
+            simulation, YEAR, GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, takeup, log.append, execute=execute
+        )
+
+    plain = compute(None)
+    _assert_same_values(compute(RunExecutor(dataset, chunk_dir=chunks)), plain)
+    names = ["state_06.npz", "state_36.npz"] if mode == "per_state" else ["clone_000000.npz", "clone_000001.npz"]
+    assert sorted(p.name for p in chunks.iterdir()) == names
+    with pytest.raises(ValueError, match="holds the runs of an earlier build: resume from them"):
+        RunExecutor(dataset, chunk_dir=chunks)
+
+    # A build killed after its first run: the second run's file is missing. Resumed, the first is
+    # read back (no model call), the second runs, and every value is the same bits.
+    (chunks / names[1]).unlink()
+    simulation, log = FakeSimulation(), []
+    calls = []
+    calculate = simulation.calculate
+    simulation.calculate = lambda variable, *a, **k: calls.append(variable) or calculate(variable, *a, **k)
+    resumed = compute(RunExecutor(dataset, chunk_dir=chunks, resume=True), simulation, log)
+    _assert_same_values(resumed, plain)
+    assert "read back from" in log[0] and log[1].endswith(" s")
+    # one run's snap: its amounts and per person, and per state its eligible amounts too
+    assert calls.count("snap") == (3 if mode == "per_state" else 2)
+    for name, original in DATASET_INPUTS.items():  # and the dataset's inputs are back
+        np.testing.assert_array_equal(simulation.inputs[name], original)
+
+    # A run made from other inputs (here no take-up draws) is never read back as this build's.
+    with pytest.raises(ValueError, match=f"the build chunk .*{names[0]} was made from other inputs"):
+        compute(RunExecutor(dataset, chunk_dir=chunks, resume=True), takeup=[])
+    dataset.write_bytes(b"another dataset")
+    with pytest.raises(ValueError, match="was made from other inputs"):
+        compute(RunExecutor(dataset, chunk_dir=chunks, resume=True))
+
+
+def test_the_executor_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        RunExecutor(tmp_path / "d.h5", workers=0)
+    with pytest.raises(ValueError, match="resuming needs the chunk directory"):
+        RunExecutor(tmp_path / "d.h5", resume=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        RunExecutor(tmp_path / "d.h5", chunk_dir=tmp_path / "file")
+    (tmp_path / "chunks").mkdir()
+    (tmp_path / "chunks" / "state_06.npz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="cannot read the build chunk .*state_06.npz .*delete it to run it again"):
+        compute_state_values(
+            FakeSimulation(),
+            YEAR,
+            [6],
+            AMOUNTS,
+            CONSTRAINTS,
+            TAKEUP,
+            execute=RunExecutor(tmp_path / "file", chunk_dir=tmp_path / "chunks", resume=True),
+        )
 
 
 # Rows: national household_count/[snap>0], no_such_variable, snap; state 36 aca_ptc; district 602 tax_unit_count.

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.xdist_group("demo_package")  # the quickstart test's de
 
 
 NOT_RUN = "# (not run by the tests"
-"""A bash block starting with this comment is too slow to run here; its ``jaxcal`` lines are parsed instead."""
+"""A bash block starting with this comment is not run here (too slow, or another test runs it); its
+``jaxcal`` lines are parsed instead."""
 
 
 def blocks(language: str) -> list[str]:
@@ -34,8 +35,14 @@ def blocks(language: str) -> list[str]:
 
 def commands(block: str) -> list[list[str]]:
     """The ``jaxcal`` command lines of a bash block, continuation lines joined, as argv."""
-    lines = block.replace("\\\n", " ").splitlines()
-    return [shlex.split(line, comments=True)[1:] for line in lines if line.strip().startswith("jaxcal ")]
+    found = []
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        while words and re.fullmatch(r"\w+=\S*", words[0]):  # environment assignments before the command
+            words = words[1:]
+        if words[:1] == ["jaxcal"]:
+            found.append([word for word in words[1:] if word != "&"])
+    return found
 
 
 def shared_demo_dir(tmp_path_factory) -> pathlib.Path:
