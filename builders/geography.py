@@ -121,14 +121,20 @@ def assign_geography(n_base: int, n_clones: int, places: pd.DataFrame, seed: int
     def draw(size: int) -> np.ndarray:
         return rng.choice(districts.size, size=size, p=probabilities)
 
+    # held[r, d]: an earlier clone of record r lies in district d (districts numbered 0..n-1), so that
+    # checking a clone costs one lookup per record, not one per record and earlier clone.
+    district_number = np.unique(districts, return_inverse=True)[1].ravel()
+    held = np.zeros((n_base, district_number.max() + 1), bool)
+    records = np.arange(n_base)
     chosen = np.empty((n_clones, n_base), np.int64)
     for clone in range(n_clones):
         chosen[clone] = draw(n_base)
         for _ in range(MAX_REDRAWS):
-            taken = (districts[chosen[clone]][None, :] == districts[chosen[:clone]]).any(axis=0)
+            taken = held[records, district_number[chosen[clone]]]
             if not taken.any():
                 break
             chosen[clone, taken] = draw(int(taken.sum()))
+        held[records, district_number[chosen[clone]]] = True
     chosen = chosen.ravel()
     cd_geoid = districts[chosen]
     return GeographyAssignment(
