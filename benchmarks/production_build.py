@@ -21,7 +21,6 @@ memory summed over the command's processes (sampled every half second).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import re
@@ -151,10 +150,6 @@ def main() -> None:
     print("\nFit output (last lines):\n")
     for line in fit["lines"][-12:]:
         print(f"    {line}")
-    record = weights.parent / "unified_run_config.json"
-    if record.is_file():
-        summary = json.loads(record.read_text())
-        print("\nRun record keys:", ", ".join(sorted(summary)))
 
 
 if __name__ == "__main__":
