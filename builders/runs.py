@@ -91,7 +91,9 @@ class RunExecutor:
 
     Without ``resume`` a ``chunk_dir`` holding runs is refused (nothing is overwritten); with it,
     the runs found there are read back instead of run. Raises ``ValueError`` naming the problem.
-    Used as a context manager, it starts its processes on entry (so that they load the model
+    ``load`` makes a worker's simulation from the dataset's path (default
+    :func:`builders.policyengine.load_simulation`; a module-level function, as a spawned
+    process must import it). Used as a context manager, it starts its processes on entry (so that they load the model
     while the build does its own first stages) and lets them go on exit.
     """
 
@@ -102,6 +104,7 @@ class RunExecutor:
         chunk_dir: str | os.PathLike | None = None,
         resume: bool = False,
         workers: int = 1,
+        load: Callable[[str], Simulation] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -112,6 +115,7 @@ class RunExecutor:
         self.dataset = None if dataset is None else pathlib.Path(dataset)
         self.chunk_dir = None if chunk_dir is None else pathlib.Path(chunk_dir)
         self.resume, self.workers = resume, workers
+        self.load = load
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         if self.chunk_dir is not None:
             if self.chunk_dir.exists() and not self.chunk_dir.is_dir():
@@ -126,7 +130,7 @@ class RunExecutor:
         if self.workers > 1 and self._pool is None:
             context = multiprocessing.get_context("spawn")  # a fork would copy the model's and JAX's threads
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers - 1, mp_context=context, initializer=_start_worker, initargs=(str(self.dataset),)
+                self.workers - 1, mp_context=context, initializer=_start_worker, initargs=(self.load, str(self.dataset))
             )
             for _ in range(self.workers - 1):  # a pool spawns a process per task it cannot hand to an idle one
                 self._pool.submit(int)
@@ -270,10 +274,10 @@ initializer has no other way to hand its tasks state) and the dataset's values o
 runs set, by year and names."""
 
 
-def _start_worker(dataset: str) -> None:
-    from .policyengine import load_simulation
-
-    _worker["simulation"] = load_simulation(dataset)
+def _start_worker(load: Callable[[str], Simulation] | None, dataset: str) -> None:
+    if load is None:
+        from .policyengine import load_simulation as load
+    _worker["simulation"] = load(dataset)
 
 
 def _run_on_worker(

@@ -1,6 +1,7 @@
 """A chunked build on two worker processes (each PolicyEngine run's results in a file as it
 ends), killed with SIGKILL and resumed, is the plain build's package bit for bit; and the
-build's flags for it refuse what cannot work, in one line.
+build's flags for it refuse what cannot work, in one line. (The executor's hand-out over
+workers is also checked on the fake model, cheaply, in tests/test_builders_simulation.py.)
 
 Marked with the ``policyengine`` xdist group, like every test importing policyengine_us.
 """

@@ -285,6 +285,34 @@ def test_runs_kept_in_a_chunk_directory_resume_as_the_same_values(mode, tmp_path
         compute(RunExecutor(dataset, chunk_dir=chunks, resume=True))
 
 
+def fake_simulation(dataset):
+    """A worker's simulation: :class:`FakeSimulation` (module level, so a spawned process imports it)."""
+    return FakeSimulation()
+
+
+@pytest.mark.parametrize("mode", ["per_state", "per_clone"])
+def test_runs_on_worker_processes_are_the_same_values(mode, tmp_path):
+    dataset = tmp_path / "dataset.h5"
+    dataset.write_bytes(b"the workers load the fake model from this path")
+    states = [6, 36, 48, 12]  # four runs: two queued on the worker, two left for this process
+    log = []
+    execute = RunExecutor(dataset, chunk_dir=tmp_path / "chunks", workers=2, load=fake_simulation)
+    if mode == "per_state":
+        plain = compute_state_values(FakeSimulation(), YEAR, states, AMOUNTS, CONSTRAINTS, TAKEUP)
+        spread = compute_state_values(
+            FakeSimulation(), YEAR, states, AMOUNTS, CONSTRAINTS, TAKEUP, log.append, execute=execute
+        )
+    else:
+        plain = compute_clone_values(FakeSimulation(), YEAR, GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, TAKEUP)
+        spread = compute_clone_values(
+            FakeSimulation(), YEAR, GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, TAKEUP, log.append, execute=execute
+        )
+    _assert_same_values(spread, plain)
+    n_runs = len(states) if mode == "per_state" else GEOGRAPHY.n_clones
+    assert log[0] == f"  {n_runs} runs on 2 processes" and len(log) == 1 + n_runs
+    assert len(list((tmp_path / "chunks").glob("*.npz"))) == n_runs  # each written by the process that ran it
+
+
 def test_the_executor_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="workers must be at least 1"):
         RunExecutor(tmp_path / "d.h5", workers=0)
