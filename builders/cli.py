@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes that run PolicyEngine, each on its share of the states or clones (default 1: this one)",
+        help="processes that run PolicyEngine, this one included; each takes the next state or clone as it comes free (default 1)",
     )
     build.add_argument(
         "--chunk-dir",
