@@ -132,14 +132,19 @@ def compute_state_values(
     base = _calculations(amount_variables, constraint_variables)
     eligible = tuple(Calculation(f"eligible/{s.variable}", s.variable) for s in specs)
     nonfiling = tuple(Calculation(f"eligible_nonfiling/{s.variable}", s.variable) for s in tax_unit_specs)
-    runs = []
-    for state in states:
-        passes: list = [({"state_fips": np.full(n_households, state, np.int32)}, base)]
-        if specs:
-            passes.append(({name: np.ones(shape, bool) for name, shape in forced_shapes.items()}, eligible))
-        if nonfiling and VOLUNTARY_FILING in forced_shapes:
-            passes.append(({VOLUNTARY_FILING: np.zeros(forced_shapes[VOLUNTARY_FILING], bool)}, nonfiling))
-        runs.append(SimulationRun(f"state_{state:02d}", f"state {state}", tuple(passes)))
+    takeup_passes = []  # the same for every state
+    if specs:
+        takeup_passes.append(({name: np.ones(shape, bool) for name, shape in forced_shapes.items()}, eligible))
+    if nonfiling and VOLUNTARY_FILING in forced_shapes:
+        takeup_passes.append(({VOLUNTARY_FILING: np.zeros(forced_shapes[VOLUNTARY_FILING], bool)}, nonfiling))
+    runs = [
+        SimulationRun(
+            f"state_{state:02d}",
+            f"state {state}",
+            (({"state_fips": np.full(n_households, state, np.int32)}, base), *takeup_passes),
+        )
+        for state in states
+    ]
     results = (execute or RunExecutor())(simulation, year, runs, log)
     stacked = _stacked(results)
     return StateValues(
