@@ -54,6 +54,8 @@ class SimulationRun:
     label: str
     """How progress names it (``state 6``, ``clone 13``)."""
     passes: tuple[tuple[Mapping[str, np.ndarray], tuple[Calculation, ...]], ...]
+    neutralized: str | None = None
+    """A variable the run holds at 0 (:meth:`builders.policyengine.Simulation.neutralized`), or None."""
 
     @property
     def input_names(self) -> set[str]:
@@ -63,8 +65,11 @@ class SimulationRun:
 def run_simulation(
     simulation: Simulation, year: int, run: SimulationRun, dataset_inputs: Mapping[str, np.ndarray]
 ) -> Results:
-    """``run``'s results on ``simulation``, starting from ``dataset_inputs`` (the dataset's values
-    of every input a run sets), so that no earlier run's inputs leak into it."""
+    """``run``'s results on ``simulation`` (its neutralized copy if the run asks for one),
+    starting from ``dataset_inputs`` (the dataset's values of every input a run sets), so that
+    no earlier run's inputs leak into it."""
+    if run.neutralized is not None:
+        simulation = simulation.neutralized(run.neutralized, year)
     restore_inputs(simulation, year, dataset_inputs)
     results = {}
     for inputs, calculations in run.passes:
@@ -235,11 +240,12 @@ def _run_and_keep(
 
 
 def _signature(common: str, run: SimulationRun) -> str:
-    """sha256 of what a run's results follow from: ``common`` (dataset, year, model) and the run's
-    inputs (names, dtypes, shapes, bytes) and calculations, pass by pass."""
+    """sha256 of what a run's results follow from: ``common`` (dataset, year, model), the variable
+    it neutralizes and the run's inputs (names, dtypes, shapes, bytes) and calculations, pass by pass."""
     from jaxcal.io import sha256_arrays
 
-    digest = hashlib.sha256(f"{common}|{run.name}".encode())
+    held = "" if run.neutralized is None else f"|without {run.neutralized}"
+    digest = hashlib.sha256(f"{common}|{run.name}{held}".encode())
     for inputs, calculations in run.passes:
         for name in sorted(inputs):
             digest.update(f"|{name}:{sha256_arrays(inputs[name])}".encode())
