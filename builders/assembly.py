@@ -8,6 +8,7 @@ the rows of the column's nation, state and district; nonzeros only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +38,8 @@ def assemble_matrix(
     row takes the columns placed in that district, a state row its state's, a national row
     all. Draws enter (per clone) only for groups touching a variable in ``values.eligible``.
     A column takes the values of its state's row or, with ``values.per_clone``, its clone's.
+    A tax-expenditure row (``reform_id > 0``) takes ``values.expenditures`` of its variable for
+    the households with a qualifying member, without draws, as policyengine-us-data does.
     """
     n_base = structure.n_households
     if geography.n_base != n_base:
@@ -53,15 +56,21 @@ def assemble_matrix(
         state_row = np.searchsorted(values.states, geography.state_fips)
     columns_of = _columns_by_place(geography)
     assembler = _GroupValues(structure, values, geography, state_row, rerandomize_takeup)
-    groups: dict[tuple[str, tuple[Constraint, ...]], list[int]] = {}
-    for i, (variable, constraints) in enumerate(zip(rows.table["variable"], rows.constraints)):
-        groups.setdefault((variable, constraints), []).append(i)
+    groups: dict[tuple[str, tuple[Constraint, ...], bool], list[int]] = {}
+    expenditure_rows = (rows.table["reform_id"] > 0).tolist()
+    for i, key in enumerate(zip(rows.table["variable"], rows.constraints, expenditure_rows)):
+        groups.setdefault(key, []).append(i)
     parts_rows, parts_cols, parts_values = [], [], []
     levels, places = rows.table["geo_level"].tolist(), rows.table["geographic_id"].tolist()
-    for (variable, constraints), group_rows in groups.items():
-        if variable not in values.entities or any(c.variable not in values.entities for c in constraints):
+    for (variable, constraints, expenditure), group_rows in groups.items():
+        known = values.expenditures if expenditure else values.entities
+        if variable not in known or any(c.variable not in values.entities for c in constraints):
             continue
-        column_values = assembler.column_values(variable, constraints)
+        column_values = (
+            assembler.expenditure_values(variable, constraints)
+            if expenditure
+            else assembler.column_values(variable, constraints)
+        )
         for i in group_rows:
             level, place = levels[i], places[i]
             columns = columns_of[level].get(_place_key(level, place), np.empty(0, np.int64))
@@ -101,14 +110,28 @@ class _GroupValues:
                 for c in range(n_clones)
             ]
             return np.concatenate(blocks)
+        return self._by_state_row(lambda row: self._household_values(variable, constraints, row, None))
+
+    def expenditure_values(self, variable: str, constraints: tuple[Constraint, ...]) -> np.ndarray:
+        """A tax-expenditure row's per-column values: the household's expenditure where a
+        member qualifies (constraints on the run's own values, no take-up draws)."""
+        return self._by_state_row(lambda row: self._household_values(variable, constraints, row, None, True))
+
+    def _by_state_row(self, household_values: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per column, ``household_values`` (of every household placed in one row of the values:
+        a state, or a clone) at the column's row."""
+        n_base, n_clones = self.geography.n_base, self.geography.n_clones
         n_rows = n_clones if self.values.per_clone else self.values.states.size
-        per_state = np.stack(
-            [self._household_values(variable, constraints, np.full(n_base, k), None) for k in range(n_rows)]
-        )
+        per_state = np.stack([household_values(np.full(n_base, k)) for k in range(n_rows)])
         return per_state[self.state_row, np.tile(np.arange(n_base), n_clones)]
 
     def _household_values(
-        self, variable: str, constraints: tuple[Constraint, ...], household_state: np.ndarray, clone: int | None
+        self,
+        variable: str,
+        constraints: tuple[Constraint, ...],
+        household_state: np.ndarray,
+        clone: int | None,
+        expenditure: bool = False,
     ) -> np.ndarray:
         s = self.structure
         person_state = household_state[s.person_household]
@@ -123,8 +146,10 @@ class _GroupValues:
             else:
                 person_values[name] = self.values.person_values[name][person_state, persons]
         qualifying = person_mask(person_values, constraints, s.n_persons)
-        entity = self.values.entities[variable]
-        if variable.endswith("_count"):
+        entity = "household" if expenditure else self.values.entities[variable]
+        if expenditure:
+            amounts = self.values.expenditures[variable][household_state, np.arange(s.n_households)]
+        elif variable.endswith("_count"):
             amounts = None
         elif clone is not None and variable in self.drawn:
             amounts = self._after_takeup(variable, household_state, clone)

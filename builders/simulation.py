@@ -8,6 +8,10 @@ clones' households, in one of two modes (:func:`choose_simulation` picks one).
   per state a clone lands in, giving the amounts and, for take-up-affected variables, the
   amounts with every take-up input True (take-up is drawn on those at assembly).
 
+Tax-expenditure targets (``reform_id > 0``) add, in either mode, each run again per
+variable with that variable neutralized: the expenditure is the households' income tax
+there less their income tax in the run itself (policyengine-us-data's repeal-based values).
+
 Both reuse one :class:`builders.policyengine.Simulation` on the base dataset (the only way
 they reach the model), restore the dataset's inputs when done, and return
 :class:`StateValues` for :func:`builders.assembly.assemble_matrix`.
@@ -59,6 +63,9 @@ class StateValues:
     """The dataset's :data:`builders.takeup.FILING_INPUTS` per tax unit (voluntary filing's rate)."""
     reported: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """The dataset's reports of receipt per take-up input, at its entity (anchors of the draws)."""
+    expenditures: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Per tax-expenditure variable, per household: income tax with the variable neutralized
+    less income tax as it is (float32, as policyengine-us-data subtracts them)."""
     per_clone: bool = False
 
 
@@ -108,6 +115,7 @@ def compute_state_values(
     log: Callable[[str], None] = lambda message: None,
     reported: Mapping[str, np.ndarray] | None = None,
     execute: RunExecutor | None = None,
+    expenditure_variables: Sequence[str] = (),
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per state, as policyengine-us-data's
     ``build_matrix`` does.
@@ -119,7 +127,7 @@ def compute_state_values(
     (the eligible amounts), and for the tax-unit ones once more with voluntary filing False.
     ``execute`` (:class:`builders.runs.RunExecutor`, default in turn here) runs the states; the
     dataset's inputs are restored after. ``reported`` (:func:`builders.takeup.reported_takeup`)
-    is kept for the draws at assembly.
+    is kept for the draws at assembly. ``expenditure_variables``: see :func:`_expenditure_runs`.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables) | set(takeup_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -145,8 +153,9 @@ def compute_state_values(
         )
         for state in states
     ]
-    results = (execute or RunExecutor())(simulation, year, runs, log)
-    stacked = _stacked(results)
+    expenditure_variables = [v for v in expenditure_variables if v in simulation.variable_entities]
+    results = (execute or RunExecutor())(simulation, year, _expenditure_runs(runs, expenditure_variables), log)
+    stacked = _stacked(results[: len(runs)])
     return StateValues(
         states=np.asarray(states),
         amounts=stacked.get("amounts", {}),
@@ -156,6 +165,7 @@ def compute_state_values(
         eligible_nonfiling=stacked.get("eligible_nonfiling", {}),
         filing_inputs=voluntary_filing_inputs(simulation, year) if specs else {},
         reported=dict(reported or {}),
+        expenditures=_expenditures(results, len(runs), expenditure_variables),
     )
 
 
@@ -186,6 +196,7 @@ def compute_clone_values(
     log: Callable[[str], None] = lambda message: None,
     reported: Mapping[str, np.ndarray] | None = None,
     execute: RunExecutor | None = None,
+    expenditure_variables: Sequence[str] = (),
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per clone: every household in its clone's
     state and district (``block_geoid`` too when the geography has blocks), the take-up inputs
@@ -195,7 +206,8 @@ def compute_clone_values(
     This is what the exported dataset computes, so ``X @ w`` equals the weighted sums on the
     export exactly. Unlike the per-state build, voluntary filing keeps the dataset's values and
     housing assistance's non-reporters are drawn among all SPM units, not the eligible only.
-    ``execute`` as in :func:`compute_state_values`.
+    ``execute`` and ``expenditure_variables`` as in :func:`compute_state_values` (the
+    expenditures, too, with the clone's geography and draws).
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -224,15 +236,59 @@ def compute_clone_values(
                 reported=(reported or {}).get(spec.takeup_variable),
             )
         runs.append(SimulationRun(f"clone_{clone:06d}", f"clone {clone + 1}", ((inputs, calculations),)))
-    stacked = _stacked((execute or RunExecutor())(simulation, year, runs, log))
+    expenditure_variables = [v for v in expenditure_variables if v in simulation.variable_entities]
+    results = (execute or RunExecutor())(simulation, year, _expenditure_runs(runs, expenditure_variables), log)
+    stacked = _stacked(results[: len(runs)])
     return StateValues(
         states=np.unique(geography.state_fips),
         amounts=stacked.get("amounts", {}),
         person_values=stacked.get("person_values", {}),
         eligible={},
         entities=entities,
+        expenditures=_expenditures(results, len(runs), expenditure_variables),
         per_clone=True,
     )
+
+
+EXPENDITURE_TAX = "income_tax"
+"""The tax a tax expenditure is measured on (policyengine-us-data's: federal income tax)."""
+
+
+def _expenditure_runs(runs: Sequence[SimulationRun], variables: Sequence[str]) -> list[SimulationRun]:
+    """``runs`` and, for tax-expenditure ``variables``, the households' income tax added to each
+    run's first pass, then each run's first pass again per variable with that variable
+    neutralized, giving the income tax there: policyengine-us-data's repeal-based expenditure,
+    taken (as it takes it) with the run's geography and the dataset's take-up in the per-state
+    build, and with each clone's draws in the per-clone one."""
+    if not variables:
+        return list(runs)
+    tax = Calculation(f"tax/{EXPENDITURE_TAX}", EXPENDITURE_TAX, "household", "float32")
+    with_tax = [
+        dataclasses.replace(run, passes=((run.passes[0][0], (*run.passes[0][1], tax)), *run.passes[1:])) for run in runs
+    ]
+    neutralized = [
+        SimulationRun(
+            f"{run.name}_without_{variable}",
+            f"{run.label} without {variable}",
+            ((run.passes[0][0], (Calculation(f"tax/{variable}", EXPENDITURE_TAX, "household", "float32"),)),),
+            neutralized=variable,
+        )
+        for variable in variables
+        for run in runs
+    ]
+    return with_tax + neutralized
+
+
+def _expenditures(results: Sequence[Mapping[str, np.ndarray]], n_runs: int, variables: Sequence[str]) -> dict:
+    """Per variable, the neutralized runs' income tax less the runs' own, run by run (float32)."""
+    if not variables:
+        return {}
+    baseline = np.stack([r[f"tax/{EXPENDITURE_TAX}"] for r in results[:n_runs]])
+    found = {}
+    for k, variable in enumerate(variables):
+        start = n_runs * (k + 1)
+        found[variable] = np.stack([r[f"tax/{variable}"] for r in results[start : start + n_runs]]) - baseline
+    return found
 
 
 def _calculations(amount_variables: Sequence[str], constraint_variables: Sequence[str]) -> tuple[Calculation, ...]:

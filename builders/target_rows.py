@@ -22,6 +22,7 @@ TARGET_COLUMNS = (
     "geo_level",
     "geographic_id",
     "domain_variable",
+    "reform_id",
     "value",
     "original_value",
     "uprating_factor",
@@ -47,15 +48,16 @@ class TargetRows:
     constraints: tuple[tuple[Constraint, ...], ...]
 
 
-def target_name(variable: str, constraints: Sequence[Constraint]) -> str:
-    """policyengine-us-data's row name: ``national`` or ``state_6`` / ``cd_601``, the variable,
-    then ``[variable op value,...]`` for the other constraints, e.g. ``cd_601/person_count/[age<18]``."""
+def target_name(variable: str, constraints: Sequence[Constraint], reform_id: int = 0) -> str:
+    """policyengine-us-data's row name: ``national`` or ``state_6`` / ``cd_601``, the variable
+    (``<variable>_expenditure`` for a tax expenditure, ``reform_id > 0``), then
+    ``[variable op value,...]`` for the other constraints, e.g. ``cd_601/person_count/[age<18]``."""
     places = [
         f"state_{c.value}" if c.variable == "state_fips" else f"cd_{c.value}"
         for c in constraints
         if c.variable in ("state_fips", "congressional_district_geoid")
     ]
-    parts = ["/".join(places) or "national", variable]
+    parts = ["/".join(places) or "national", f"{variable}_expenditure" if reform_id > 0 else variable]
     others = [str(c) for c in constraints if c.variable not in PLACE_VARIABLES]
     if others:
         parts.append("[" + ",".join(others) + "]")
@@ -67,7 +69,9 @@ def plan_target_rows(targets: pd.DataFrame, constraints_by_stratum: Mapping[int,
     then by variable, reform and geographic id (ties keep database order) and name them."""
     table = targets.copy()
     stratum_constraints = [tuple(constraints_by_stratum.get(int(s), ())) for s in table["stratum_id"]]
-    table["target_name"] = [target_name(v, c) for v, c in zip(table["variable"], stratum_constraints)]
+    table["target_name"] = [
+        target_name(v, c, int(r)) for v, c, r in zip(table["variable"], stratum_constraints, table["reform_id"])
+    ]
     table["_constraints"] = stratum_constraints
     # pandas' own annotations type df[column] as Series | DataFrame; this is Series.map, which takes a dict.
     table["_level"] = table["geo_level"].map(GEO_LEVEL_ORDER)  # pyright: ignore[reportArgumentType]

@@ -15,9 +15,10 @@
 6. ``package``: the ``jax.experimental.sparse.BCOO`` matrix, targets, names, initial weights,
    geography and provenance as a :class:`jaxcal.io.CalibrationPackage`.
 
-Targets with ``reform_id > 0`` (tax expenditures, which need a reform simulation) are left
-out and counted in the metadata; a variable PolicyEngine does not know leaves its rows empty
-and is named in :attr:`BuildReport.unknown_variables`.
+Targets with ``reform_id > 0`` are tax expenditures: the income tax their variable's repeal
+would add (:func:`builders.simulation.compute_state_values`), named ``<variable>_expenditure``.
+A variable PolicyEngine does not know leaves its rows empty and is named in
+:attr:`BuildReport.unknown_variables`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class BuildReport:
     peak_memory_mb: float = 0.0
     """Peak resident memory of the process."""
     unknown_variables: list[str] = dataclasses.field(default_factory=list)
-    reform_targets_skipped: int = 0
 
 
 def build_calibration_package(
@@ -138,10 +138,8 @@ def _build(
     config = load_target_config(target_config) if target_config is not None else None
     with clock("targets"):
         targets, constraints = read_targets(db_path, year)
-        report.reform_targets_skipped = int(np.count_nonzero(targets["reform_id"] != 0))
-        targets = targets.loc[targets["reform_id"] == 0]
         if targets.empty:
-            raise ValueError(f"target database {db_path} holds no active baseline targets")
+            raise ValueError(f"target database {db_path} holds no active targets")
         unvalued = targets.loc[targets["value"].isna(), "target_id"].tolist()
         if unvalued:  # PolicyEngine's schema allows a NULL value; no fit can aim at one
             shown = ", ".join(map(str, unvalued[:5])) + (", ..." if len(unvalued) > 5 else "")
@@ -161,7 +159,9 @@ def _build(
         if places is None:
             places = district_populations()
         geography = assign_geography(structure.n_households, n_clones, places, seed)
-    targeted = set(rows.table["variable"])
+    expenditure = rows.table["reform_id"] > 0
+    targeted = set(rows.table.loc[~expenditure, "variable"])
+    expenditure_variables = sorted(set(rows.table.loc[expenditure, "variable"]))
     amount_variables = sorted({part for v in targeted if not v.endswith("_count") for part in components(v)})
     constraint_variables = sorted({c.variable for row in rows.constraints for c in row})
     drawn = (set(amount_variables) | set(constraint_variables)) & TAKEUP_BY_VARIABLE.keys()
@@ -185,6 +185,7 @@ def _build(
                 log,
                 reported=reported,
                 execute=execute,
+                expenditure_variables=expenditure_variables,
             )
         else:
             values = compute_state_values(
@@ -197,12 +198,14 @@ def _build(
                 log,
                 reported=reported,
                 execute=execute,
+                expenditure_variables=expenditure_variables,
             )
         count_variables = {part for v in targeted if v.endswith("_count") for part in components(v)}
         values.entities.update(known_entities(model, count_variables))
         values.entities.update(expression_entities(targeted, values.entities))
         report.unknown_variables = sorted(
-            (set(amount_variables) | set(constraint_variables) | count_variables) - values.entities.keys()
+            ((set(amount_variables) | set(constraint_variables) | count_variables) - values.entities.keys())
+            | (set(expenditure_variables) - values.expenditures.keys())
         )
         if report.unknown_variables:
             unknown = ", ".join(report.unknown_variables)
@@ -272,5 +275,4 @@ def _provenance(dataset, db_path, target_config, year, n_clones, seed, structure
         "stage_seconds": report.stages,
         "peak_memory_mb": round(report.peak_memory_mb, 1),
         "unknown_variables": report.unknown_variables,
-        "reform_targets_skipped": report.reform_targets_skipped,
     }

@@ -7,7 +7,9 @@ The H5 holds 60 synthetic households in California and New York and reports Medi
 Marketplace coverage and housing assistance at interview (the anchors of the draws); the
 database targets every take-up-affected variable policyengine-us 2.68 computes, the
 ``medicaid_enrolled`` flag PolicyEngine leaves alone, constraints on drawn amounts, ``in``, a
-district and an additive expression.
+district, an additive expression and tax expenditures; the expenditures themselves are checked
+against policyengine-us-data's real reform simulation on one state (a minute per reform), and
+the builds stand :func:`neutralized_expenditures` in for that reform, for their cost.
 """
 
 import pathlib
@@ -40,6 +42,8 @@ N_HOUSEHOLDS, N_CLONES, SEED = 60, 3, 5
 DISTRICTS = {6: 3, 36: 2}
 TAKEUP_TARGETS = ("snap", "aca_ptc", "medicaid", "ssi", "tanf", "housing_assistance", "head_start", "early_head_start")
 """Every take-up-affected target policyengine-us 2.68 computes (it has no ``dc_property_tax_credit``)."""
+EXPENDITURES = ("salt_deduction", "charitable_deduction")
+"""Tax-expenditure targets (``reform_id > 0``) of the test database."""
 
 
 def test_rates_are_policyengines():
@@ -127,6 +131,10 @@ def inputs(tmp_path_factory):
         rng.random(arrays["person_id"].size) < 0.1
     )
     arrays["receives_housing_assistance"] = rng.random(arrays["spm_unit_id"].size) < 0.2
+    # Enough gifts and property tax for the higher earners to itemize: the expenditures are not all 0.
+    wages = arrays["employment_income"]
+    arrays["charitable_cash_donations"] = np.where(wages > 60_000, 0.06 * wages, 0.0).astype(np.float32)
+    arrays["real_estate_taxes"] = np.where(wages > 60_000, 0.09 * wages, 0.0).astype(np.float32)
     dataset = write_h5(arrays, directory / "base.h5", YEAR)
     database = directory / "policy_data.db"
     state = lambda fips: [("state_fips", "==", str(fips))]  # noqa: E731
@@ -147,6 +155,12 @@ def inputs(tmp_path_factory):
         db.add_target("tax_unit_count", YEAR, 1e7, constraints=[("filing_status", "in", "JOINT|SURVIVING_SPOUSE")])
         db.add_target("snap", YEAR, 1e7, constraints=[*state(6), ("congressional_district_geoid", "==", "601")])
         db.add_target("employment_income+self_employment_income", YEAR, 1e7)
+        for reform_id, variable in enumerate(EXPENDITURES, start=1):  # tax expenditures, beside the deduction itself
+            db.add_target(variable, YEAR, 1e10, reform_id=reform_id)
+            db.add_target(variable, YEAR, 3e10)
+        db.add_target(
+            "salt_deduction", YEAR, 1e9, constraints=[*state(36), ("tax_unit_is_filer", "==", "1")], reform_id=1
+        )
     blocks = pd.DataFrame(
         [
             {
@@ -163,11 +177,68 @@ def inputs(tmp_path_factory):
     return directory, dataset, database, blocks
 
 
+def neutralized_expenditures(dataset_path, time_period, state, n_hh, reform_vars, baseline_income_tax):
+    """policyengine-us-data's ``_compute_reform_household_values`` with each variable set to 0
+    as an input, not neutralized by a reform (whose tax-benefit system takes a minute to build
+    per state and variable): :func:`test_expenditures_are_policyengines_reform_simulation`
+    shows the two agree."""
+    from policyengine_us import Microsimulation
+
+    found = {}
+    for variable in reform_vars:
+        simulation = Microsimulation(dataset=dataset_path)
+        simulation.set_input("state_fips", time_period, np.full(n_hh, state, dtype=np.int32))
+        n_units = simulation.calculate("tax_unit_id", time_period).size
+        simulation.set_input(variable, time_period, np.zeros(n_units, np.float32))
+        income_tax = simulation.calculate("income_tax", time_period, map_to="household").values.astype(np.float32)
+        found[variable] = income_tax - baseline_income_tax
+    return found
+
+
+@pytest.mark.filterwarnings("ignore:Accessing .values on a MicroSeries:UserWarning")
+def test_expenditures_are_policyengines_reform_simulation(inputs):
+    """The per-state expenditure of ``salt_deduction`` in New York: jaxcal's (the variable held at
+    0 in a second simulation) equals policyengine-us-data's, which runs its ``Neutralize_`` reform."""
+    from policyengine_us_data.calibration import unified_matrix_builder as pe_builder
+
+    from builders.policyengine import load_simulation
+    from builders.simulation import compute_state_values
+
+    _, dataset, _, _ = inputs
+    _, pe_values = pe_builder._compute_single_state(
+        dataset_path=str(dataset),
+        time_period=YEAR,
+        state=36,
+        n_hh=N_HOUSEHOLDS,
+        target_vars=[],
+        constraint_vars=[],
+        variable_entity_map={},
+        reform_vars=["salt_deduction"],
+        rerandomize_takeup=False,
+        affected_targets={},
+    )
+    expected = pe_values["reform_hh"]["salt_deduction"]
+    values = compute_state_values(
+        load_simulation(dataset), YEAR, [36], [], [], expenditure_variables=["salt_deduction"]
+    )
+    np.testing.assert_array_equal(values.expenditures["salt_deduction"][0], expected)
+    assert np.count_nonzero(expected > 0) >= 5  # repealing the deduction raised some households' tax
+    from policyengine_us import Microsimulation
+
+    simulation = Microsimulation(dataset=str(dataset))
+    simulation.set_input("state_fips", YEAR, np.full(N_HOUSEHOLDS, 36, dtype=np.int32))
+    baseline = simulation.calculate("income_tax", YEAR, map_to="household").values.astype(np.float32)
+    stand_in = neutralized_expenditures(str(dataset), YEAR, 36, N_HOUSEHOLDS, ["salt_deduction"], baseline)
+    np.testing.assert_array_equal(stand_in["salt_deduction"], expected)
+
+
 def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_takeup: bool):
     """``build_matrix`` as policyengine-us-data's CLI calls it (state-level, one worker) on a copy
-    of the database, with its own ``assign_random_geography`` on the block table."""
+    of the database, with its own ``assign_random_geography`` on the block table and
+    :func:`neutralized_expenditures` for its reform simulations."""
     from policyengine_us import Microsimulation
     from policyengine_us_data.calibration import clone_and_assign
+    from policyengine_us_data.calibration import unified_matrix_builder as pe_builder
     from policyengine_us_data.calibration.unified_matrix_builder import UnifiedMatrixBuilder
 
     clone_and_assign.load_global_block_distribution.cache_clear()
@@ -179,9 +250,10 @@ def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_
     copy = directory / f"pe_{rerandomize_takeup}.db"
     shutil.copy(database, copy)
     builder = UnifiedMatrixBuilder(db_uri=f"sqlite:///{copy}", time_period=YEAR, dataset_path=str(dataset))
-    targets, matrix, names = builder.build_matrix(
-        geography, Microsimulation(dataset=str(dataset)), rerandomize_takeup=rerandomize_takeup, county_level=False
-    )
+    with mock.patch.object(pe_builder, "_compute_reform_household_values", neutralized_expenditures):
+        targets, matrix, names = builder.build_matrix(
+            geography, Microsimulation(dataset=str(dataset)), rerandomize_takeup=rerandomize_takeup, county_level=False
+        )
     return geography, targets, sparse.csr_matrix(matrix), names
 
 
