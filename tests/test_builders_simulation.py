@@ -62,6 +62,7 @@ DATASET_INPUTS = {
     "employment_income": np.array([20_000.0, 0, 0]),
     "tax_unit_child_dependents": np.array([1, 0]),
     "age_head": np.array([30, 70]),
+    "salt_deduction": np.array([300.0, 0.0]),
 }
 
 
@@ -70,7 +71,9 @@ class FakeSimulation:
 
     ``snap`` (SPM units): 200 and 50 in CA, half as much again in NY, only to takers.
     ``aca_ptc`` (tax unit 0 only): 40 to a taker, 10 to a non-taker (the model pays without
-    take-up), twice that in NY, half of it when the unit would not file unasked. Like PolicyEngine, a formula's result is kept until
+    take-up), twice that in NY, half of it when the unit would not file unasked. ``income_tax``
+    (households): a fifth of wages less ``salt_deduction`` (an input, 300 to tax unit 0), half
+    as much again in NY. Like PolicyEngine, a formula's result is kept until
     :meth:`drop_computed`, so a stage that forgets to drop reads stale values.
     """
 
@@ -87,9 +90,16 @@ class FakeSimulation:
                 "tax_unit_id",
                 "tax_unit_child_dependents",
                 "age_head",
+                "salt_deduction",
             ],
             "spm_unit": ["snap", "takes_up_snap_if_eligible"],
-            "household": ["household_id", "state_fips", "congressional_district_geoid", "household_count"],
+            "household": [
+                "household_id",
+                "state_fips",
+                "congressional_district_geoid",
+                "household_count",
+                "income_tax",
+            ],
         }.items()
         for name in names
     }
@@ -106,10 +116,11 @@ class FakeSimulation:
             if variable not in self.computed:
                 self.computed[variable] = self._formula(variable)
             values = self.computed[variable]
-        if map_to is None:
+        entity = self.variable_entities[variable]
+        if map_to is None or map_to == entity:
             return values
         assert map_to == "person", map_to
-        return values[STRUCTURE.person_entity[self.variable_entities[variable]]]
+        return values[STRUCTURE.person_entity[entity]]
 
     def _formula(self, variable):
         ny = self.inputs["state_fips"] == 36  # per household; SPM and tax unit i belong to household i
@@ -123,6 +134,9 @@ class FakeSimulation:
                 * np.where(ny, 2.0, 1.0)
                 * filing
             )
+        if variable == "income_tax":
+            wages = np.bincount(STRUCTURE.person_household, self.inputs["employment_income"], minlength=2)
+            return (wages - self.inputs["salt_deduction"]) / 5 * np.where(ny, 1.5, 1.0)
         raise KeyError(variable)
 
     def set_input(self, variable, year, values):
@@ -132,19 +146,24 @@ class FakeSimulation:
     def drop_computed(self):
         self.computed.clear()
 
+    def neutralized(self, variable, year):
+        copy = FakeSimulation()
+        copy.inputs[variable] = np.zeros_like(copy.inputs[variable])
+        return copy
+
 
 AMOUNTS, CONSTRAINTS, TAKEUP = ["aca_ptc", "no_such_variable", "snap"], ["filing_status", "snap"], ["aca_ptc", "snap"]
 
 
 def _rows(specs):
-    """Target rows from (variable, geo_level, geographic_id, constraints)."""
+    """Target rows from (variable, geo_level, geographic_id, constraints[, reform_id])."""
     table = pd.DataFrame(
         {
             "variable": [s[0] for s in specs],
             "geo_level": [s[1] for s in specs],
             "geographic_id": [s[2] for s in specs],
             "stratum_id": range(len(specs)),
-            "reform_id": 0,
+            "reform_id": [s[4] if len(s) > 4 else 0 for s in specs],
             "target_id": range(len(specs)),
         }
     )
@@ -474,3 +493,44 @@ def test_importing_builders_does_not_import_policyengine_us():
     root = pathlib.Path(builders.__file__).parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["per_state", "per_clone"])
+def test_tax_expenditures_by_hand_through_both_modes(mode):
+    """Repealing tax unit 0's 300 deduction adds 60 to its household's tax in CA, 90 in NY; the
+    expenditure rows take that for households with a qualifying member, the deduction's own row
+    the deduction."""
+    rows = _rows(
+        [
+            ("salt_deduction", "state", "36", [("state_fips", "==", "36"), ("age", "<", "18")], 1),
+            ("salt_deduction", "national", "US", [], 1),
+            ("salt_deduction", "national", "US", [("age", ">=", "65")], 1),
+            ("salt_deduction", "national", "US", []),
+        ]
+    )
+    assert rows.table["target_name"].tolist() == [
+        "national/salt_deduction",
+        "national/salt_deduction_expenditure",
+        "national/salt_deduction_expenditure/[age>=65]",
+        "state_36/salt_deduction_expenditure/[age<18]",
+    ]
+    simulation = FakeSimulation()
+    expenditures = ["salt_deduction", "no_such_variable"]
+    if mode == "per_state":
+        values = compute_state_values(
+            simulation, YEAR, [6, 36], ["salt_deduction"], ["age"], [], expenditure_variables=expenditures
+        )
+    else:
+        values = compute_clone_values(
+            simulation, YEAR, GEOGRAPHY, STRUCTURE, ["salt_deduction"], ["age"], [], expenditure_variables=expenditures
+        )
+    # rows: states CA, NY, or clones (clone 0: hh0 in CA; clone 1: hh0 in NY); hh1 pays no tax either way
+    assert list(values.expenditures) == ["salt_deduction"]
+    assert values.expenditures["salt_deduction"].dtype == np.float32
+    np.testing.assert_array_equal(values.expenditures["salt_deduction"], [[60, 0], [90, 0]])
+    np.testing.assert_array_equal(simulation.inputs["salt_deduction"], DATASET_INPUTS["salt_deduction"])
+    r, c, v = assemble_matrix(rows, GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=True)
+    dense = np.zeros((len(rows.table), GEOGRAPHY.n_columns))
+    np.add.at(dense, (r, c), v)
+    # columns: (clone 0, hh0) in CA, (0, hh1) in NY, (1, hh0) in NY, (1, hh1) in CA
+    np.testing.assert_array_equal(dense, [[300, 0, 300, 0], [60, 0, 90, 0], [0, 0, 0, 0], [0, 0, 90, 0]])
