@@ -4,13 +4,16 @@ Column ``i`` is clone ``i // n_base`` of base record ``i % n_base``. Every colum
 place (a district, or a census block when a block table is given) from population weights
 with one seeded ``numpy.random.Generator``; clone ``k > 0`` of a record redraws, at most 50
 rounds, while it lands in a district an earlier clone of that record already has
-(policyengine-us-data's ``assign_random_geography``). A district's GEOID is
-``state_fips * 100 + district number`` (at-large districts are number 1).
+(policyengine-us-data's ``assign_random_geography``, draw for draw). As its
+``run_calibration`` calls it, the households with the top tenth of AGI may draw from weights
+leaning to the districts with the most AGI, and some records may be held to a state. A
+district's GEOID is ``state_fips * 100 + district number`` (at-large districts are number 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,6 +76,8 @@ STATE_CODES = {
     56: "WY",
 }
 MAX_REDRAWS = 50
+TOP_AGI_PERCENTILE = 90.0
+"""Households at or above this percentile of AGI draw their places by district AGI."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +102,26 @@ class GeographyAssignment:
         return arrays
 
 
-def assign_geography(n_base: int, n_clones: int, places: pd.DataFrame, seed: int) -> GeographyAssignment:
+def assign_geography(
+    n_base: int,
+    n_clones: int,
+    places: pd.DataFrame,
+    seed: int,
+    *,
+    household_agi: np.ndarray | None = None,
+    district_agi: Mapping[int, float] | None = None,
+    fixed_states: np.ndarray | None = None,
+) -> GeographyAssignment:
     """Draw every clone's place from ``places``: a table with ``cd_geoid`` and ``population``
     columns, and ``block_geoid`` when the places are blocks (then several rows share a district).
 
-    ``ValueError`` for sizes below 1, a table without those columns, negative or all-zero
-    populations, or a district GEOID that does not encode a state.
+    With ``household_agi`` (per base record) and ``district_agi`` (AGI by district GEOID, may be
+    empty), the records at or above :data:`TOP_AGI_PERCENTILE` draw with each district's
+    population share rescaled to its share of ``district_agi`` (places within a district keep
+    their population shares). ``fixed_states`` (per base record, 0 for none) holds every clone
+    of a record to a state's places. ``ValueError`` for sizes below 1, a table without those
+    columns, negative or all-zero populations, a district GEOID that does not encode a state,
+    or per-record inputs of the wrong length or naming a state without places.
     """
     if n_base < 1 or n_clones < 1:
         raise ValueError(f"need at least one base record and one clone, got n_base={n_base}, n_clones={n_clones}")
@@ -116,10 +135,51 @@ def assign_geography(n_base: int, n_clones: int, places: pd.DataFrame, seed: int
     if (districts < 100).any() or (districts // 100 > 78).any():
         raise ValueError("cd_geoid must be state_fips * 100 + district number")
     probabilities = population / population.sum()
+    top, agi_probabilities = None, probabilities
+    if household_agi is not None and district_agi is not None:
+        household_agi = _per_record(household_agi, n_base, "household_agi").astype(np.float64)
+        top = household_agi >= np.percentile(household_agi, TOP_AGI_PERCENTILE)
+        agi_probabilities = _agi_probabilities(districts, probabilities, district_agi)
+    place_states = districts // 100
+    if fixed_states is not None:
+        fixed_states = np.nan_to_num(_per_record(fixed_states, n_base, "fixed_states").astype(float)).astype(np.int32)
+        absent = sorted(set(fixed_states[fixed_states > 0].tolist()) - set(place_states.tolist()))
+        if absent:
+            raise ValueError(f"fixed_states names state(s) {absent} with no places in the geography table")
     rng = np.random.default_rng(seed)
+    in_state: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
 
-    def draw(size: int) -> np.ndarray:
-        return rng.choice(districts.size, size=size, p=probabilities)
+    def draw_in_state(state: int, size: int, by_agi: bool) -> np.ndarray:
+        if (state, by_agi) not in in_state:
+            indices = np.flatnonzero(place_states == state)
+            p = (agi_probabilities if by_agi else probabilities)[indices]
+            if not np.isfinite(p).all() or p.sum() <= 0:
+                p = probabilities[indices]
+            if not np.isfinite(p).all() or p.sum() <= 0:
+                p = np.ones(indices.size)
+            in_state[state, by_agi] = indices, p / p.sum()
+        indices, p = in_state[state, by_agi]
+        return rng.choice(indices, size=size, p=p)
+
+    def draw(size: int, top: np.ndarray | None, fixed: np.ndarray | None) -> np.ndarray:
+        """A place for each of ``size`` records (``top`` and ``fixed`` theirs), in PolicyEngine's
+        order of draws: each held state's top then other records, then the free top then others."""
+        chosen = np.empty(size, np.int64)
+        free = np.ones(size, bool)
+        for state in np.unique(fixed[fixed > 0]) if fixed is not None else ():
+            held = fixed == state
+            for part, by_agi in ((held & top, True), (held & ~top, False)) if top is not None else ((held, False),):
+                if part.any():
+                    chosen[part] = draw_in_state(int(state), int(part.sum()), by_agi)
+            free &= ~held
+        if top is None:
+            if free.any():
+                chosen[free] = rng.choice(districts.size, size=int(free.sum()), p=probabilities)
+            return chosen
+        for part, p in ((free & top, agi_probabilities), (free & ~top, probabilities)):
+            if part.any():
+                chosen[part] = rng.choice(districts.size, size=int(part.sum()), p=p)
+        return chosen
 
     # held[r, d]: an earlier clone of record r lies in district d (districts numbered 0..n-1), so that
     # checking a clone costs one lookup per record, not one per record and earlier clone.
@@ -128,12 +188,16 @@ def assign_geography(n_base: int, n_clones: int, places: pd.DataFrame, seed: int
     records = np.arange(n_base)
     chosen = np.empty((n_clones, n_base), np.int64)
     for clone in range(n_clones):
-        chosen[clone] = draw(n_base)
+        chosen[clone] = draw(n_base, top, fixed_states)
         for _ in range(MAX_REDRAWS):
             taken = held[records, district_number[chosen[clone]]]
             if not taken.any():
                 break
-            chosen[clone, taken] = draw(int(taken.sum()))
+            chosen[clone, taken] = draw(
+                int(taken.sum()),
+                top[taken] if top is not None else None,
+                fixed_states[taken] if fixed_states is not None else None,
+            )
         held[records, district_number[chosen[clone]]] = True
     chosen = chosen.ravel()
     cd_geoid = districts[chosen]
@@ -144,6 +208,45 @@ def assign_geography(n_base: int, n_clones: int, places: pd.DataFrame, seed: int
         n_base=n_base,
         n_clones=n_clones,
     )
+
+
+SYNTHETIC_HOUSEHOLD_IDS = 1_000_000
+"""policyengine-us-data numbers its synthetic (Forbes) PUF households from here up."""
+
+
+def forbes_fixed_states(household_id: np.ndarray | None, forbes_state_fips: np.ndarray | None) -> np.ndarray | None:
+    """Per household, the state a synthetic Forbes household stays in (0 for the others), or
+    None when the dataset has none: policyengine-us-data's fixed-state overrides, the
+    ``fixed_states`` of :func:`assign_geography`."""
+    if household_id is None or forbes_state_fips is None or np.shape(household_id) != np.shape(forbes_state_fips):
+        return None
+    states = np.nan_to_num(np.asarray(forbes_state_fips, float)).astype(np.int32)
+    fixed = (states > 0) & (np.asarray(household_id, float) >= SYNTHETIC_HOUSEHOLD_IDS)
+    return np.where(fixed, states, 0).astype(np.int32) if fixed.any() else None
+
+
+def _per_record(values, n_base: int, name: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.shape != (n_base,):
+        raise ValueError(f"{name} needs one value per base record ({n_base}), got shape {values.shape}")
+    return values
+
+
+def _agi_probabilities(districts: np.ndarray, probabilities: np.ndarray, district_agi: Mapping[int, float]):
+    """Place probabilities whose district totals are proportional to ``district_agi`` (negative
+    and absent districts 0), each district's places keeping their population shares; the
+    population probabilities where no district has AGI."""
+    import pandas as pd
+
+    weights = np.maximum([float(district_agi.get(int(d), 0.0)) for d in districts], 0.0)
+    if weights.sum() == 0:
+        return probabilities
+    # pandas' grouped sum, as policyengine-us-data takes it: the same bits of every district's mass.
+    district_mass = pd.Series(probabilities, copy=False).groupby(districts).transform("sum").to_numpy()
+    leaning = np.divide(
+        probabilities * weights, district_mass, out=np.zeros_like(probabilities), where=district_mass > 0
+    )
+    return probabilities if leaning.sum() == 0 else leaning / leaning.sum()
 
 
 def districts_from_state_populations(

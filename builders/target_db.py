@@ -352,6 +352,21 @@ def query_targets(connection: sqlite3.Connection, year: int) -> pd.DataFrame:
     return targets.loc[period == best].reset_index(drop=True)
 
 
+def district_agi_targets(targets: pd.DataFrame) -> dict[int, float]:
+    """AGI by district GEOID from :func:`query_targets`' rows (all active targets, as stored):
+    the baseline ``adjusted_gross_income`` district rows without a domain, the last by
+    ``target_id`` where several share a district (policyengine-us-data's
+    ``get_district_agi_targets``, the weights of :func:`builders.geography.assign_geography`)."""
+    domain = targets["domain_variable"].fillna("")
+    rows = targets.loc[
+        (targets["variable"] == "adjusted_gross_income")
+        & (targets["geo_level"] == "district")
+        & (targets["reform_id"] == 0)
+        & (domain == "")
+    ].sort_values("target_id", kind="stable")
+    return {int(place): float(value) for place, value in zip(rows["geographic_id"], rows["value"])}
+
+
 def uprate_targets(
     targets: pd.DataFrame, year: int, cpi: Callable[[int], float], population: Callable[[int], float]
 ) -> pd.DataFrame:

@@ -38,7 +38,7 @@ import numpy as np
 from . import policyengine
 from .assembly import assemble_matrix, to_bcoo
 from .dataset import dataset_period, read_entity_structure, read_period_arrays
-from .geography import assign_geography
+from .geography import assign_geography, forbes_fixed_states
 from .real_targets import district_populations
 from .runs import RunExecutor
 from .simulation import (
@@ -50,7 +50,7 @@ from .simulation import (
     known_entities,
 )
 from .takeup import REPORTS, TAKEUP_BY_VARIABLE, reported_takeup
-from .target_db import read_targets, uprate_targets
+from .target_db import district_agi_targets, read_targets, uprate_targets
 from .target_rows import TARGET_COLUMNS, TargetRows, configured_rows, plan_target_rows
 from .target_values import components
 
@@ -158,7 +158,22 @@ def _build(
     with clock("geography"):
         if places is None:
             places = district_populations()
-        geography = assign_geography(structure.n_households, n_clones, places, seed)
+        # As policyengine-us-data's run_calibration: the top tenth of AGI leans to the districts
+        # with the most AGI, and synthetic Forbes households stay in their state.
+        district_agi = district_agi_targets(targets)
+        ids = read_period_arrays(dataset, ["household_id", "forbes_state_fips"], year)
+        fixed_states = forbes_fixed_states(ids.get("household_id"), ids.get("forbes_state_fips"))
+        geography = assign_geography(
+            structure.n_households,
+            n_clones,
+            places,
+            seed,
+            household_agi=model.calculate("adjusted_gross_income", year, map_to="household"),
+            district_agi=district_agi,
+            fixed_states=fixed_states,
+        )
+        n_fixed = 0 if fixed_states is None else int(np.count_nonzero(fixed_states))
+        log(f"  top-AGI households drawn by {len(district_agi)} district AGI targets; {n_fixed} held to their state")
     expenditure = rows.table["reform_id"] > 0
     targeted = set(rows.table.loc[~expenditure, "variable"])
     expenditure_variables = sorted(set(rows.table.loc[expenditure, "variable"]))
@@ -222,7 +237,12 @@ def _build(
         initial_weights = policyengine_initial_weights(unweighted)
     report.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metadata = _provenance(dataset, db_path, target_config, year, n_clones, seed, structure, rerandomize_takeup, report)
-    metadata |= {"simulation": mode, "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables]}
+    metadata |= {
+        "simulation": mode,
+        "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables],
+        "district_agi_targets": len(district_agi),
+        "fixed_state_households": n_fixed,
+    }
     package = CalibrationPackage(
         matrix=unweighted.matrix,
         targets=unweighted.targets,
