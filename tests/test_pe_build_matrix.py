@@ -135,6 +135,13 @@ def inputs(tmp_path_factory):
     wages = arrays["employment_income"]
     arrays["charitable_cash_donations"] = np.where(wages > 60_000, 0.06 * wages, 0.0).astype(np.float32)
     arrays["real_estate_taxes"] = np.where(wages > 60_000, 0.09 * wages, 0.0).astype(np.float32)
+    # The last three households are synthetic Forbes ones (ids from 1,000,000), held to a state.
+    forbes = np.arange(N_HOUSEHOLDS - 3, N_HOUSEHOLDS)
+    assert (arrays["household_id"][forbes] == forbes).all()
+    arrays["household_id"][forbes] += 1_000_000
+    arrays["person_household_id"][np.isin(arrays["person_household_id"], forbes)] += 1_000_000
+    arrays["forbes_state_fips"] = np.zeros(N_HOUSEHOLDS, np.int32)
+    arrays["forbes_state_fips"][forbes] = [36, 6, 36]
     dataset = write_h5(arrays, directory / "base.h5", YEAR)
     database = directory / "policy_data.db"
     state = lambda fips: [("state_fips", "==", str(fips))]  # noqa: E731
@@ -154,6 +161,9 @@ def inputs(tmp_path_factory):
         db.add_target("adjusted_gross_income", YEAR, 1e7, constraints=[("tax_unit_is_filer", "==", "1")])
         db.add_target("tax_unit_count", YEAR, 1e7, constraints=[("filing_status", "in", "JOINT|SURVIVING_SPOUSE")])
         db.add_target("snap", YEAR, 1e7, constraints=[*state(6), ("congressional_district_geoid", "==", "601")])
+        for district, agi in ((601, 4e10), (602, 1e9), (3601, 9e10)):  # lean the top-AGI households' draws
+            place = [*state(district // 100), ("congressional_district_geoid", "==", str(district))]
+            db.add_target("adjusted_gross_income", YEAR, agi, constraints=place)
         db.add_target("employment_income+self_employment_income", YEAR, 1e7)
         for reform_id, variable in enumerate(EXPENDITURES, start=1):  # tax expenditures, beside the deduction itself
             db.add_target(variable, YEAR, 1e10, reform_id=reform_id)
@@ -188,8 +198,9 @@ def neutralized_expenditures(dataset_path, time_period, state, n_hh, reform_vars
     for variable in reform_vars:
         simulation = Microsimulation(dataset=dataset_path)
         simulation.set_input("state_fips", time_period, np.full(n_hh, state, dtype=np.int32))
-        n_units = simulation.calculate("tax_unit_id", time_period).size
-        simulation.set_input(variable, time_period, np.zeros(n_units, np.float32))
+        entity = simulation.tax_benefit_system.variables[variable].entity.key
+        size = simulation.calculate(f"{entity}_id", time_period).size
+        simulation.set_input(variable, time_period, np.zeros(size, np.float32))
         income_tax = simulation.calculate("income_tax", time_period, map_to="household").values.astype(np.float32)
         found[variable] = income_tax - baseline_income_tax
     return found
@@ -232,39 +243,117 @@ def test_expenditures_are_policyengines_reform_simulation(inputs):
     np.testing.assert_array_equal(stand_in["salt_deduction"], expected)
 
 
-def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_takeup: bool):
-    """``build_matrix`` as policyengine-us-data's CLI calls it (state-level, one worker) on a copy
-    of the database, with its own ``assign_random_geography`` on the block table and
-    :func:`neutralized_expenditures` for its reform simulations."""
-    from policyengine_us import Microsimulation
+def _policyengine_geography(directory: pathlib.Path, **arguments):
+    """policyengine-us-data's ``assign_random_geography(**arguments)`` on the block table in
+    ``directory``."""
     from policyengine_us_data.calibration import clone_and_assign
-    from policyengine_us_data.calibration import unified_matrix_builder as pe_builder
-    from policyengine_us_data.calibration.unified_matrix_builder import UnifiedMatrixBuilder
 
     clone_and_assign.load_global_block_distribution.cache_clear()
     try:
         with mock.patch.object(clone_and_assign, "STORAGE_FOLDER", directory):
-            geography = clone_and_assign.assign_random_geography(n_records=N_HOUSEHOLDS, n_clones=N_CLONES, seed=SEED)
+            return clone_and_assign.assign_random_geography(**arguments)
     finally:
         clone_and_assign.load_global_block_distribution.cache_clear()
-    copy = directory / f"pe_{rerandomize_takeup}.db"
+
+
+@pytest.mark.parametrize("agi", ["none", "district", "no-district-rows"])
+@pytest.mark.parametrize("fixed", [False, True], ids=["free", "fixed"])
+def test_geography_is_policyengines(tmp_path, agi, fixed):
+    """``assign_geography`` against ``assign_random_geography`` on a random block table, as
+    ``run_calibration`` calls it (household AGI, district AGI targets, Forbes households held to
+    their state) and as plain: the same block for every clone, draw for draw."""
+    from builders.geography import assign_geography
+
+    rng = np.random.default_rng(len(agi) + fixed)
+    n_records, n_clones, n_districts = 300, 4, {6: 4, 36: 3, 11: 1}
+    blocks = pd.DataFrame(
+        [
+            {
+                "block_geoid": f"{fips:02d}{d:03d}{100000 + 10 * d + b:06d}{1000 + b:04d}",
+                "cd_geoid": fips * 100 + d,
+                "population": float(rng.integers(0, 5000)),
+            }
+            for fips, count in n_districts.items()
+            for d in range(1, count + 1)
+            for b in range(int(rng.integers(1, 6)))
+        ]
+    )
+    blocks.to_csv(tmp_path / "block_cd_distributions.csv.gz", index=False)
+    household_agi = rng.lognormal(10.5, 1.4, n_records) if agi != "none" else None
+    district_agi = {601: 9e9, 602: 1e9, 3601: 5e10, 3603: -1.0, 1101: 2e9} if agi == "district" else {}
+    fixed_states = np.where(rng.random(n_records) < 0.2, rng.choice([6, 36, 11], n_records), 0) if fixed else None
+    expected = _policyengine_geography(
+        tmp_path,
+        n_records=n_records,
+        n_clones=n_clones,
+        seed=11,
+        household_agi=household_agi,
+        cd_agi_targets=None if agi == "none" else {str(k): v for k, v in district_agi.items()},
+        fixed_state_fips=fixed_states,
+    )
+    geography = assign_geography(
+        n_records,
+        n_clones,
+        blocks,
+        11,
+        household_agi=household_agi,
+        district_agi=None if agi == "none" else district_agi,
+        fixed_states=fixed_states,
+    )
+    np.testing.assert_array_equal(geography.block_geoid, expected.block_geoid)
+    np.testing.assert_array_equal(geography.cd_geoid, expected.cd_geoid.astype(int))
+    if fixed:
+        held = np.tile(fixed_states, n_clones) > 0
+        np.testing.assert_array_equal(geography.state_fips[held], np.tile(fixed_states, n_clones)[held])
+    if agi == "district":  # the top tenth leans to New York's first district
+        top = np.tile(household_agi >= np.percentile(household_agi, 90), n_clones)
+        assert (geography.cd_geoid[top] == 3601).mean() > (geography.cd_geoid[~top] == 3601).mean() + 0.2
+
+
+def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_takeup: bool):
+    """``build_matrix`` as policyengine-us-data's CLI calls it (state-level, one worker) on a copy
+    of the database, with its own ``assign_random_geography`` on the block table as
+    ``run_calibration`` calls it (household AGI, district AGI targets, Forbes households' states)
+    and :func:`neutralized_expenditures` for its reform simulations."""
+    from policyengine_us import Microsimulation
+    from policyengine_us_data.calibration import unified_matrix_builder as pe_builder
+    from policyengine_us_data.calibration.unified_calibration import _extract_forbes_state_fips_overrides
+    from policyengine_us_data.calibration.unified_matrix_builder import UnifiedMatrixBuilder
+
+    copy = database.with_name(f"{database.stem}_pe_{rerandomize_takeup}.db")
     shutil.copy(database, copy)
     builder = UnifiedMatrixBuilder(db_uri=f"sqlite:///{copy}", time_period=YEAR, dataset_path=str(dataset))
+    simulation = Microsimulation(dataset=str(dataset))
+    geography = _policyengine_geography(
+        directory,
+        n_records=N_HOUSEHOLDS,
+        n_clones=N_CLONES,
+        seed=SEED,
+        household_agi=simulation.calculate("adjusted_gross_income", map_to="household").values.astype(np.float64),
+        cd_agi_targets=builder.get_district_agi_targets(),
+        fixed_state_fips=_extract_forbes_state_fips_overrides(simulation.dataset.load_dataset(), YEAR, N_HOUSEHOLDS),
+    )
     with mock.patch.object(pe_builder, "_compute_reform_household_values", neutralized_expenditures):
         targets, matrix, names = builder.build_matrix(
-            geography, Microsimulation(dataset=str(dataset)), rerandomize_takeup=rerandomize_takeup, county_level=False
+            geography, simulation, rerandomize_takeup=rerandomize_takeup, county_level=False
         )
     return geography, targets, sparse.csr_matrix(matrix), names
 
 
-@pytest.mark.xdist_group("policyengine")
-@pytest.mark.filterwarnings("ignore:Accessing .values on a MicroSeries:UserWarning")  # policyengine-us-data's own
-@pytest.mark.parametrize("rerandomize_takeup", [True, False], ids=["takeup", "no-takeup"])
-def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
+def _assert_same_rows(package, pe_targets, pe_matrix, pe_names):
+    """The same rows, names and order, the same nonzeros, values to float32 rounding."""
+    assert list(package.target_names) == list(pe_names)
+    np.testing.assert_allclose(package.targets["value"], pe_targets["value"], rtol=1e-12)
+    matrix = sparse.csr_matrix(package.matrix)
+    assert matrix.nnz == pe_matrix.nnz
+    np.testing.assert_array_equal(matrix.indptr, pe_matrix.indptr)
+    np.testing.assert_array_equal(matrix.indices, pe_matrix.indices)
+    np.testing.assert_allclose(matrix.data, pe_matrix.data, rtol=1e-6)
+
+
+def _jaxcal_build(dataset, database, blocks, rerandomize_takeup: bool):
     from builders.unified_matrix import build_calibration_package
 
-    directory, dataset, database, blocks = inputs
-    geography, pe_targets, pe_matrix, pe_names = _policyengine_build(directory, dataset, database, rerandomize_takeup)
     package, _ = build_calibration_package(
         dataset,
         database,
@@ -275,15 +364,18 @@ def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
         rerandomize_takeup=rerandomize_takeup,
         log=lambda message: None,
     )
+    return package
+
+
+@pytest.mark.filterwarnings("ignore:Accessing .values on a MicroSeries:UserWarning")  # policyengine-us-data's own
+@pytest.mark.parametrize("rerandomize_takeup", [True, False], ids=["takeup", "no-takeup"])
+def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
+    directory, dataset, database, blocks = inputs
+    geography, pe_targets, pe_matrix, pe_names = _policyengine_build(directory, dataset, database, rerandomize_takeup)
+    package = _jaxcal_build(dataset, database, blocks, rerandomize_takeup)
     np.testing.assert_array_equal(package.geography["cd_geoid"], np.asarray(geography.cd_geoid).astype(int))
     np.testing.assert_array_equal(package.geography["block_geoid"], np.asarray(geography.block_geoid))
-    assert list(package.target_names) == list(pe_names)
-    np.testing.assert_allclose(package.targets["value"], pe_targets["value"], rtol=1e-12)
-    matrix = sparse.csr_matrix(package.matrix)
-    assert matrix.nnz == pe_matrix.nnz
-    np.testing.assert_array_equal(matrix.indptr, pe_matrix.indptr)
-    np.testing.assert_array_equal(matrix.indices, pe_matrix.indices)
-    np.testing.assert_allclose(matrix.data, pe_matrix.data, rtol=1e-6)
+    _assert_same_rows(package, pe_targets, pe_matrix, pe_names)
     if rerandomize_takeup:  # the anchors were there to matter: the H5's reports reached the draws
         from builders.dataset import read_entity_structure, read_period_arrays
         from builders.takeup import REPORTS, reported_takeup
@@ -295,3 +387,88 @@ def test_build_is_policyengines_build_matrix(inputs, rerandomize_takeup):
             "takes_up_medicaid_if_eligible": True,
             "takes_up_housing_assistance_if_eligible": True,
         }
+
+
+ETL_STEPS = (
+    "create_initial_strata",
+    "etl_age",
+    "etl_snap",
+    "etl_medicaid",
+    "etl_national_targets",
+    "etl_aca_marketplace",
+    "etl_aca_agi_state_targets",
+    "etl_tanf",
+)
+"""policyengine-us-data's ETL, after ``create_database()``, that runs offline on the inputs its
+wheel caches (``etl_irs_soi``, ``etl_state_income_tax``, ``etl_housing_assistance`` and
+``etl_pregnancy`` download theirs; ``etl_tanf`` falls back to its cached ACF table)."""
+
+
+@pytest.fixture(scope="module")
+def etl_database(inputs, tmp_path_factory):
+    """PolicyEngine's ``policy_data.db`` as its ETL writes it, in a temporary copy of the wheel's
+    ``storage/`` (the installed package is left alone), cut to the test H5's places: the nation,
+    California and New York and the block table's five districts."""
+    import contextlib
+    import importlib
+    import sqlite3
+    import sys
+    from importlib.util import find_spec
+
+    import requests
+
+    storage = tmp_path_factory.mktemp("pe_etl") / "storage"
+    wheel = pathlib.Path(next(iter(find_spec("policyengine_us_data").submodule_search_locations)))
+    shutil.copytree(wheel / "storage", storage, ignore=shutil.ignore_patterns("__pycache__", "policy_data.db"))
+    database = storage / "calibration" / "policy_data.db"
+    create = importlib.import_module("policyengine_us_data.db.create_database_tables")
+    steps = [importlib.import_module(f"policyengine_us_data.db.{step}") for step in ETL_STEPS]
+    raw_cache = importlib.import_module("policyengine_us_data.utils.raw_cache")
+    offline = requests.exceptions.ConnectionError("no network in the test")
+    with contextlib.ExitStack() as stack:
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("policyengine_us_data") and hasattr(module, "STORAGE_FOLDER"):
+                stack.enter_context(mock.patch.object(module, "STORAGE_FOLDER", storage))
+        stack.enter_context(mock.patch.object(raw_cache, "RAW_INPUTS_DIR", storage / "calibration" / "raw_inputs"))
+        stack.enter_context(mock.patch.object(steps[ETL_STEPS.index("etl_tanf")], "_acf_get", side_effect=offline))
+        create.create_database(f"sqlite:///{database}")
+        for name, step in zip(ETL_STEPS, steps):
+            with mock.patch.object(sys, "argv", [name]):
+                step.main()
+    _, _, _, blocks = inputs
+    districts = {str(d) for d in blocks["cd_geoid"]}
+    states = {str(d // 100) for d in blocks["cd_geoid"]}
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        kept = [("national", "US"), *(("state", s) for s in states), *(("district", d) for d in districts)]
+        placed = [
+            (level, place)
+            for level, place in connection.execute("SELECT DISTINCT geo_level, geographic_id FROM target_overview")
+        ]
+        assert set(kept) <= set(placed), sorted(set(kept) - set(placed))
+        connection.execute("CREATE TEMP TABLE kept (geo_level TEXT, geographic_id TEXT)")
+        connection.executemany("INSERT INTO kept VALUES (?, ?)", kept)
+        connection.execute(
+            "DELETE FROM targets WHERE target_id NOT IN (SELECT target_id FROM target_overview"
+            " JOIN kept USING (geo_level, geographic_id))"
+        )
+    return database
+
+
+@pytest.mark.filterwarnings("ignore:Accessing .values on a MicroSeries:UserWarning")  # policyengine-us-data's own
+@pytest.mark.parametrize("rerandomize_takeup", [True, False], ids=["takeup", "no-takeup"])
+def test_build_on_policyengines_etl_database_is_build_matrix(inputs, etl_database, rerandomize_takeup):
+    """PolicyEngine's own targets (ages, SNAP, Medicaid, national totals and tax expenditures,
+    the Marketplace, ACA by AGI, TANF; additive expressions among them): ``jaxcal build`` and
+    ``build_matrix`` give the same rows on them."""
+    import sqlite3
+    from contextlib import closing
+
+    directory, dataset, _, blocks = inputs
+    with closing(sqlite3.connect(etl_database)) as connection:
+        (n_targets,) = connection.execute("SELECT COUNT(*) FROM targets WHERE active").fetchone()
+        operations = {op for (op,) in connection.execute("SELECT DISTINCT operation FROM stratum_constraints")}
+    assert n_targets > 200 and {"==", ">", "<", ">="} <= operations
+    _, pe_targets, pe_matrix, pe_names = _policyengine_build(directory, dataset, etl_database, rerandomize_takeup)
+    package = _jaxcal_build(dataset, etl_database, blocks, rerandomize_takeup)
+    _assert_same_rows(package, pe_targets, pe_matrix, pe_names)
+    assert any("+" in name for name in pe_names) and any(name.endswith("_expenditure") for name in pe_names)
