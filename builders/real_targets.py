@@ -53,6 +53,16 @@ MANIFEST = "manifest.json"
 WHEEL = "policyengine-us-data"
 WHEEL_PACKAGE = "policyengine_us_data"
 STATE_FIPS = {code: fips for fips, code in STATE_CODES.items()}
+_STATE_NAMES = (  # noqa: SIM905 (six lines, where a list literal takes 51)
+    "Alabama,Alaska,Arizona,Arkansas,California,Colorado,Connecticut,Delaware,District of Columbia,"
+    "Florida,Georgia,Hawaii,Idaho,Illinois,Indiana,Iowa,Kansas,Kentucky,Louisiana,Maine,Maryland,"
+    "Massachusetts,Michigan,Minnesota,Mississippi,Missouri,Montana,Nebraska,Nevada,New Hampshire,"
+    "New Jersey,New Mexico,New York,North Carolina,North Dakota,Ohio,Oklahoma,Oregon,Pennsylvania,"
+    "Rhode Island,South Carolina,South Dakota,Tennessee,Texas,Utah,Vermont,Virginia,Washington,"
+    "West Virginia,Wisconsin,Wyoming"
+).split(",")
+STATE_NAME_FIPS: dict[str, int] = dict(zip(_STATE_NAMES, sorted(STATE_CODES), strict=True))
+"""FIPS by state name: the codes are numbered in the alphabetical order of the names."""
 
 # The 18 S0101 age bands (label in the ACS variable's name, lower age, upper age exclusive).
 AGE_BANDS: tuple[tuple[str, int, int | None], ...] = (
@@ -84,6 +94,8 @@ PUERTO_RICO = ("0400000US72", "5001800US7298", "5001900US7298")
 ACS_YEAR = 2024
 SOI_STATE_YEAR = 2022  # agi_state.csv and eitc_state.csv: IRS SOI state file 22in55cmcsv (TY2022)
 SOI_NATIONAL_YEAR = 2023  # soi_targets.csv's latest Publication 1304 year
+ACA_PTC_YEARS = (2024, 2025)
+"""The years of the ACA PTC multipliers vendored (each from 2022)."""
 SNAP_STATE_YEAR = 2023  # snap_state.csv: USDA FNS FY2023 (pull_snap_targets.py's default year)
 MEDICAID_PERIOD = 202412  # CMS Medicaid and CHIP enrollment, December 2024 final reports
 
@@ -124,6 +136,15 @@ EXTRACTS = (
         "population_by_state.csv",
         f"{_TARGETS}/population_by_state.csv",
         "Census population estimates by state (cross-check only)",
+    ),
+    *(
+        Extract(
+            f"aca_ptc_multipliers_{year}.csv",
+            f"storage/aca_ptc_multipliers_2022_{year}.csv",
+            f"policyengine-us-data's ACA PTC state multipliers, 2022 to {year} (CMS marketplace "
+            "enrollment and average APTC), for --hierarchical-domains aca_ptc",
+        )
+        for year in ACA_PTC_YEARS
     ),
 )
 CENSUS_DOCS = f"{_RAW}/census_docs_2024.json"
@@ -316,6 +337,20 @@ def build_extracts(root: str | os.PathLike | None = None, version: str | None = 
     )
     columns[extract.name] = {"population": "population (the 50 states and DC; Puerto Rico left out)"}
 
+    # ACA PTC multipliers: one row per state, named (2024's file) or abbreviated (2025's).
+    for year in ACA_PTC_YEARS:
+        extract = _extract(f"aca_ptc_multipliers_{year}.csv")
+        rows = _read_csv(read[extract.source].decode())
+        texts[extract.name] = _csv_text(
+            ["state_fips", "vol_mult", "val_mult"],
+            [[STATE_NAME_FIPS.get(r["state"]) or STATE_FIPS[r["state"]], r["vol_mult"], r["val_mult"]] for r in rows],
+        )
+        columns[extract.name] = {
+            "state_fips": "state (a name or an abbreviation) as its FIPS code",
+            "vol_mult": "vol_mult (enrollment 2022 to the year)",
+            "val_mult": "val_mult (average APTC 2022 to the year)",
+        }
+
     manifest = {
         "wheel": WHEEL,
         "version": version,
@@ -411,6 +446,18 @@ def district_populations(data_dir: str | os.PathLike = DATA_DIR) -> pd.DataFrame
 def state_populations(data_dir: str | os.PathLike = DATA_DIR) -> dict[int, float]:
     """``{state_fips: ACS 2024 total population}`` for the 50 states and DC."""
     return {state_fips(r["ucgid"]): float(r["total"]) for r in read_extract("acs_s0101_state.csv", data_dir)}
+
+
+def aca_ptc_state_factors(year: int, data_dir: str | os.PathLike = DATA_DIR) -> dict[int, dict[str, float]]:
+    """``{state_fips: {"tax_unit_count": vol_mult, "aca_ptc": vol_mult * val_mult}}`` from the
+    latest vendored multipliers of a year ``<= year`` (else the earliest): the state factors
+    policyengine-us-data's hierarchical uprating gives the ``aca_ptc`` domain's districts."""
+    chosen = max((y for y in ACA_PTC_YEARS if y <= year), default=min(ACA_PTC_YEARS))
+    factors = {}
+    for row in read_extract(f"aca_ptc_multipliers_{chosen}.csv", data_dir):
+        volume, value = float(row["vol_mult"]), float(row["val_mult"])
+        factors[int(row["state_fips"])] = {"tax_unit_count": volume, "aca_ptc": volume * value}
+    return factors
 
 
 # --- the targets ----------------------------------------------------------------------------------
