@@ -63,10 +63,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read back the runs --chunk-dir holds instead of running them again (a killed build resumes)",
     )
+    build.add_argument(
+        "--domain-variables",
+        type=_names,
+        metavar="NAMES",
+        help="keep only the targets whose domain_variable is one of these (comma-separated), before --target-config",
+    )
+    build.add_argument(
+        "--hierarchical-domains",
+        type=_names,
+        metavar="NAMES",
+        help="domains (comma-separated) whose district targets are scaled to their state's target "
+        "and uprated by the state's factor; their national and state targets of other years are dropped",
+    )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
     build.set_defaults(run=run_build)
     register_demo_commands(subparsers)
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, as policyengine-us-data splits its domain flags."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -119,6 +140,8 @@ def run_build(args: argparse.Namespace) -> int:
         workers=args.workers,
         chunk_dir=args.chunk_dir,
         resume_chunks=args.resume_chunks,
+        domain_variables=args.domain_variables,
+        hierarchical_domains=args.hierarchical_domains,
     )
     path = save_package(package, args.package_output)
     print(

@@ -24,7 +24,7 @@ import math
 import os
 import pathlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -388,6 +388,65 @@ def uprate_targets(
     return targets
 
 
+def select_domains(targets: pd.DataFrame, domain_variables: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``targets`` whose ``domain_variable`` is one of ``domain_variables`` (rows
+    without a domain never are): policyengine-us-data's ``--domain-variables`` filter."""
+    return targets.loc[targets["domain_variable"].isin(list(domain_variables))].reset_index(drop=True)
+
+
+def reconcile_districts(
+    targets: pd.DataFrame,
+    domains: Sequence[str],
+    year: int,
+    state_factors: Callable[[str], Mapping[int, Mapping[str, float]] | None] = lambda domain: None,
+) -> pd.DataFrame:
+    """:func:`uprate_targets`' rows with each of ``domains`` reconciled hierarchically, as
+    policyengine-us-data's ``--hierarchical-domains`` does: for every state row of the domain
+    (the first by ``target_id`` for each state and variable), the districts of that state and
+    variable in the domain take ``value = original_value * hif * state_uprating_factor``,
+    ``hif`` the state's original value over the districts' sum of theirs (districts summing to
+    0 are left alone). The factor is ``state_factors(domain)[state][variable]`` (1 for a variable
+    it lacks) where that names the state, else the state row's own ``uprating_factor``. The
+    domain's national and state rows of another period than ``year`` are then dropped. Adds the
+    ``hif`` and ``state_uprating_factor`` columns (NaN on the rows left alone)."""
+    import numpy as np
+
+    table = targets.reset_index(drop=True)
+    table = table.assign(hif=np.nan, state_uprating_factor=np.nan)
+    place = table["geographic_id"].map(_whole_place).astype(float)  # NaN for US and UCGIDs
+    by_id = table.sort_values("target_id", kind="stable")  # PolicyEngine's order: firsts and sums in it
+    dropped = np.zeros(len(table), bool)
+    for domain in domains:
+        in_domain = table["domain_variable"] == domain
+        overrides = state_factors(domain) or {}
+        state_rows = by_id.loc[in_domain & (table["geo_level"] == "state")]
+        for _, row in state_rows.drop_duplicates(["geographic_id", "variable"]).iterrows():
+            state = _whole_place(row["geographic_id"])
+            if state is None:  # a state named by UCGID only (PolicyEngine's own step fails on it)
+                continue
+            districts = in_domain & (table["geo_level"] == "district") & (table["variable"] == row["variable"])
+            districts &= place.floordiv(100) == state
+            total = by_id.loc[districts, "original_value"].sum()
+            if not districts.any() or total == 0:
+                continue
+            factor = overrides[state].get(row["variable"], 1.0) if state in overrides else row["uprating_factor"]
+            hif = row["original_value"] / total
+            table.loc[districts, "hif"] = hif
+            table.loc[districts, "state_uprating_factor"] = factor
+            table.loc[districts, "value"] = table.loc[districts, "original_value"] * hif * factor
+        upper = in_domain & table["geo_level"].isin(["national", "state"])
+        dropped |= (upper & (table["period"].astype(int) != year)).to_numpy()
+    return table.loc[~dropped].reset_index(drop=True)
+
+
+def _whole_place(geographic_id: Any) -> int | None:
+    """A state's or district's numeric ``geographic_id`` as an int, None for ``US`` or a UCGID."""
+    try:
+        return int(geographic_id)
+    except (TypeError, ValueError):
+        return None
+
+
 def parse_constraint_value(value: str) -> int | float | bool | str:
     """A constraint's text as int, else float, else bool (``true``/``false``), else the string."""
     for parse in (int, float):
@@ -518,6 +577,8 @@ __all__ = [
     "parse_constraint_value",
     "query_targets",
     "read_targets",
+    "reconcile_districts",
+    "select_domains",
     "stratum_constraints",
     "target_overview",
     "uprate_targets",

@@ -31,6 +31,8 @@ TARGET_COLUMNS = (
     "stratum_id",
 )
 """The columns of a built package's targets table, in order."""
+RECONCILED_COLUMNS = ("hif", "state_uprating_factor")
+"""The columns a build with hierarchical domains adds (:func:`builders.target_db.reconcile_districts`)."""
 PLACE_VARIABLES = frozenset({"state_fips", "state_code", "congressional_district_geoid"})
 """Constraints left out of a row's name (policyengine-us-data's ``_GEO_VARS``)."""
 SETTLED_BY_GEOGRAPHY = PLACE_VARIABLES | {"ucgid_str"}

@@ -30,7 +30,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,7 +39,7 @@ from . import policyengine
 from .assembly import assemble_matrix, to_bcoo
 from .dataset import dataset_period, read_entity_structure, read_period_arrays
 from .geography import assign_geography, forbes_fixed_states
-from .real_targets import district_populations
+from .real_targets import aca_ptc_state_factors, district_populations
 from .runs import RunExecutor
 from .simulation import (
     SIMULATION_MODES,
@@ -50,8 +50,8 @@ from .simulation import (
     known_entities,
 )
 from .takeup import REPORTS, TAKEUP_BY_VARIABLE, reported_takeup
-from .target_db import district_agi_targets, read_targets, uprate_targets
-from .target_rows import TARGET_COLUMNS, TargetRows, configured_rows, plan_target_rows
+from .target_db import district_agi_targets, read_targets, reconcile_districts, select_domains, uprate_targets
+from .target_rows import RECONCILED_COLUMNS, TARGET_COLUMNS, TargetRows, configured_rows, plan_target_rows
 from .target_values import components
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ def build_calibration_package(
     workers: int = 1,
     chunk_dir: str | os.PathLike | None = None,
     resume_chunks: bool = False,
+    domain_variables: Sequence[str] | None = None,
+    hierarchical_domains: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> tuple[CalibrationPackage, BuildReport]:
     """Build the package for ``dataset`` (a PolicyEngine-US H5, see :mod:`builders.dataset`)
@@ -104,6 +106,13 @@ def build_calibration_package(
     (:class:`builders.runs.RunExecutor`): on ``workers`` processes, each run's results written
     to ``chunk_dir`` as it ends, and with ``resume_chunks`` the runs found there read back
     instead of run. None of them changes the package: it is the same bits either way.
+
+    ``domain_variables`` keeps only the targets whose ``domain_variable`` is one of them, before
+    the target config (:func:`builders.target_db.select_domains`); ``hierarchical_domains``
+    reconciles those domains' districts to their states after uprating
+    (:func:`builders.target_db.reconcile_districts`, the ``aca_ptc`` domain with
+    :func:`builders.real_targets.aca_ptc_state_factors`): policyengine-us-data's
+    ``--domain-variables`` and ``--hierarchical-domains``. The metadata records both.
     """
     if simulation.replace("-", "_") not in SIMULATION_MODES:
         raise ValueError(f"simulation must be one of {', '.join(SIMULATION_MODES)}, got {simulation!r}")
@@ -121,12 +130,27 @@ def build_calibration_package(
             places=places,
             simulation=simulation,
             execute=execute,
+            domain_variables=domain_variables,
+            hierarchical_domains=hierarchical_domains,
             log=log,
         )
 
 
 def _build(
-    dataset, db_path, *, n_clones, seed, year, target_config, rerandomize_takeup, places, simulation, execute, log
+    dataset,
+    db_path,
+    *,
+    n_clones,
+    seed,
+    year,
+    target_config,
+    rerandomize_takeup,
+    places,
+    simulation,
+    execute,
+    domain_variables,
+    hierarchical_domains,
+    log,
 ) -> tuple[CalibrationPackage, BuildReport]:
     """:func:`build_calibration_package`'s stages, its PolicyEngine runs on ``execute``."""
     from jaxcal.io import CalibrationPackage, load_target_config, policyengine_initial_weights
@@ -147,14 +171,37 @@ def _build(
                 f"target database {db_path}: the targets table's value is NULL for {len(unvalued)} active "
                 f"target(s) (target_id {shown}); give them a value or set active = 0"
             )
-        rows = plan_target_rows(targets, constraints)
+        selected = targets
+        if domain_variables:
+            selected = select_domains(targets, domain_variables)
+            if selected.empty:
+                raise ValueError(
+                    f"target database {db_path}: no active target has a domain_variable among "
+                    f"{', '.join(domain_variables)}"
+                )
+        rows = plan_target_rows(selected, constraints)
         if config is not None:
             rows = configured_rows(rows, config)
         log(f"  {len(rows.table)} targets")
     with clock("import policyengine_us"):
         model = policyengine.load_simulation(dataset)
         table = uprate_targets(rows.table, year, *model.uprating_indices())
-        rows = TargetRows(table=table.loc[:, list(TARGET_COLUMNS)], constraints=rows.constraints)
+        constraints = rows.constraints
+        if hierarchical_domains:
+            table = reconcile_districts(
+                table.assign(_row=np.arange(len(table))),
+                hierarchical_domains,
+                year,
+                lambda domain: aca_ptc_state_factors(year) if domain == "aca_ptc" else None,
+            )
+            constraints = tuple(constraints[i] for i in table["_row"])
+            reconciled = int(np.count_nonzero(table["hif"].notna()))
+            log(
+                f"  {', '.join(hierarchical_domains)}: {reconciled} district targets reconciled to their "
+                f"states, {len(rows.table) - len(table)} national and state targets of other years dropped"
+            )
+        columns = [c for c in (*TARGET_COLUMNS, *RECONCILED_COLUMNS) if c in table]
+        rows = TargetRows(table=table.loc[:, columns], constraints=constraints)
     with clock("geography"):
         if places is None:
             places = district_populations()
@@ -240,6 +287,8 @@ def _build(
     metadata |= {
         "simulation": mode,
         "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables],
+        "domain_variables": list(domain_variables) if domain_variables else None,
+        "hierarchical_domains": list(hierarchical_domains) if hierarchical_domains else None,
         "district_agi_targets": len(district_agi),
         "fixed_state_households": n_fixed,
     }
