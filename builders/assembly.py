@@ -104,7 +104,10 @@ class _GroupValues:
         if len(parts) > 1:  # a sum's household values are the sum of its parts' (each with its take-up)
             return np.sum([self.column_values(part, constraints) for part in parts], axis=0)
         n_base, n_clones = self.geography.n_base, self.geography.n_clones
-        if self.drawn & ({variable} | {c.variable for c in constraints}):
+        constrained = {c.variable for c in constraints}
+        # With any draws, a constraint on voluntary filing reads the clone's filing draws, as
+        # policyengine-us-data's clones do.
+        if self.drawn & ({variable} | constrained) or (self.drawn and VOLUNTARY_FILING in constrained):
             blocks = [
                 self._household_values(variable, constraints, self.state_row[c * n_base : (c + 1) * n_base], c)
                 for c in range(n_clones)
@@ -143,6 +146,8 @@ class _GroupValues:
                 entity = self.values.entities[name]
                 after_takeup = self._after_takeup(name, household_state, clone)
                 person_values[name] = after_takeup[s.person_entity[entity]].astype(np.float32)
+            elif clone is not None and name == VOLUNTARY_FILING and self.drawn:
+                person_values[name] = self._files(clone)[s.person_entity["tax_unit"]].astype(np.float32)
             else:
                 person_values[name] = self.values.person_values[name][person_state, persons]
         qualifying = person_mask(person_values, constraints, s.n_persons)
