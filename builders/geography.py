@@ -164,20 +164,22 @@ def assign_geography(
     def draw(size: int, top: np.ndarray | None, fixed: np.ndarray | None) -> np.ndarray:
         """A place for each of ``size`` records (``top`` and ``fixed`` theirs), in PolicyEngine's
         order of draws: each held state's top then other records, then the free top then others."""
+
+        def parts(mask: np.ndarray) -> tuple[tuple[np.ndarray, bool], ...]:
+            """``mask`` split into its top records (drawn by AGI) and the others, when AGI counts."""
+            return ((mask & top, True), (mask & ~top, False)) if top is not None else ((mask, False),)
+
         chosen = np.empty(size, np.int64)
         free = np.ones(size, bool)
         for state in np.unique(fixed[fixed > 0]) if fixed is not None else ():
             held = fixed == state
-            for part, by_agi in ((held & top, True), (held & ~top, False)) if top is not None else ((held, False),):
+            for part, by_agi in parts(held):
                 if part.any():
                     chosen[part] = draw_in_state(int(state), int(part.sum()), by_agi)
             free &= ~held
-        if top is None:
-            if free.any():
-                chosen[free] = rng.choice(districts.size, size=int(free.sum()), p=probabilities)
-            return chosen
-        for part, p in ((free & top, agi_probabilities), (free & ~top, probabilities)):
+        for part, by_agi in parts(free):
             if part.any():
+                p = agi_probabilities if by_agi else probabilities
                 chosen[part] = rng.choice(districts.size, size=int(part.sum()), p=p)
         return chosen
 

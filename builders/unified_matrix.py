@@ -208,8 +208,8 @@ def _build(
         # As policyengine-us-data's run_calibration: the top tenth of AGI leans to the districts
         # with the most AGI, and synthetic Forbes households stay in their state.
         district_agi = district_agi_targets(targets)
-        ids = read_period_arrays(dataset, ["household_id", "forbes_state_fips"], year)
-        fixed_states = forbes_fixed_states(ids.get("household_id"), ids.get("forbes_state_fips"))
+        forbes = read_period_arrays(dataset, ["forbes_state_fips"], year).get("forbes_state_fips")
+        fixed_states = forbes_fixed_states(structure.household_ids, forbes)
         geography = assign_geography(
             structure.n_households,
             n_clones,
