@@ -40,6 +40,8 @@ def assemble_matrix(
     A column takes the values of its state's row or, with ``values.per_clone``, its clone's.
     A tax-expenditure row (``reform_id > 0``) takes ``values.expenditures`` of its variable for
     the households with a qualifying member, without draws, as policyengine-us-data does.
+    A variable in ``values.by_county`` (a county-level build) takes its amounts, and its
+    eligible amounts under draws, from its column's county row; constraints stay per state.
     """
     n_base = structure.n_households
     if geography.n_base != n_base:
@@ -98,6 +100,13 @@ class _GroupValues:
         self.structure, self.values, self.geography, self.state_row = structure, values, geography, state_row
         self.drawn = set(values.eligible) if rerandomize_takeup else set()
         self._takes_up: dict[tuple[str, int], np.ndarray] = {}
+        self.by_county = {variable for kind in values.by_county.values() for variable in kind}
+        self.county_row = None
+        if self.by_county:
+            county_fips = geography.county_fips
+            if county_fips is None or not np.isin(county_fips, values.counties).all():
+                raise ValueError("a column lies in a county without PolicyEngine values")
+            self.county_row = np.searchsorted(values.counties, county_fips)
 
     def column_values(self, variable: str, constraints: tuple[Constraint, ...]) -> np.ndarray:
         parts = components(variable)
@@ -107,9 +116,21 @@ class _GroupValues:
         constrained = {c.variable for c in constraints}
         # With any draws, a constraint on voluntary filing reads the clone's filing draws, as
         # policyengine-us-data's clones do.
-        if self.drawn & ({variable} | constrained) or (self.drawn and VOLUNTARY_FILING in constrained):
+        if (
+            self.drawn & ({variable} | constrained)
+            or (self.drawn and VOLUNTARY_FILING in constrained)
+            or variable in self.by_county
+        ):
             blocks = [
-                self._household_values(variable, constraints, self.state_row[c * n_base : (c + 1) * n_base], c)
+                self._household_values(
+                    variable,
+                    constraints,
+                    self.state_row[c * n_base : (c + 1) * n_base],
+                    c,
+                    household_county=None
+                    if self.county_row is None
+                    else self.county_row[c * n_base : (c + 1) * n_base],
+                )
                 for c in range(n_clones)
             ]
             return np.concatenate(blocks)
@@ -135,7 +156,10 @@ class _GroupValues:
         household_state: np.ndarray,
         clone: int | None,
         expenditure: bool = False,
+        household_county: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Per household, ``variable`` summed over its entities with a qualifying member;
+        ``household_state`` (and ``household_county``) are each household's rows of the values."""
         s = self.structure
         person_state = household_state[s.person_household]
         persons = np.arange(s.n_persons)
@@ -144,7 +168,7 @@ class _GroupValues:
             name = constraint.variable
             if clone is not None and name in self.drawn:
                 entity = self.values.entities[name]
-                after_takeup = self._after_takeup(name, household_state, clone)
+                after_takeup = self._after_takeup(name, household_state, clone, household_county)
                 person_values[name] = after_takeup[s.person_entity[entity]].astype(np.float32)
             elif clone is not None and name == VOLUNTARY_FILING and self.drawn:
                 person_values[name] = self._files(clone)[s.person_entity["tax_unit"]].astype(np.float32)
@@ -157,22 +181,37 @@ class _GroupValues:
         elif variable.endswith("_count"):
             amounts = None
         elif clone is not None and variable in self.drawn:
-            amounts = self._after_takeup(variable, household_state, clone)
+            amounts = self._after_takeup(variable, household_state, clone, household_county)
         else:
-            entity_state = household_state[s.entity_household[entity]]
-            amounts = self.values.amounts[variable][entity_state, np.arange(entity_state.size)]
+            table, row = self._rows("amounts", variable, household_state, household_county)
+            entity_row = row[s.entity_household[entity]]
+            amounts = table[variable][entity_row, np.arange(entity_row.size)]
         members, households = s.person_entity[entity], s.entity_household[entity]
         return household_values(qualifying, members, households, s.n_households, amounts)
 
-    def _after_takeup(self, variable: str, household_state: np.ndarray, clone: int) -> np.ndarray:
+    def _rows(
+        self, kind: str, variable: str, household_state: np.ndarray, household_county: np.ndarray | None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The ``kind`` values (``amounts``, ``eligible``, ``eligible_nonfiling``) ``variable`` is
+        read from and each household's row there: its county's when they are by county."""
+        by_county = self.values.by_county.get(kind, {})
+        if household_county is not None and variable in by_county:
+            return by_county, household_county
+        return getattr(self.values, kind), household_state
+
+    def _after_takeup(
+        self, variable: str, household_state: np.ndarray, clone: int, household_county: np.ndarray | None = None
+    ) -> np.ndarray:
         """The clone's eligible amounts of ``variable`` (a tax unit's as it files or not, by its
         voluntary-filing draw) times its drawn take-up, as policyengine-us-data's build does."""
         spec = TAKEUP_BY_VARIABLE[variable]
         entity_household = self.structure.entity_household[spec.entity]
-        rows = household_state[entity_household], np.arange(entity_household.size)
-        eligible = self.values.eligible[variable][rows]
+        entities = np.arange(entity_household.size)
+        table, row = self._rows("eligible", variable, household_state, household_county)
+        eligible = table[variable][row[entity_household], entities]
         if variable in self.values.eligible_nonfiling:
-            eligible = np.where(self._files(clone), eligible, self.values.eligible_nonfiling[variable][rows])
+            table, row = self._rows("eligible_nonfiling", variable, household_state, household_county)
+            eligible = np.where(self._files(clone), eligible, table[variable][row[entity_household], entities])
         key = (variable, clone)
         if key not in self._takes_up:
             n_base = self.geography.n_base

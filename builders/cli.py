@@ -76,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="domains (comma-separated) whose district targets are scaled to their state's target "
         "and uprated by the state's factor; their national and state targets of other years are dropped",
     )
+    build.add_argument(
+        "--county-level",
+        action="store_true",
+        help="compute aca_ptc and housing_assistance in each county the clones land in, not per state "
+        "(policyengine-us-data's --county-level; needs a --geography of blocks)",
+    )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
     build.set_defaults(run=run_build)
@@ -112,6 +118,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise CommandError("--workers must be at least 1", 2)
     if args.resume_chunks and args.chunk_dir is None:
         raise CommandError("--resume-chunks needs --chunk-dir (the directory to resume from)", 2)
+    if args.county_level and args.geography is None:
+        raise CommandError("--county-level needs --geography: a CSV of blocks (block_geoid holds the county)", 2)
     for what, path in (("dataset", args.dataset), ("target database", args.db_path)):
         if not path.is_file():
             raise CommandError(f"{what} not found: {path}", 2)
@@ -142,6 +150,7 @@ def run_build(args: argparse.Namespace) -> int:
         resume_chunks=args.resume_chunks,
         domain_variables=args.domain_variables,
         hierarchical_domains=args.hierarchical_domains,
+        county_level=args.county_level,
     )
     path = save_package(package, args.package_output)
     print(

@@ -22,6 +22,7 @@ import numpy as np
 
 from builders.dataset import GROUP_ENTITIES, EntityStructure, read_entity_structure, write_dataset_h5
 from builders.h5_check import check_h5, read_h5_arrays
+from builders.simulation import place_inputs
 from builders.takeup import TAKEUP_BY_VARIABLE, reported_takeup, takes_up
 
 ENTITIES = ("person",) + GROUP_ENTITIES
@@ -122,10 +123,14 @@ def export_h5(
     entity_of = _entities_of({v: a for v, a in arrays.items() if v not in skip}, structure, gathers, variable_entities)
     for name, entity in entity_of.items():
         out[name] = arrays[name][gathers[entity][0]]
-    out["state_fips"] = state_fips[columns].astype(np.int32)
-    out["congressional_district_geoid"] = cd_geoid[columns].astype(np.int32)
-    if "block_geoid" in geography:
-        out["block_geoid"] = np.asarray(geography["block_geoid"])[columns].astype(str)
+    blocks = np.asarray(geography["block_geoid"])[columns].astype(str) if "block_geoid" in geography else None
+    counties = None
+    if metadata.get("county_level") and blocks is not None:  # as the build's runs placed them
+        from builders.policyengine import county_names
+
+        counties = county_names(blocks.astype("U5").tolist())
+    places = place_inputs(state_fips[columns], cd_geoid[columns], blocks, counties)
+    out |= places
     drawn = _drawn_takeup(package) if metadata.get("rerandomize_takeup", True) else []
     reported = reported_takeup(arrays, structure, str(dataset)) if drawn else {}
     for spec in drawn:
@@ -135,9 +140,7 @@ def export_h5(
 
     def verify(written: pathlib.Path) -> None:
         """check-h5 on the file before it takes ``output``'s name: a failing export is never left there."""
-        failures = check_h5(
-            written, {**entity_of, "state_fips": "household", "congressional_district_geoid": "household"}
-        )
+        failures = check_h5(written, {**entity_of, **dict.fromkeys(places, "household")})
         if failures:  # a bug here, not a user mistake: say so loudly
             raise RuntimeError(f"the export fails check-h5, so {output} was not written: {'; '.join(failures)}")
 

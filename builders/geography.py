@@ -94,6 +94,13 @@ class GeographyAssignment:
     def n_columns(self) -> int:
         return self.n_base * self.n_clones
 
+    @property
+    def county_fips(self) -> np.ndarray | None:
+        """Each column's 5-digit county FIPS code: its block GEOID's first five digits (None without blocks)."""
+        if self.block_geoid is None:
+            return None
+        return np.asarray(self.block_geoid).astype("U5")
+
     def as_package_geography(self) -> dict[str, np.ndarray]:
         """The arrays :class:`jaxcal.io.CalibrationPackage` keeps, under its key names."""
         arrays = {"state_fips": self.state_fips, "cd_geoid": self.cd_geoid}

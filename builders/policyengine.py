@@ -4,6 +4,7 @@ from the model goes through here.
 - :func:`load_simulation`: a simulation on a dataset, behind :class:`Simulation`, the narrow
   interface the simulation stage (:mod:`builders.simulation`) runs on (tests pass a fake);
 - :func:`variable_entities`: every model variable's entity, without a dataset;
+- :func:`county_names`: the model's ``county`` of each county FIPS code;
 - :func:`package_version`, for provenance.
 
 ``policyengine_us`` is imported inside the functions that need the model (20-45 s), so
@@ -13,7 +14,7 @@ importing this module, or any builder, stays cheap.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -107,6 +108,25 @@ def load_simulation(dataset: str | os.PathLike) -> PolicyEngineSimulation:
 def variable_entities() -> dict[str, str]:
     """``{variable: entity key}`` for every ``policyengine_us`` variable (imports the model: slow)."""
     return _entities(_policyengine_us().CountryTaxBenefitSystem().variables)
+
+
+def county_names(county_fips: Sequence[str]) -> dict[str, str]:
+    """``{fips: name}``: the ``County`` member (``LOS_ANGELES_COUNTY_CA``, ``UNKNOWN`` when the
+    model has none) of each 5-digit county FIPS code, by policyengine-us's own county table, as
+    its ``county`` formula maps ``county_fips``."""
+    _policyengine_us()
+    from policyengine_us.tools.geography.county_helpers import load_county_fips_dataset, map_county_string_to_enum
+    from policyengine_us.variables.household.demographic.geographic.county.county_enum import County
+
+    table = load_county_fips_dataset().set_index("county_fips")
+    wanted = sorted(set(county_fips))
+    known = [fips for fips in wanted if fips in table.index]
+    found = dict.fromkeys(wanted, "UNKNOWN")
+    if known:
+        rows = table.loc[known]
+        indices = map_county_string_to_enum(rows["county_name"], rows["state"]).to_numpy()
+        found |= {fips: County._member_names_[int(i)] for fips, i in zip(known, indices)}
+    return found
 
 
 def _policyengine_us() -> Any:

@@ -8,6 +8,10 @@ clones' households, in one of two modes (:func:`choose_simulation` picks one).
   per state a clone lands in, giving the amounts and, for take-up-affected variables, the
   amounts with every take-up input True (take-up is drawn on those at assembly).
 
+With ``counties`` (policyengine-us-data's ``--county-level``), the county-dependent
+variables (:data:`COUNTY_VARIABLES`) are taken per county, not per state: per state, one run
+per county a clone lands in, ``county`` set; per clone, each clone's counties set.
+
 Tax-expenditure targets (``reform_id > 0``) add, in either mode, each run again per
 variable with that variable neutralized: the expenditure is the households' income tax
 there less their income tax in the run itself (policyengine-us-data's repeal-based values).
@@ -36,6 +40,12 @@ if TYPE_CHECKING:
 
 SIMULATION_MODES = ("auto", "per_clone", "per_state")
 """How the build runs PolicyEngine (:func:`choose_simulation`)."""
+COUNTY_VARIABLES = ("aca_ptc", "housing_assistance")
+"""The variables a county-level build takes per county (policyengine-us-data's
+``COUNTY_DEPENDENT_VARS``: Marketplace rating areas and HUD rents follow the county)."""
+LOS_ANGELES = ("06037", "90001")
+"""Los Angeles County and the ZIP code its runs set: policyengine-us splits the county's
+Marketplace rating areas by ZIP code, and policyengine-us-data places its households in 90001."""
 
 
 @dataclasses.dataclass
@@ -66,6 +76,11 @@ class StateValues:
     expenditures: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """Per tax-expenditure variable, per household: income tax with the variable neutralized
     less income tax as it is (float32, as policyengine-us-data subtracts them)."""
+    counties: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, "U5"))
+    """The county FIPS codes of :attr:`by_county`'s rows (sorted; empty when not county level)."""
+    by_county: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    """Per-state builds at county level: ``{"amounts" | "eligible" | "eligible_nonfiling":
+    {variable: array}}`` as the state arrays, one row per county, for :data:`COUNTY_VARIABLES`."""
     per_clone: bool = False
 
 
@@ -116,6 +131,7 @@ def compute_state_values(
     reported: Mapping[str, np.ndarray] | None = None,
     execute: RunExecutor | None = None,
     expenditure_variables: Sequence[str] = (),
+    counties: Mapping[str, str] | None = None,
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per state, as policyengine-us-data's
     ``build_matrix`` does.
@@ -128,34 +144,54 @@ def compute_state_values(
     ``execute`` (:class:`builders.runs.RunExecutor`, default in turn here) runs the states; the
     dataset's inputs are restored after. ``reported`` (:func:`builders.takeup.reported_takeup`)
     is kept for the draws at assembly. ``expenditure_variables``: see :func:`_expenditure_runs`.
+
+    ``counties`` (``{county FIPS: the model's county}``, policyengine-us-data's
+    ``--county-level``) adds, for the :data:`COUNTY_VARIABLES` among the amounts and take-up
+    variables, one run per county with the county's state and ``county`` set (and Los Angeles'
+    ZIP code, :data:`LOS_ANGELES`): their amounts and eligible amounts, nonfiling ones too, in
+    :attr:`StateValues.by_county`.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables) | set(takeup_variables))
     amount_variables = [v for v in amount_variables if v in entities]
     constraint_variables = [v for v in constraint_variables if v in entities]
     specs = [TAKEUP_BY_VARIABLE[v] for v in takeup_variables if v in entities]
-    tax_unit_specs = [spec for spec in specs if spec.entity == "tax_unit"]
     n_households = len(simulation.calculate("household_id", year))
     forced = [name for name in ELIGIBILITY_INPUTS if name in simulation.variable_entities] if specs else []
     forced_shapes = {name: simulation.calculate(name, year).shape for name in forced}
     base = _calculations(amount_variables, constraint_variables)
-    eligible = tuple(Calculation(f"eligible/{s.variable}", s.variable) for s in specs)
-    nonfiling = tuple(Calculation(f"eligible_nonfiling/{s.variable}", s.variable) for s in tax_unit_specs)
-    takeup_passes = []  # the same for every state
-    if specs:
-        takeup_passes.append(({name: np.ones(shape, bool) for name, shape in forced_shapes.items()}, eligible))
-    if nonfiling and VOLUNTARY_FILING in forced_shapes:
-        takeup_passes.append(({VOLUNTARY_FILING: np.zeros(forced_shapes[VOLUNTARY_FILING], bool)}, nonfiling))
     runs = [
         SimulationRun(
             f"state_{state:02d}",
             f"state {state}",
-            (({"state_fips": np.full(n_households, state, np.int32)}, base), *takeup_passes),
+            (({"state_fips": np.full(n_households, state, np.int32)}, base), *_takeup_passes(specs, forced_shapes)),
         )
         for state in states
     ]
     expenditure_variables = [v for v in expenditure_variables if v in simulation.variable_entities]
-    results = (execute or RunExecutor())(simulation, year, _expenditure_runs(runs, expenditure_variables), log)
+    execute = execute or RunExecutor()
+    results = execute(simulation, year, _expenditure_runs(runs, expenditure_variables), log)
     stacked = _stacked(results[: len(runs)])
+    county_amounts = [v for v in amount_variables if v in COUNTY_VARIABLES]
+    county_specs = [spec for spec in specs if spec.variable in COUNTY_VARIABLES]
+    filing_inputs = voluntary_filing_inputs(simulation, year) if specs else {}
+    by_county, county_codes = {}, sorted(counties or {})
+    if county_codes and (county_amounts or county_specs):
+        # After the state runs: the county runs leave ``county`` an input (of its own values) of the base simulation.
+        county_runs = [
+            SimulationRun(
+                f"county_{fips}",
+                f"county {fips}",
+                (
+                    (
+                        _county_inputs(simulation, fips, (counties or {})[fips], n_households),
+                        _calculations(county_amounts, ()),
+                    ),
+                    *_takeup_passes(county_specs, forced_shapes),
+                ),
+            )
+            for fips in county_codes
+        ]
+        by_county = _stacked(execute(simulation, year, county_runs, log))
     return StateValues(
         states=np.asarray(states),
         amounts=stacked.get("amounts", {}),
@@ -163,10 +199,36 @@ def compute_state_values(
         eligible=stacked.get("eligible", {}),
         entities=entities,
         eligible_nonfiling=stacked.get("eligible_nonfiling", {}),
-        filing_inputs=voluntary_filing_inputs(simulation, year) if specs else {},
+        filing_inputs=filing_inputs,
         reported=dict(reported or {}),
         expenditures=_expenditures(results, len(runs), expenditure_variables),
+        counties=np.asarray(county_codes if by_county else [], "U5"),
+        by_county=by_county,
     )
+
+
+def _takeup_passes(specs: Sequence, forced_shapes: Mapping[str, tuple[int, ...]]) -> list:
+    """The passes after a run's first for the take-up ``specs``: every take-up input True, then
+    (tax-unit ones) voluntary filing False, each calculating its eligible amounts."""
+    passes = []
+    if specs:
+        eligible = tuple(Calculation(f"eligible/{s.variable}", s.variable) for s in specs)
+        passes.append(({name: np.ones(shape, bool) for name, shape in forced_shapes.items()}, eligible))
+    nonfiling = tuple(
+        Calculation(f"eligible_nonfiling/{s.variable}", s.variable) for s in specs if s.entity == "tax_unit"
+    )
+    if nonfiling and VOLUNTARY_FILING in forced_shapes:
+        passes.append(({VOLUNTARY_FILING: np.zeros(forced_shapes[VOLUNTARY_FILING], bool)}, nonfiling))
+    return passes
+
+
+def _county_inputs(simulation: Simulation, fips: str, name: str, n: int) -> dict[str, np.ndarray]:
+    """The inputs that place ``n`` households in the county ``fips`` (the model's ``name``): its
+    state, its county and, in Los Angeles County, its ZIP code."""
+    inputs = {"state_fips": np.full(n, int(fips[:2]), np.int32), "county": np.full(n, name)}
+    if fips == LOS_ANGELES[0] and "zip_code" in simulation.variable_entities:
+        inputs["zip_code"] = np.full(n, LOS_ANGELES[1])
+    return inputs
 
 
 def voluntary_filing_inputs(simulation: Simulation, year: int) -> dict[str, np.ndarray]:
@@ -197,6 +259,7 @@ def compute_clone_values(
     reported: Mapping[str, np.ndarray] | None = None,
     execute: RunExecutor | None = None,
     expenditure_variables: Sequence[str] = (),
+    counties: Mapping[str, str] | None = None,
 ) -> StateValues:
     """Run ``simulation`` (on the base dataset) once per clone: every household in its clone's
     state and district (``block_geoid`` too when the geography has blocks), the take-up inputs
@@ -207,7 +270,9 @@ def compute_clone_values(
     export exactly. Unlike the per-state build, voluntary filing keeps the dataset's values and
     housing assistance's non-reporters are drawn among all SPM units, not the eligible only.
     ``execute`` and ``expenditure_variables`` as in :func:`compute_state_values` (the
-    expenditures, too, with the clone's geography and draws).
+    expenditures, too, with the clone's geography and draws). With ``counties`` (``{county
+    FIPS: the model's county}``), every household's ``county`` is set too (and Los Angeles' ZIP
+    code), as the export of a county-level package sets them.
     """
     entities = known_entities(simulation, set(amount_variables) | set(constraint_variables))
     amount_variables = [v for v in amount_variables if v in entities]
@@ -224,7 +289,7 @@ def compute_clone_values(
     runs = []
     for clone in range(geography.n_clones):
         columns = slice(clone * n_base, (clone + 1) * n_base)
-        places = _clone_geography(geography, columns)
+        places = _clone_geography(geography, columns, counties)
         inputs = {name: values for name, values in places.items() if name in simulation.variable_entities}
         for spec in specs:
             inputs[spec.takeup_variable] = takes_up(
@@ -308,12 +373,32 @@ def _stacked(results: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict[str,
     return stacked
 
 
-def _clone_geography(geography: GeographyAssignment, columns: slice) -> dict[str, np.ndarray]:
-    """The place inputs of a clone's households (what the export sets)."""
+def _clone_geography(
+    geography: GeographyAssignment, columns: slice, counties: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """The place inputs of a clone's households (what the export sets); with ``counties``
+    (``{county FIPS: the model's county}``) their ``county`` and ZIP code too."""
+    blocks = None if geography.block_geoid is None else geography.block_geoid[columns]
+    return place_inputs(geography.state_fips[columns], geography.cd_geoid[columns], blocks, counties)
+
+
+def place_inputs(
+    state_fips: np.ndarray,
+    cd_geoid: np.ndarray,
+    block_geoid: np.ndarray | None,
+    counties: Mapping[str, str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The place inputs of households in these states, districts and blocks: ``state_fips``,
+    ``congressional_district_geoid``, ``block_geoid`` and, with ``counties`` (``{county FIPS:
+    the model's county}``), ``county`` and (:data:`LOS_ANGELES`) ``zip_code``."""
     places = {
-        "state_fips": geography.state_fips[columns].astype(np.int32),
-        "congressional_district_geoid": geography.cd_geoid[columns].astype(np.int32),
+        "state_fips": np.asarray(state_fips).astype(np.int32),
+        "congressional_district_geoid": np.asarray(cd_geoid).astype(np.int32),
     }
-    if geography.block_geoid is not None:
-        places["block_geoid"] = np.asarray(geography.block_geoid[columns]).astype(str)
+    if block_geoid is not None:
+        places["block_geoid"] = np.asarray(block_geoid).astype(str)
+        if counties:
+            fips = places["block_geoid"].astype("U5")
+            places["county"] = np.asarray([counties[f] for f in fips.tolist()], dtype=str)
+            places["zip_code"] = np.where(fips == LOS_ANGELES[0], LOS_ANGELES[1], "UNKNOWN")
     return places

@@ -85,6 +85,7 @@ def build_calibration_package(
     resume_chunks: bool = False,
     domain_variables: Sequence[str] | None = None,
     hierarchical_domains: Sequence[str] | None = None,
+    county_level: bool = False,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> tuple[CalibrationPackage, BuildReport]:
     """Build the package for ``dataset`` (a PolicyEngine-US H5, see :mod:`builders.dataset`)
@@ -113,9 +114,15 @@ def build_calibration_package(
     (:func:`builders.target_db.reconcile_districts`, the ``aca_ptc`` domain with
     :func:`builders.real_targets.aca_ptc_state_factors`): policyengine-us-data's
     ``--domain-variables`` and ``--hierarchical-domains``. The metadata records both.
+
+    ``county_level`` (policyengine-us-data's ``--county-level``; ``places`` must be blocks, whose
+    GEOIDs hold the county) computes :data:`builders.simulation.COUNTY_VARIABLES` in each county
+    a clone lands in, not in its state; an export of the package sets the clones' counties too.
     """
     if simulation.replace("-", "_") not in SIMULATION_MODES:
         raise ValueError(f"simulation must be one of {', '.join(SIMULATION_MODES)}, got {simulation!r}")
+    if county_level and (places is None or "block_geoid" not in places.columns):
+        raise ValueError("a county-level build needs a geography of blocks: the places have no block_geoid column")
 
     # Entered first, so that worker processes load the model while this one reads the targets and loads it.
     with RunExecutor(dataset, chunk_dir=chunk_dir, resume=resume_chunks, workers=workers) as execute:
@@ -132,6 +139,7 @@ def build_calibration_package(
             execute=execute,
             domain_variables=domain_variables,
             hierarchical_domains=hierarchical_domains,
+            county_level=county_level,
             log=log,
         )
 
@@ -150,6 +158,7 @@ def _build(
     execute,
     domain_variables,
     hierarchical_domains,
+    county_level,
     log,
 ) -> tuple[CalibrationPackage, BuildReport]:
     """:func:`build_calibration_package`'s stages, its PolicyEngine runs on ``execute``."""
@@ -221,6 +230,12 @@ def _build(
         )
         n_fixed = 0 if fixed_states is None else int(np.count_nonzero(fixed_states))
         log(f"  top-AGI households drawn by {len(district_agi)} district AGI targets; {n_fixed} held to their state")
+        counties = None
+        if county_level:
+            assert geography.county_fips is not None  # blocks, as build_calibration_package checked
+            counties = policyengine.county_names(geography.county_fips.tolist())
+            unknown = sorted(fips for fips, name in counties.items() if name == "UNKNOWN")
+            log(f"  {len(counties)} counties" + (f"; the model knows none of {', '.join(unknown)}" if unknown else ""))
     expenditure = rows.table["reform_id"] > 0
     targeted = set(rows.table.loc[~expenditure, "variable"])
     expenditure_variables = sorted(set(rows.table.loc[expenditure, "variable"]))
@@ -248,6 +263,7 @@ def _build(
                 reported=reported,
                 execute=execute,
                 expenditure_variables=expenditure_variables,
+                counties=counties,
             )
         else:
             values = compute_state_values(
@@ -261,6 +277,7 @@ def _build(
                 reported=reported,
                 execute=execute,
                 expenditure_variables=expenditure_variables,
+                counties=counties,
             )
         count_variables = {part for v in targeted if v.endswith("_count") for part in components(v)}
         values.entities.update(known_entities(model, count_variables))
@@ -289,6 +306,7 @@ def _build(
         "takeup_inputs": [TAKEUP_BY_VARIABLE[v].takeup_variable for v in takeup_variables],
         "domain_variables": list(domain_variables) if domain_variables else None,
         "hierarchical_domains": list(hierarchical_domains) if hierarchical_domains else None,
+        "county_level": county_level,
         "district_agi_targets": len(district_agi),
         "fixed_state_households": n_fixed,
     }
