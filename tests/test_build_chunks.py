@@ -101,6 +101,12 @@ def test_a_killed_chunked_build_on_two_workers_resumes_as_the_plain_build(inputs
         (["--resume-chunks"], "--resume-chunks needs --chunk-dir", 2),
         (["--chunk-dir", "{places_csv}"], "the chunk directory .* is a file", 1),
         (["--domain-variables", "tanf, nosuch"], "no active target has a domain_variable among tanf, nosuch$", 1),
+        (["--county-level"], "--county-level needs --geography: a CSV of blocks", 2),
+        (
+            ["--county-level", "--geography", "{places_csv}"],
+            "needs a geography of blocks: the places have no block_geoid",
+            1,
+        ),
     ],
 )
 def test_build_flags_refuse_in_one_line(inputs, flags, message, code, capsys):

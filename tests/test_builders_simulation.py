@@ -534,3 +534,66 @@ def test_tax_expenditures_by_hand_through_both_modes(mode):
     np.add.at(dense, (r, c), v)
     # columns: (clone 0, hh0) in CA, (0, hh1) in NY, (1, hh0) in NY, (1, hh1) in CA
     np.testing.assert_array_equal(dense, [[300, 0, 300, 0], [60, 0, 90, 0], [0, 0, 0, 0], [0, 0, 90, 0]])
+
+
+class CountySimulation(FakeSimulation):
+    """:class:`FakeSimulation` with a ``county`` and a ZIP code: ``aca_ptc`` is three times as
+    much in Los Angeles County at ZIP 90001 (2.5 times at any other ZIP there)."""
+
+    variable_entities = {**FakeSimulation.variable_entities, "county": "household", "zip_code": "household"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs |= {"county": np.array(["UNKNOWN"] * 2), "zip_code": np.array(["UNKNOWN"] * 2)}
+
+    def _formula(self, variable):
+        values = super()._formula(variable)
+        if variable == "aca_ptc":
+            in_la = self.inputs["county"] == "LOS_ANGELES_COUNTY_CA"
+            values = values * np.where(in_la, np.where(self.inputs["zip_code"] == "90001", 3.0, 2.5), 1.0)
+        return values
+
+
+COUNTY_NAMES = {"06037": "LOS_ANGELES_COUNTY_CA", "36047": "KINGS_COUNTY_NY"}
+# GEOGRAPHY's columns on blocks: (clone 0, hh0) and (1, hh1) in Los Angeles, the others in Kings County.
+COUNTY_GEOGRAPHY = GeographyAssignment(
+    state_fips=GEOGRAPHY.state_fips,
+    cd_geoid=GEOGRAPHY.cd_geoid,
+    block_geoid=np.array(["060370001001001", "360470001001001", "360470002001001", "060370002001001"]),
+    n_base=2,
+    n_clones=2,
+)
+
+
+@pytest.mark.parametrize("mode", ["per_state", "per_clone"])
+def test_county_level_by_hand_through_both_modes(mode):
+    """Per state, one run per county (its state, ``county`` and Los Angeles' ZIP code set) for
+    the county variables; per clone, every clone's counties set: hh0's aca_ptc (40 in CA, 80 in
+    NY with its own take-up) is 120 in Los Angeles, 80 in Kings County, in either mode."""
+    simulation = CountySimulation()
+    rows = _rows([("aca_ptc", "national", "US", []), ("snap", "national", "US", [])])
+    if mode == "per_state":
+        values = compute_state_values(simulation, YEAR, [6, 36], AMOUNTS, CONSTRAINTS, TAKEUP, counties=COUNTY_NAMES)
+        np.testing.assert_array_equal(values.counties, ["06037", "36047"])
+        assert set(values.by_county) == {"amounts", "eligible", "eligible_nonfiling"}
+        assert {kind: list(found) for kind, found in values.by_county.items()} == dict.fromkeys(
+            values.by_county, ["aca_ptc"]
+        )  # snap is not a county variable
+        np.testing.assert_array_equal(values.by_county["amounts"]["aca_ptc"], [[120, 0], [80, 0]])
+        np.testing.assert_array_equal(values.by_county["eligible"]["aca_ptc"], [[120, 0], [80, 0]])
+        np.testing.assert_array_equal(values.by_county["eligible_nonfiling"]["aca_ptc"], [[60, 0], [40, 0]])
+        np.testing.assert_array_equal(values.amounts["aca_ptc"], [[40, 0], [80, 0]])  # the states' stay as they were
+    else:
+        values = compute_clone_values(
+            simulation, YEAR, COUNTY_GEOGRAPHY, STRUCTURE, AMOUNTS, CONSTRAINTS, counties=COUNTY_NAMES
+        )
+        np.testing.assert_array_equal(values.amounts["aca_ptc"], [[120, 0], [80, 0]])
+    r, c, v = assemble_matrix(rows, COUNTY_GEOGRAPHY, STRUCTURE, values, rerandomize_takeup=False)
+    dense = np.zeros((2, 4))
+    dense[r, c] = v
+    np.testing.assert_array_equal(dense, [[120, 0, 80, 0], [200, 0, 300, 0]])
+    for name in ("county", "zip_code"):  # the dataset's places are back
+        np.testing.assert_array_equal(simulation.inputs[name], ["UNKNOWN"] * 2)
+    if mode == "per_state":
+        with pytest.raises(ValueError, match="a column lies in a county without PolicyEngine values"):
+            assemble_matrix(rows, GEOGRAPHY, STRUCTURE, values)  # no blocks, no counties

@@ -3,7 +3,7 @@
 A small build (synthetic households in two states, clones, take-up re-randomized) with
 rows of every kind: the real targets of those states (:func:`builders.real_targets.state_subset`)
 plus test rows, so that there are amounts and counts; person, tax-unit, SPM-unit and household
-entities; national, state and district geography; take-up-affected variables (snap, ssi,
+entities; national, state and district geography on blocks, the build county level; take-up-affected variables (snap, ssi,
 medicaid, aca_ptc) and the ``medicaid_enrolled`` flag, which keeps the dataset's take-up. The reference sums are computed here from
 ``policyengine_us.Microsimulation`` on the exported file, not with the builders' code.
 """
@@ -15,6 +15,7 @@ import csv
 import operator
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from builders.demo_cli import register_demo_commands
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.xdist_group("policyengine")  # one worker imports polic
 
 YEAR = 2024
 STATES = (33, 50)  # New Hampshire (districts 3301, 3302) and Vermont (at large, 5001)
+COUNTIES = {3301: ("33001", "33015"), 3302: ("33011", "33015"), 5001: ("50007", "50023")}
+"""Two counties' blocks per district (the build is county level: the export sets each clone's county)."""
 OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -62,10 +65,17 @@ def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("xw")
     dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))
     db = write_real_target_db(directory / "targets.db", _records())
-    places = district_populations()
-    places = places.loc[(places["cd_geoid"] // 100).isin(STATES)]
+    districts = district_populations()
+    districts = districts.loc[(districts["cd_geoid"] // 100).isin(STATES)]
+    places = pd.DataFrame(
+        [
+            {"block_geoid": f"{county}{100 * d + k:06d}{1000 + k:04d}", "cd_geoid": d, "population": p / 2}
+            for d, p in zip(districts["cd_geoid"], districts["population"])
+            for k, county in enumerate(COUNTIES[d])
+        ]
+    )
     package, _ = build_calibration_package(
-        dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone", log=lambda m: None
+        dataset, db, n_clones=3, seed=1, places=places, simulation="per_clone", county_level=True, log=lambda m: None
     )
     save_package(package, directory / "package.npz")
     rng = np.random.default_rng(0)
@@ -114,6 +124,14 @@ def test_export_keeps_positive_weights_with_their_geography(exported):
         np.asarray(sim.calculate("congressional_district_geoid", YEAR)), package.geography["cd_geoid"][kept]
     )
     np.testing.assert_array_equal(np.asarray(sim.calculate("household_id", YEAR)), np.arange(kept.sum()))
+    counties = package.geography["block_geoid"][kept].astype("U5")
+    names = {"33001": "BELKNAP_COUNTY_NH", "33011": "HILLSBOROUGH_COUNTY_NH", "33015": "ROCKINGHAM_COUNTY_NH"}
+    names |= {"50007": "CHITTENDEN_COUNTY_VT", "50023": "WASHINGTON_COUNTY_VT"}
+    assert package.metadata["county_level"] and len(set(counties)) == 5
+    county = sim.calculate("county", YEAR)
+    np.testing.assert_array_equal(
+        np.asarray(county.decode_to_str() if hasattr(county, "decode_to_str") else county), [names[c] for c in counties]
+    )
 
 
 @pytest.fixture(scope="module")

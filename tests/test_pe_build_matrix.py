@@ -9,7 +9,8 @@ database targets every take-up-affected variable policyengine-us 2.68 computes, 
 ``medicaid_enrolled`` flag PolicyEngine leaves alone, constraints on drawn amounts, ``in``, a
 district, an additive expression and tax expenditures; the expenditures themselves are checked
 against policyengine-us-data's real reform simulation on one state (a minute per reform), and
-the builds stand :func:`neutralized_expenditures` in for that reform, for their cost.
+the builds stand :func:`neutralized_expenditures` in for that reform, for their cost. The
+county-level builds (``--county-level``) run on blocks in five real counties.
 """
 
 import pathlib
@@ -173,20 +174,33 @@ def inputs(tmp_path_factory):
         db.add_target(
             "salt_deduction", YEAR, 1e9, constraints=[*state(36), ("tax_unit_is_filer", "==", "1")], reform_id=1
         )
+    blocks = _write_blocks(
+        directory,
+        DISTRICTS,
+        lambda fips, district: [
+            (
+                f"{fips:02d}{2 * district - 1 + b // 2:03d}{1000 + 10 * district + b:06d}{1001 + b:04d}",
+                1000 + 300 * b + 50 * district,
+            )
+            for b in range(3)
+        ],
+    )
+    return directory, dataset, database, blocks
+
+
+def _write_blocks(directory, districts, blocks_in):
+    """Write the block table policyengine-us-data reads (``block_cd_distributions.csv.gz``):
+    ``blocks_in(fips, district)`` gives each district's ``(block_geoid, population)`` pairs."""
     blocks = pd.DataFrame(
         [
-            {
-                "block_geoid": f"{fips:02d}{2 * district - 1 + b // 2:03d}{1000 + 10 * district + b:06d}{1001 + b:04d}",
-                "cd_geoid": fips * 100 + district,
-                "population": 1000 + 300 * b + 50 * district,
-            }
-            for fips, n_districts in DISTRICTS.items()
+            {"block_geoid": geoid, "cd_geoid": fips * 100 + district, "population": population}
+            for fips, n_districts in districts.items()
             for district in range(1, n_districts + 1)
-            for b in range(3)
+            for geoid, population in blocks_in(fips, district)
         ]
     )
     blocks.to_csv(directory / "block_cd_distributions.csv.gz", index=False)
-    return directory, dataset, database, blocks
+    return blocks
 
 
 def neutralized_expenditures(dataset_path, time_period, state, n_hh, reform_vars, baseline_income_tax):
@@ -268,19 +282,14 @@ def test_geography_is_policyengines(tmp_path, agi, fixed):
 
     rng = np.random.default_rng(len(agi) + fixed)
     n_records, n_clones, n_districts = 300, 4, {6: 4, 36: 3, 11: 1}
-    blocks = pd.DataFrame(
-        [
-            {
-                "block_geoid": f"{fips:02d}{d:03d}{100000 + 10 * d + b:06d}{1000 + b:04d}",
-                "cd_geoid": fips * 100 + d,
-                "population": float(rng.integers(0, 5000)),
-            }
-            for fips, count in n_districts.items()
-            for d in range(1, count + 1)
+    blocks = _write_blocks(
+        tmp_path,
+        n_districts,
+        lambda fips, d: [
+            (f"{fips:02d}{d:03d}{100000 + 10 * d + b:06d}{1000 + b:04d}", float(rng.integers(0, 5000)))
             for b in range(int(rng.integers(1, 6)))
-        ]
+        ],
     )
-    blocks.to_csv(tmp_path / "block_cd_distributions.csv.gz", index=False)
     household_agi = rng.lognormal(10.5, 1.4, n_records) if agi != "none" else None
     district_agi = {601: 9e9, 602: 1e9, 3601: 5e10, 3603: -1.0, 1101: 2e9} if agi == "district" else {}
     fixed_states = np.where(rng.random(n_records) < 0.2, rng.choice([6, 36, 11], n_records), 0) if fixed else None
@@ -312,24 +321,33 @@ def test_geography_is_policyengines(tmp_path, agi, fixed):
         assert (geography.cd_geoid[top] == 3601).mean() > (geography.cd_geoid[~top] == 3601).mean() + 0.2
 
 
-def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_takeup: bool, hierarchical=None):
-    """``build_matrix`` as policyengine-us-data's CLI calls it (state-level, one worker) on a copy
-    of the database, with its own ``assign_random_geography`` on the block table as
-    ``run_calibration`` calls it (household AGI, district AGI targets, Forbes households' states)
-    and :func:`neutralized_expenditures` for its reform simulations."""
+def _policyengine_build(
+    directory: pathlib.Path,
+    dataset,
+    database,
+    rerandomize_takeup: bool,
+    hierarchical=None,
+    county_level=False,
+    n_clones=N_CLONES,
+):
+    """``build_matrix`` as policyengine-us-data's CLI calls it (state-level unless
+    ``county_level``, one worker) on a copy of the database, with its own
+    ``assign_random_geography`` on the block table in ``directory`` as ``run_calibration`` calls
+    it (household AGI, district AGI targets, Forbes households' states) and
+    :func:`neutralized_expenditures` for its reform simulations."""
     from policyengine_us import Microsimulation
     from policyengine_us_data.calibration import unified_matrix_builder as pe_builder
     from policyengine_us_data.calibration.unified_calibration import _extract_forbes_state_fips_overrides
     from policyengine_us_data.calibration.unified_matrix_builder import UnifiedMatrixBuilder
 
-    copy = database.with_name(f"{database.stem}_pe_{rerandomize_takeup}.db")
+    copy = directory / f"{database.stem}_pe_{rerandomize_takeup}.db"
     shutil.copy(database, copy)
     builder = UnifiedMatrixBuilder(db_uri=f"sqlite:///{copy}", time_period=YEAR, dataset_path=str(dataset))
     simulation = Microsimulation(dataset=str(dataset))
     geography = _policyengine_geography(
         directory,
         n_records=N_HOUSEHOLDS,
-        n_clones=N_CLONES,
+        n_clones=n_clones,
         seed=SEED,
         household_agi=simulation.calculate("adjusted_gross_income", map_to="household").values.astype(np.float64),
         cd_agi_targets=builder.get_district_agi_targets(),
@@ -340,7 +358,7 @@ def _policyengine_build(directory: pathlib.Path, dataset, database, rerandomize_
             geography,
             simulation,
             rerandomize_takeup=rerandomize_takeup,
-            county_level=False,
+            county_level=county_level,
             hierarchical_domains=hierarchical,
         )
     return geography, targets, sparse.csr_matrix(matrix), names
@@ -357,19 +375,20 @@ def _assert_same_rows(package, pe_targets, pe_matrix, pe_names):
     np.testing.assert_allclose(matrix.data, pe_matrix.data, rtol=1e-6)
 
 
-def _jaxcal_build(dataset, database, blocks, rerandomize_takeup: bool, hierarchical=None):
+def _jaxcal_build(dataset, database, blocks, rerandomize_takeup: bool, hierarchical=None, **options):
     from builders.unified_matrix import build_calibration_package
 
     package, _ = build_calibration_package(
         dataset,
         database,
-        n_clones=N_CLONES,
+        n_clones=options.pop("n_clones", N_CLONES),
         seed=SEED,
         places=blocks,
         simulation="per_state",
         rerandomize_takeup=rerandomize_takeup,
         hierarchical_domains=hierarchical,
         log=lambda message: None,
+        **options,
     )
     return package
 
@@ -492,3 +511,101 @@ def test_build_on_policyengines_etl_database_is_build_matrix(inputs, etl_databas
         for column in ("hif", "state_uprating_factor"):
             np.testing.assert_array_equal(package.targets[column], pe_targets[column].to_numpy(float))
     assert any("+" in name for name in pe_names) and any(name.endswith("_expenditure") for name in pe_names)
+
+
+COUNTIES = {6: ("06001", "06037"), 36: ("36047", "36061", "36081")}
+"""The county test's counties: Alameda and Los Angeles (last in its state: policyengine-us-data
+keeps Los Angeles' ZIP code set for the counties after it), Kings, New York and Queens."""
+
+
+def _census_county_file(fips_codes) -> bytes:
+    """The Census ``national_county2020.txt`` rows of ``fips_codes`` (policyengine-us-data downloads
+    the file to map FIPS codes to the model's counties), written from policyengine-us's county table."""
+    from policyengine_us.tools.geography.county_helpers import load_county_fips_dataset
+
+    table = load_county_fips_dataset().set_index("county_fips").loc[list(fips_codes)]
+    lines = ["STATE|STATEFP|COUNTYFP|COUNTYNS|COUNTYNAME|CLASSFP|FUNCSTAT"]
+    lines += [f"{row.state}|{fips[:2]}|{fips[2:]}|00000000|{row.county_name}|H1|A" for fips, row in table.iterrows()]
+    return "\n".join(lines).encode()
+
+
+@pytest.mark.filterwarnings("ignore:Accessing .values on a MicroSeries:UserWarning")  # policyengine-us-data's own
+@pytest.mark.parametrize(
+    ("rerandomize_takeup", "variables"),
+    [(False, ("aca_ptc", "housing_assistance")), (True, ("housing_assistance", "snap"))],
+    ids=["no-takeup", "takeup"],
+)
+def test_county_level_build_is_policyengines_build_matrix(inputs, tmp_path, rerandomize_takeup, variables):
+    """``--county-level``: ``aca_ptc`` and ``housing_assistance`` computed in each county the
+    clones land in (one run per county, ``county`` set) give ``build_matrix(county_level=True)``'s
+    rows, on blocks in five real counties. (With take-up drawn, policyengine-us-data's county
+    values lack the nonfiling amounts its draws read, so it cannot build ``aca_ptc`` then;
+    jaxcal computes them per county too.)"""
+    from policyengine_us_data.calibration import block_assignment
+
+    _, dataset, _, _ = inputs
+    blocks = _write_blocks(
+        tmp_path,
+        DISTRICTS,
+        lambda fips, district: [
+            (f"{county}{1000 + 10 * district + b:06d}{1001 + b:04d}", 1000 + 300 * b + 50 * district)
+            for b, county in enumerate(COUNTIES[fips] * 2)
+        ],
+    )
+    database = tmp_path / "policy_data.db"
+    with TargetDatabaseWriter(database) as db:
+        for variable in variables:
+            db.add_target(variable, YEAR, 1e9)
+            for fips in DISTRICTS:
+                db.add_target(variable, YEAR, 1e8, constraints=[("state_fips", "==", str(fips))])
+            db.add_target(variable, YEAR, 1e7, constraints=[("congressional_district_geoid", "==", "601")])
+            db.add_target("household_count", YEAR, 1e6, constraints=[(variable, ">", "0")])
+    census = mock.Mock(content=_census_county_file(sorted({c for cs in COUNTIES.values() for c in cs})))
+    block_assignment._build_county_fips_to_enum.cache_clear()
+    try:
+        with mock.patch.object(block_assignment.requests, "get", return_value=census):
+            _, pe_targets, pe_matrix, pe_names = _policyengine_build(
+                tmp_path, dataset, database, rerandomize_takeup, county_level=True, n_clones=6
+            )
+    finally:
+        block_assignment._build_county_fips_to_enum.cache_clear()
+    package = _jaxcal_build(dataset, database, blocks, rerandomize_takeup, county_level=True, n_clones=6)
+    assert package.metadata["county_level"] is True
+    _assert_same_rows(package, pe_targets, pe_matrix, pe_names)
+    if not rerandomize_takeup:  # the counties mattered: a household's aca_ptc differs between two counties of a state
+        targets = package.targets
+        row = np.flatnonzero((targets["variable"] == "aca_ptc") & (targets["geo_level"] == "national"))[0]
+        amounts = pe_matrix[row].toarray().reshape(6, N_HOUSEHOLDS)
+        county = package.geography["block_geoid"].astype("U5").reshape(6, N_HOUSEHOLDS)
+        by_county = [dict(zip(county[:, h], amounts[:, h])) for h in range(N_HOUSEHOLDS)]
+        differing = [
+            h
+            for h, found in enumerate(by_county)
+            if any(a != b and x[:2] == y[:2] for x, a in found.items() for y, b in found.items())
+        ]
+        assert len(differing) >= 3, differing
+
+
+def test_county_names_are_policyengines():
+    """``county_names`` (policyengine-us's county table) against policyengine-us-data's
+    ``get_county_enum_index_from_fips`` (the Census county file, here written from that table)
+    for every county: the same ``County`` member, ``UNKNOWN`` for a code neither knows."""
+    from policyengine_us.tools.geography.county_helpers import load_county_fips_dataset
+    from policyengine_us.variables.household.demographic.geographic.county.county_enum import County
+    from policyengine_us_data.calibration import block_assignment
+
+    from builders.policyengine import county_names
+
+    codes = [*load_county_fips_dataset()["county_fips"], "06002", "99999"]
+    census = mock.Mock(content=_census_county_file(codes[:-2]))
+    block_assignment._build_county_fips_to_enum.cache_clear()
+    try:
+        with mock.patch.object(block_assignment.requests, "get", return_value=census):
+            expected = {
+                code: County._member_names_[block_assignment.get_county_enum_index_from_fips(code)] for code in codes
+            }
+    finally:
+        block_assignment._build_county_fips_to_enum.cache_clear()
+    names = county_names(codes)
+    assert names == expected
+    assert sum(name != "UNKNOWN" for name in names.values()) > 3100 and names["06037"] == "LOS_ANGELES_COUNTY_CA"
