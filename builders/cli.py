@@ -84,8 +84,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
     add_demo_build_arguments(build)
-    build.set_defaults(run=run_build)
+    build.set_defaults(run=run_build, dataset_build_defaults={d: build.get_default(d) for d in _DATASET_BUILD_ONLY})
     register_demo_commands(subparsers)
+
+
+# What only a build from --dataset reads: --demo builds its own package and would ignore them.
+_DATASET_BUILD_ONLY = (
+    "dataset",
+    "db_path",
+    "n_clones",
+    "seed",
+    "year",
+    "target_config",
+    "geography",
+    "skip_takeup_rerandomize",
+    "workers",
+    "chunk_dir",
+    "resume_chunks",
+    "domain_variables",
+    "hierarchical_domains",
+    "county_level",
+    "package_output",
+)
 
 
 def _names(text: str) -> list[str]:
@@ -100,6 +120,10 @@ def run_build(args: argparse.Namespace) -> int:
     from jaxcal.cli import CommandError, main
 
     if args.demo:
+        given = [d for d, default in args.dataset_build_defaults.items() if getattr(args, d) != default]
+        if given:
+            flags = ", ".join("--" + d.replace("_", "-") for d in given)
+            raise CommandError(f"--demo builds the default package; {flags} apply only to a build from --dataset", 2)
         return run_build_demo(args)
     missing = [
         flag

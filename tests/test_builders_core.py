@@ -482,6 +482,9 @@ def test_build_command_reports_bad_input_in_one_line(tmp_path, db, capsys):
     assert main(args + ["--db-path", str(db), "--target-config", str(config)]) == 1
     assert "keeps none" in capsys.readouterr().err
     assert not (tmp_path / "p.npz").exists()
+    assert main(["build", "--demo", "--county-level", "--n-clones", "3", "--demo-dir", str(tmp_path / "d")]) == 2
+    assert "--n-clones, --county-level apply only to a build from --dataset" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 _ID_ARRAYS = [f"{e}_id" for e in ("household", "tax_unit", "spm_unit", "family", "marital_unit")] + [
