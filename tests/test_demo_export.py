@@ -4,8 +4,9 @@ A small build (synthetic households in two states, clones, take-up re-randomized
 rows of every kind: the real targets of those states (:func:`builders.real_targets.state_subset`)
 plus test rows, so that there are amounts and counts; person, tax-unit, SPM-unit and household
 entities; national, state and district geography on blocks, the build county level; take-up-affected variables (snap, ssi,
-medicaid, aca_ptc) and the ``medicaid_enrolled`` flag, which keeps the dataset's take-up. The reference sums are computed here from
-``policyengine_us.Microsimulation`` on the exported file, not with the builders' code.
+medicaid, aca_ptc) and the ``medicaid_enrolled`` flag, which keeps the dataset's take-up; tax-expenditure rows
+(``reform_id > 0``). The reference sums are computed here from ``policyengine_us.Microsimulation`` on
+the exported file (the expenditures with policyengine-core's ``neutralize_variable`` reform), not with the builders' code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import operator
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,8 @@ YEAR = 2024
 STATES = (33, 50)  # New Hampshire (districts 3301, 3302) and Vermont (at large, 5001)
 COUNTIES = {3301: ("33001", "33015"), 3302: ("33011", "33015"), 5001: ("50007", "50023")}
 """Two counties' blocks per district (the build is county level: the export sets each clone's county)."""
+EXPENDITURE = "qualified_business_income_deduction"
+"""A tax expenditure (``reform_id > 0``) of the nation's and Vermont's: the demo's self-employed have it without itemizing."""
 OPS = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -65,6 +69,7 @@ def exported(tmp_path_factory):
     directory = tmp_path_factory.mktemp("xw")
     dataset = generate_demo_h5(directory / "base.h5", 60, seed=11, states=list(STATES))
     db = write_real_target_db(directory / "targets.db", _records())
+    _add_expenditure_targets(db, ("United States", "State FIPS 50 (VT)"))
     districts = district_populations()
     districts = districts.loc[(districts["cd_geoid"] // 100).isin(STATES)]
     places = pd.DataFrame(
@@ -90,24 +95,45 @@ def exported(tmp_path_factory):
     return package, weights, output, constraints, Microsimulation(dataset=str(output)), directory
 
 
-def _reference_sum(sim, variable: str, constraints) -> float:
-    """Sum of ``variable`` times the household weight over the entities with a member meeting every constraint."""
-    variables = sim.tax_benefit_system.variables
-    entity = variable[: -len("_count")] if variable.endswith("_count") else variables[variable].entity.key
+def _add_expenditure_targets(db, places) -> None:
+    """:data:`EXPENDITURE` as a tax-expenditure target (reform 1) of each of these strata (by their notes)."""
+    with sqlite3.connect(db) as connection:
+        for notes in places:
+            (stratum,) = connection.execute("SELECT stratum_id FROM strata WHERE notes = ?", (notes,)).fetchone()
+            connection.execute(
+                "INSERT INTO targets (variable, period, stratum_id, reform_id, value, active) VALUES (?, ?, ?, 1, 1e9, 1)",
+                (EXPENDITURE, YEAR, stratum),
+            )
+    connection.close()
+
+
+def _qualifying(sim, entity: str, constraints) -> np.ndarray:
+    """Per ``entity``: whether a member meets every constraint."""
     mask = np.ones(len(sim.calculate("person_id", YEAR)), bool)
     for c in constraints:
         values = np.asarray(sim.calculate(c.variable, YEAR, map_to="person"))
         value = float(c.value) if c.value.lstrip("-").replace(".", "", 1).isdigit() else c.value == "True"
         mask &= OPS[c.operation](values, value)
+    return mask if entity == "person" else sim.populations[entity].any(mask)
+
+
+def _reference_sum(sim, variable: str, constraints) -> float:
+    """Sum of ``variable`` times the household weight over the entities with a member meeting every constraint."""
+    variables = sim.tax_benefit_system.variables
+    entity = variable[: -len("_count")] if variable.endswith("_count") else variables[variable].entity.key
     # The household weight of each entity (map_to would split it among a household's entities).
     person_weight = np.asarray(sim.calculate("household_weight", YEAR, map_to="person"), np.float64)
-    if entity == "person":
-        qualifies, weight = mask, person_weight
-    else:
-        population = sim.populations[entity]
-        qualifies, weight = population.any(mask), population.value_from_first_person(person_weight)
+    weight = person_weight if entity == "person" else sim.populations[entity].value_from_first_person(person_weight)
     amount = 1.0 if variable.endswith("_count") else np.asarray(sim.calculate(variable, YEAR), np.float64)
-    return float(np.sum(np.where(qualifies, amount, 0.0) * weight))
+    return float(np.sum(np.where(_qualifying(sim, entity, constraints), amount, 0.0) * weight))
+
+
+def _reference_expenditure(sim, repealed, constraints) -> float:
+    """The weighted income tax the repeal adds over the households with a member meeting every
+    constraint: ``repealed`` is the export under policyengine-core's ``neutralize_variable`` reform."""
+    added = [np.asarray(s.calculate("income_tax", YEAR, map_to="household"), np.float64) for s in (repealed, sim)]
+    weight = np.asarray(sim.calculate("household_weight", YEAR), np.float64)
+    return float(np.sum(np.where(_qualifying(sim, "household", constraints), added[0] - added[1], 0.0) * weight))
 
 
 def test_exported_file_passes_check_h5(exported):
@@ -137,9 +163,26 @@ def test_export_keeps_positive_weights_with_their_geography(exported):
 @pytest.fixture(scope="module")
 def comparison(exported):
     """Per row: (name, variable, geo_level, domain_variable, X @ w, PolicyEngine's sum on the export)."""
-    package, weights, _, constraints, sim, _ = exported
+    from policyengine_core.reforms import Reform
+    from policyengine_us import Microsimulation
+
+    package, weights, output, constraints, sim, _ = exported
+
+    class Repeal(Reform):
+        def apply(self):
+            self.neutralize_variable(EXPENDITURE)
+
+    repealed = Microsimulation(dataset=str(output), reform=Repeal)
     predicted = package.matrix @ weights
     table = package.targets
+
+    def reference(i: int) -> float:
+        row_constraints = constraints.get(int(table["stratum_id"][i]), [])
+        if table["reform_id"][i] > 0:
+            assert table["variable"][i] == EXPENDITURE
+            return _reference_expenditure(sim, repealed, row_constraints)
+        return _reference_sum(sim, table["variable"][i], row_constraints)
+
     return [
         (
             package.target_names[i],
@@ -147,7 +190,7 @@ def comparison(exported):
             table["geo_level"][i],
             table["domain_variable"][i],
             float(predicted[i]),
-            _reference_sum(sim, table["variable"][i], constraints.get(int(table["stratum_id"][i]), [])),
+            reference(i),
         )
         for i in range(package.n_targets)
     ]
@@ -185,7 +228,10 @@ def test_x_times_w_matches_policyengine_on_the_export(comparison):
         "eitc",
         "employment_income",
         "social_security",
+        EXPENDITURE,
     } <= kinds
+    expenditures = [row for row in comparison if row[0].endswith(f"{EXPENDITURE}_expenditure")]
+    assert len(expenditures) == 2 and all(row[5] > 0 for row in expenditures)
     assert {row[2] for row in nonzero} == {"national", "state", "district"}
     # The take-up interactions per-state values miss: aca_ptc (filers get it without take-up) and snap
     # (an SSI non-taker gets more SNAP): the two states' SNAP cost, district snap, the two ACA rows.
