@@ -122,6 +122,7 @@ class RunExecutor:
         self.resume, self.workers = resume, workers
         self.load = load
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._dataset_sha256: str | None = None  # hashed once for every call's run signatures
         if self.chunk_dir is not None:
             if self.chunk_dir.exists() and not self.chunk_dir.is_dir():
                 raise ValueError(f"the chunk directory {self.chunk_dir} is a file")
@@ -219,7 +220,9 @@ class RunExecutor:
         from .policyengine import package_version
 
         assert self.dataset is not None
-        common = f"{sha256_file(self.dataset)}|{year}|policyengine-us {package_version()}|{sorted(dataset_inputs)}"
+        if self._dataset_sha256 is None:
+            self._dataset_sha256 = sha256_file(self.dataset)
+        common = f"{self._dataset_sha256}|{year}|policyengine-us {package_version()}|{sorted(dataset_inputs)}"
         return [_signature(common, run) for run in runs]
 
 

@@ -304,6 +304,21 @@ def test_runs_kept_in_a_chunk_directory_resume_as_the_same_values(mode, tmp_path
         compute(RunExecutor(dataset, chunk_dir=chunks, resume=True))
 
 
+def test_an_executor_hashes_its_dataset_once_for_all_its_calls(tmp_path, monkeypatch):
+    """A county-level build calls its executor twice (states, then counties): one sha256 of the dataset."""
+    import jaxcal.io
+
+    dataset = tmp_path / "dataset.h5"
+    dataset.write_bytes(b"hashed once")
+    hashed, sha256_file = [], jaxcal.io.sha256_file
+    monkeypatch.setattr(jaxcal.io, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    execute = RunExecutor(dataset, chunk_dir=tmp_path / "chunks")
+    for states in ([6], [36]):
+        compute_state_values(FakeSimulation(), YEAR, states, AMOUNTS, CONSTRAINTS, TAKEUP, print, execute=execute)
+    assert hashed == [dataset]
+    assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == ["state_06.npz", "state_36.npz"]
+
+
 def fake_simulation(dataset):
     """A worker's simulation: :class:`FakeSimulation` (module level, so a spawned process imports it)."""
     return FakeSimulation()
