@@ -123,7 +123,8 @@ def run_build(args: argparse.Namespace) -> int:
         given = [d for d, default in args.dataset_build_defaults.items() if getattr(args, d) != default]
         if given:
             flags = ", ".join("--" + d.replace("_", "-") for d in given)
-            raise CommandError(f"--demo builds the default package; {flags} apply only to a build from --dataset", 2)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise CommandError(f"--demo builds the default package; {flags} {verb} only to a build from --dataset", 2)
         return run_build_demo(args)
     missing = [
         flag
