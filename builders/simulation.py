@@ -159,11 +159,12 @@ def compute_state_values(
     forced = [name for name in ELIGIBILITY_INPUTS if name in simulation.variable_entities] if specs else []
     forced_shapes = {name: simulation.calculate(name, year).shape for name in forced}
     base = _calculations(amount_variables, constraint_variables)
+    takeup_passes = _takeup_passes(specs, forced_shapes)  # the same for every state
     runs = [
         SimulationRun(
             f"state_{state:02d}",
             f"state {state}",
-            (({"state_fips": np.full(n_households, state, np.int32)}, base), *_takeup_passes(specs, forced_shapes)),
+            (({"state_fips": np.full(n_households, state, np.int32)}, base), *takeup_passes),
         )
         for state in states
     ]
@@ -174,7 +175,8 @@ def compute_state_values(
     county_amounts = [v for v in amount_variables if v in COUNTY_VARIABLES]
     county_specs = [spec for spec in specs if spec.variable in COUNTY_VARIABLES]
     filing_inputs = voluntary_filing_inputs(simulation, year) if specs else {}
-    by_county, county_codes = {}, sorted(counties or {})
+    counties = counties or {}
+    by_county, county_codes = {}, sorted(counties)
     if county_codes and (county_amounts or county_specs):
         # After the state runs: the county runs leave ``county`` an input (of its own values) of the base simulation.
         county_runs = [
@@ -183,7 +185,7 @@ def compute_state_values(
                 f"county {fips}",
                 (
                     (
-                        _county_inputs(simulation, fips, (counties or {})[fips], n_households),
+                        _county_inputs(simulation, fips, counties[fips], n_households),
                         _calculations(county_amounts, ()),
                     ),
                     *_takeup_passes(county_specs, forced_shapes),
