@@ -83,29 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(policyengine-us-data's --county-level; needs a --geography of blocks)",
     )
     build.add_argument("--package-output", type=pathlib.Path, help="package to write (.npz); required without --demo")
+    # The defaults of what only a build from --dataset reads (--demo builds its own package), all
+    # but --simulation, which the demo's build takes too.
+    dataset_build_defaults = vars(build.parse_args([]))
+    del dataset_build_defaults["simulation"]
     add_demo_build_arguments(build)
-    build.set_defaults(run=run_build, dataset_build_defaults={d: build.get_default(d) for d in _DATASET_BUILD_ONLY})
+    build.set_defaults(run=run_build, dataset_build_defaults=dataset_build_defaults)
     register_demo_commands(subparsers)
-
-
-# What only a build from --dataset reads: --demo builds its own package and would ignore them.
-_DATASET_BUILD_ONLY = (
-    "dataset",
-    "db_path",
-    "n_clones",
-    "seed",
-    "year",
-    "target_config",
-    "geography",
-    "skip_takeup_rerandomize",
-    "workers",
-    "chunk_dir",
-    "resume_chunks",
-    "domain_variables",
-    "hierarchical_domains",
-    "county_level",
-    "package_output",
-)
 
 
 def _names(text: str) -> list[str]:
